@@ -1,0 +1,181 @@
+"""The `autoresearch-nb` command: a thin front end over the lab, the session and the export."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import LabError
+from .lab import DEFAULT_DIR, Lab, init_lab, template_dir
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoresearch-nb", description=(
+        "An autonomous research lab: an agent edits nanochat/train.py, trains it for a fixed "
+        "budget, keeps what lowers val_bpb and reverts the rest."))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create a lab (a git repo made from the template)")
+    p.add_argument("dir", nargs="?", default=DEFAULT_DIR)
+    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "mps", "cuda"])
+    p.add_argument("--data", default="builtin", help="builtin, tinystories, fineweb-edu, or a path")
+    p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment")
+
+    p = sub.add_parser("prepare", help="download/build the data and train the tokenizer")
+    p.add_argument("--lab", default=None, help="prepare for this lab (and record the data choice in it)")
+    p.add_argument("--data", default=None, help="builtin, tinystories, fineweb-edu, or a path")
+    p.add_argument("--profile", default=None, choices=["auto", "cpu", "mps", "cuda"])
+    p.add_argument("--byte-level", action="store_true", help="raw bytes instead of a BPE tokenizer")
+    p.add_argument("--shards", type=int, default=1, help="training shards to download (hub sources)")
+
+    p = sub.add_parser("run", help="run the research loop")
+    add_run_options(p)
+
+    p = sub.add_parser("status", help="the experiments so far, the best result, counts by status")
+    p.add_argument("--lab", default=DEFAULT_DIR)
+
+    p = sub.add_parser("steer", help="leave a note that the next proposals will read")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--lab", default=DEFAULT_DIR)
+
+    p = sub.add_parser("export", help="write an executed results notebook")
+    p.add_argument("--lab", default=DEFAULT_DIR)
+    p.add_argument("-o", "--output", default=None)
+    p.add_argument("--html", action="store_true", help="also render HTML")
+    return parser
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lab", default=DEFAULT_DIR)
+    p.add_argument("--agent", default="heuristic", help="heuristic (offline), claude, openai or command")
+    p.add_argument("--model", default=None, help="the LLM for claude/openai")
+    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (openai agent)")
+    p.add_argument("--command", dest="agent_command", default=None, help="coding-agent CLI (command agent)")
+    p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment")
+    p.add_argument("--max-experiments", type=int, default=None,
+                   help="bound on results.tsv rows (baseline repeats and confirmations included)")
+    p.add_argument("--tag", default=None, help="run name; the branch is autoresearch/<tag> (default: the date)")
+    p.add_argument("--policy", default="noise", choices=["noise", "greedy"])
+    p.add_argument("--noise-runs", type=int, default=2, help="extra baseline runs that measure the noise")
+    p.add_argument("--max-cost", type=float, default=None, help="stop before spending more USD on the agent")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue the lab's run after a stop or a crash")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LabError as error:
+        print(f"autoresearch-nb: {error}", file=sys.stderr)
+        return 2
+
+
+def cmd_init(args) -> int:
+    if args.budget is not None and args.budget <= 0:
+        raise LabError(f"--budget must be a positive number of seconds (got {args.budget:g})")
+    lab, created = init_lab(args.dir, args.profile, args.data, args.budget)
+    if not created:
+        print(f"{lab.root} is already a lab; nothing changed. Run it with `autoresearch-nb run --lab {args.dir}`.")
+        return 0
+    print(f"created lab {lab.root} (git repo, branch main): edit {lab.charter_path.name} for the charter, "
+          f"then `autoresearch-nb run --lab {args.dir}`")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    cwd = template_dir()
+    if args.lab:
+        lab = Lab.open(args.lab)
+        cwd = lab.root
+        if args.data:
+            lab.config["data"] = args.data
+        if args.profile:
+            lab.config["profile"] = args.profile
+        lab.config["byte_level"] = bool(args.byte_level)
+        lab.save_config()
+    cmd = [sys.executable, "nanochat/prepare.py", "--data", args.data or "builtin", "--shards", str(args.shards)]
+    if args.profile:
+        cmd += ["--profile", args.profile]
+    if args.byte_level:
+        cmd.append("--byte-level")
+    return subprocess.call(cmd, cwd=cwd)
+
+
+def cmd_run(args) -> int:
+    from .progress import TerminalProgress
+    from .session import RunOptions, Session
+
+    options = RunOptions(lab=args.lab, agent=args.agent, model=args.model, budget=args.budget,
+                         max_experiments=args.max_experiments, tag=args.tag, policy=args.policy,
+                         max_cost=args.max_cost, resume=args.resume, base_url=args.base_url,
+                         command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed)
+    session = Session(options)
+    progress = TerminalProgress(sys.stdout)
+    session.subscribe(progress.handle)
+    session.start()
+    interrupted = False
+    try:
+        while not session.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nstopping: the current experiment is recorded as interrupted (resume with --resume)", flush=True)
+        session.stop(now=True)
+        while not session.wait(0.5):
+            pass
+    progress.close()
+    snapshot = session.snapshot()
+    print(progress.final_line(snapshot))
+    if session.error:
+        print(f"autoresearch-nb: {session.error}", file=sys.stderr)
+        return 1
+    return 130 if interrupted else 0
+
+
+def cmd_status(args) -> int:
+    from .session import summarize
+    from .ui.text import status_text
+
+    lab = Lab.open(args.lab)
+    rows = lab.rows()
+    info = {}
+    if lab.run_info_path.exists():
+        import json
+
+        info = json.loads(lab.run_info_path.read_text())
+    header = {**info, **summarize(rows, info, info.get("max_experiments"))}
+    if lab.inflight_path.exists():
+        header["inflight"] = True
+    print(status_text(header, rows))
+    return 0
+
+
+def cmd_steer(args) -> int:
+    lab = Lab.open(args.lab)
+    text = " ".join(" ".join(args.text).split())
+    if not text:
+        raise LabError('steer needs a note, e.g. autoresearch-nb steer "try a deeper, narrower model"')
+    lab.state_dir.mkdir(exist_ok=True)
+    with open(lab.steering_path, "a", encoding="utf-8") as handle:
+        handle.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] {text}\n")
+    print(f"noted; the next proposals will read it ({lab.steering_path})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_lab
+
+    path = export_lab(args.lab, args.output, html=args.html)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "run": cmd_run, "status": cmd_status,
+            "steer": cmd_steer, "export": cmd_export}
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

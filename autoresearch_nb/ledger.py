@@ -1,0 +1,110 @@
+"""The ledger (.autoresearch/ledger.jsonl, the source of truth) and results.tsv, rebuilt from it.
+
+One JSON object per experiment, appended with fsync. Fields of a row:
+  index, commit, parent, status (keep|discard|crash|rejected|interrupted), kind (crash kind,
+  or rejected: validation|audit|duplicate|agent; else null), reason, role (baseline|noise|
+  experiment|confirm), val_bpb and every other summary field (training_seconds, total_seconds,
+  peak_vram_mb, mfu_percent, total_tokens_M, num_steps, num_params_M, depth), memory_gb,
+  description, rationale, agent, model, seed, timings {propose_s, run_s, judge_s, total_s},
+  usage {input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd},
+  diff {files, added, removed}, log (path relative to the lab), best (best metric after this
+  row), judge {policy, noise, threshold, delta, decision}, started_at, finished_at.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+RAN_STATUSES = ("keep", "discard", "crash", "interrupted")
+
+
+def read_rows(path: Path) -> list[dict]:
+    """All complete rows; a torn last line (a kill mid-write) is ignored."""
+    rows = []
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def append_row(path: Path, row: dict) -> None:
+    """Append one row durably. A torn tail from an earlier kill is cut off first."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _repair_tail(path)
+    data = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_tail(path: Path) -> None:
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    raw = path.read_bytes()
+    if raw.endswith(b"\n"):
+        return
+    cut = raw.rfind(b"\n") + 1
+    with open(path, "r+b") as handle:
+        handle.truncate(cut)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def results_line(row: dict) -> str | None:
+    """A results.tsv line in autoresearch's format, or None for rows that never ran."""
+    status = row.get("status")
+    if status not in RAN_STATUSES:
+        return None
+    description = " ".join(str(row.get("description", "")).split())
+    if status in ("crash", "interrupted"):
+        kind = row.get("kind") or status
+        return f"{row.get('commit', '')}\t0.000000\t0.0\tcrash\t{description} [{kind}]"
+    val = row.get("val_bpb")
+    memory = row.get("memory_gb") or 0.0
+    return f"{row.get('commit', '')}\t{float(val):.6f}\t{float(memory):.1f}\t{status}\t{description}"
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    """Rewrite results.tsv from the ledger, atomically."""
+    lines = [RESULTS_HEADER] + [line for row in rows if (line := results_line(row))]
+    atomic_write(path, "\n".join(lines) + "\n")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_results_tsv(path: Path) -> list[dict]:
+    """Parse an autoresearch results.tsv (ours or theirs) into dicts."""
+    rows = []
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return rows
+    header = lines[0].split("\t")
+    for index, line in enumerate(lines[1:]):
+        if not line.strip():
+            continue
+        cells = line.split("\t")
+        row = dict(zip(header, cells + [""] * (len(header) - len(cells))))
+        row["index"] = index
+        row["val_bpb"] = float(row.get("val_bpb") or 0.0)
+        row["memory_gb"] = float(row.get("memory_gb") or 0.0)
+        rows.append(row)
+    return rows

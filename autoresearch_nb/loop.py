@@ -1,0 +1,521 @@
+"""The research loop: propose -> validate -> commit -> run -> judge -> keep | revert -> record.
+
+Every state change survives `kill -9`: before anything touches the tree, .autoresearch/inflight.json
+says what is under way and which commit to return to; the ledger row is appended (fsync) before
+the in-flight note is removed, so a resume neither loses nor repeats a row.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .agents.base import Agent, Context, ProposalError
+from .agents.heuristic import fingerprint
+from .audit import audit_source, only_seeds_changed
+from .errors import LabError
+from .events import EventBus
+from .judge import judge, noise_estimate
+from .lab import Lab
+from .ledger import RAN_STATUSES, append_row, atomic_write, write_results
+from .runner import RunResult, Runner, clean_environment
+
+BASE_SEED = 42
+MAX_REJECTED_IN_A_ROW = 10
+AGENT_OUTAGE_WAITS = (30.0, 60.0, 120.0)
+
+
+@dataclass
+class LoopOptions:
+    budget: float
+    max_experiments: int | None = None
+    policy: str = "noise"
+    noise_runs: int = 2
+    max_cost: float | None = None
+    seed: int = 0
+    profile: str = "cpu"
+    outage_waits: tuple = AGENT_OUTAGE_WAITS
+    run_info: dict = field(default_factory=dict)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def _runs_in(pid: int, root) -> bool:
+    """True when process `pid` still exists and works in `root` (not a reused pid)."""
+    try:
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == os.path.realpath(root)
+    except OSError:
+        return False
+
+
+def timeout_for(budget: float, profile: str, allowance: float | None = None) -> float:
+    """Hard limit of one run: the budget plus start-up (imports, data, compile) and evaluation."""
+    if allowance is None:
+        allowance = 180.0 if profile == "cuda" else 60.0
+    return budget * 1.25 + allowance
+
+
+class ResearchLoop:
+    """Runs experiments on a lab until stopped, bounded, or out of money. One per lab at a time."""
+
+    def __init__(self, lab: Lab, agent: Agent, options: LoopOptions, bus: EventBus | None = None):
+        self.lab, self.agent, self.options = lab, agent, options
+        self.bus = bus or EventBus()
+        self.stop_requested = threading.Event()
+        self.stop_now = threading.Event()
+        self.unpaused = threading.Event()
+        self.unpaused.set()
+        self.runner: Runner | None = None
+        self.finish_reason = ""
+        self.fixed_exports = self._fixed_exports()
+
+    # -- control, from any thread -----------------------------------------------------------
+    def stop(self, now: bool = False) -> None:
+        self.stop_requested.set()
+        self.unpaused.set()
+        if now:
+            self.stop_now.set()
+            runner = self.runner
+            if runner:
+                runner.stop()
+
+    def pause(self) -> None:
+        self.unpaused.clear()
+        self.bus.emit("state", state="paused", message="paused: the next experiment waits for resume")
+
+    def resume(self) -> None:
+        self.unpaused.set()
+        self.bus.emit("state", state="running", message="resumed")
+
+    # -- records ----------------------------------------------------------------------------
+    def rows(self) -> list[dict]:
+        return self.lab.rows()
+
+    def ran(self, rows: list[dict]) -> int:
+        return sum(1 for r in rows if r.get("status") in RAN_STATUSES)
+
+    def best(self, rows: list[dict]) -> dict | None:
+        kept = [r for r in rows if r.get("status") == "keep"]
+        return kept[-1] if kept else None
+
+    def record(self, row: dict) -> dict:
+        rows = self.rows()
+        row.setdefault("finished_at", now_iso())
+        row.setdefault("agent", self.agent.name)
+        row.setdefault("model", self.agent.model)
+        best = self.best(rows + [row]) if row.get("status") == "keep" else self.best(rows)
+        row["best"] = best.get("score") if best else None
+        append_row(self.lab.ledger_path, row)
+        write_results(self.lab.results_path, rows + [row])
+        self._journal(row)
+        self._clear_inflight()
+        self.bus.emit("experiment_finished", row=row)
+        return row
+
+    def _journal(self, row: dict) -> None:
+        try:
+            lesson = self.agent.reflect(self._context(row["index"] + 1), row) or ""
+        except Exception:  # a lesson is nice to have; the record is what matters
+            lesson = ""
+        value = f"{row['val_bpb']:.6f}" if row.get("val_bpb") is not None else "-"
+        entry = f"\n## {row['index']}: {row.get('status')} ({value}) {row.get('description', '')}\n"
+        if row.get("reason"):
+            entry += f"- {row.get('kind') or 'reason'}: {row['reason']}\n"
+        if row.get("rationale"):
+            entry += f"- hypothesis: {row['rationale'][:500]}\n"
+        if lesson:
+            entry += lesson.rstrip() + "\n"
+        with open(self.lab.journal_path, "a", encoding="utf-8") as handle:
+            handle.write(entry)
+
+    def _write_inflight(self, **data) -> None:
+        atomic_write(self.lab.inflight_path, json.dumps(data))
+
+    def _clear_inflight(self) -> None:
+        try:
+            os.unlink(self.lab.inflight_path)
+        except FileNotFoundError:
+            pass
+
+    # -- start and recovery -----------------------------------------------------------------
+    def recover(self) -> None:
+        """Make the lab consistent after a crash, a kill -9 or a kernel restart."""
+        path = self.lab.inflight_path
+        if not path.exists():
+            return
+        try:
+            inflight = json.loads(path.read_text())
+        except ValueError:
+            inflight = {}
+        pid = inflight.get("pid")
+        if pid and _runs_in(pid, self.lab.root):  # an orphaned experiment must not keep running
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+        rows = self.rows()
+        index = inflight.get("index", len(rows))
+        done = next((r for r in rows if r.get("index") == index), None)
+        if done is not None:  # the row made it to the ledger; only the cleanup was cut short
+            target = done["commit"] if done.get("status") == "keep" and done.get("commit") else inflight.get("parent")
+        else:
+            target = inflight.get("parent")
+            row = {"index": index, "status": "interrupted", "kind": "interrupted", "role": inflight.get("role", "experiment"),
+                   "reason": f"the process stopped during {inflight.get('phase', 'the experiment')}",
+                   "commit": self.lab.short(inflight["commit"]) if inflight.get("commit") else "",
+                   "parent": self.lab.short(target) if target else "", "description": inflight.get("description", ""),
+                   "started_at": inflight.get("started_at"), "log": inflight.get("log"), "val_bpb": None,
+                   "score": None, "fingerprint": None}
+            append_row(self.lab.ledger_path, {**row, "finished_at": now_iso(), "agent": self.agent.name,
+                                              "best": (self.best(rows) or {}).get("score")})
+        if target:
+            self.lab.reset(target)
+        write_results(self.lab.results_path, self.rows())
+        self._clear_inflight()
+
+    def check_lab(self) -> None:
+        changed = self.lab.locked_changes()
+        if changed:
+            raise LabError(f"{', '.join(changed)} changed since the lab was made (locked files are fixed): "
+                           f"restore with `git -C {self.lab.root} checkout main -- {' '.join(changed)}`")
+        dirty = [f for f in self.lab.dirty_files() if f != "program.md"]
+        if dirty:
+            raise LabError(f"the lab has changes made by hand in {', '.join(dirty[:5])}: commit them "
+                           f"(`git -C {self.lab.root} commit -am '...'`) or discard them "
+                           f"(`git -C {self.lab.root} checkout -- .`), then start again")
+
+    def commit_charter(self) -> None:
+        """A charter edited in the notebook between experiments becomes part of the branch."""
+        if "program.md" in self.lab.dirty_files():
+            self.lab.commit(["program.md"], "charter updated by the person")
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> str:
+        rejected_in_a_row, outages = 0, 0
+        self.bus.emit("state", state="running", message="running")
+        while True:
+            if self.stop_requested.is_set():
+                return self._finish("stopped")
+            if not self.unpaused.is_set():
+                self.unpaused.wait()
+                continue
+            rows = self.rows()
+            if self.options.max_experiments is not None and self.ran(rows) >= self.options.max_experiments:
+                return self._finish(f"reached --max-experiments {self.options.max_experiments}")
+            if self._over_budget(rows):
+                return self._finish(f"the next proposal would pass --max-cost ${self.options.max_cost:.2f}")
+            self.commit_charter()
+            row = self.step(rows)
+            if row is None:
+                continue
+            if row.get("status") == "rejected":
+                rejected_in_a_row += 1
+                if row.get("fatal"):
+                    outages += 1
+                    if outages > len(self.options.outage_waits):
+                        return self._finish(f"the agent failed {outages} times in a row: {row.get('reason')}")
+                    if self.stop_requested.wait(self.options.outage_waits[outages - 1]):
+                        continue
+                if row.get("exhausted"):
+                    return self._finish(row["reason"])
+                if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+                    return self._finish(f"{rejected_in_a_row} proposals in a row were rejected; see `status` for why")
+            else:
+                rejected_in_a_row, outages = 0, 0
+
+    def _finish(self, reason: str) -> str:
+        self.finish_reason = reason
+        self.bus.emit("run_finished", reason=reason)
+        return reason
+
+    def _over_budget(self, rows: list[dict]) -> bool:
+        if self.options.max_cost is None:
+            return False
+        costs = [float((r.get("usage") or {}).get("cost_usd") or 0.0) for r in rows]
+        spent = sum(costs)
+        recent = [c for c in costs[-5:] if c > 0]
+        estimate = max(recent) if recent else 0.0
+        if hasattr(self.agent, "estimate_next_cost"):
+            try:
+                estimate = float(self.agent.estimate_next_cost([r.get("usage") or {} for r in rows]))
+            except Exception:
+                pass
+        return spent + estimate > self.options.max_cost
+
+    def step(self, rows: list[dict]) -> dict | None:
+        index = len(rows)
+        baseline = next((r for r in rows if r.get("role") == "baseline" and r.get("status") == "keep"), None)
+        if baseline is None:
+            return self.run_same_code(index, "baseline", "baseline", BASE_SEED + self.options.seed)
+        repeats = [r for r in rows if r.get("role") == "noise" and r.get("status") in ("keep", "discard")]
+        if self.options.policy == "noise" and len(repeats) < self.options.noise_runs:
+            seed = BASE_SEED + self.options.seed + 1000 * (len(repeats) + 1)
+            return self.run_same_code(index, "noise", f"baseline repeat, seed {seed} (noise estimate)", seed)
+        return self.experiment(index, rows)
+
+    def run_same_code(self, index: int, role: str, description: str, seed: int) -> dict:
+        head = self.lab.head()
+        started = now_iso()
+        self._write_inflight(index=index, phase="run", role=role, parent=head, commit=head,
+                             description=description, started_at=started, log=self._log_rel(index))
+        self.bus.emit("experiment_started", index=index, description=description, role=role,
+                      budget=self.options.budget, commit=self.lab.short(head))
+        result = self.execute(index, seed)
+        row = self.base_row(index, role, head, head, description, seed, started)
+        source = self.lab.read(self.lab.config["allowed"][0])
+        row["fingerprint"] = fingerprint(source)
+        row.update(self.result_fields(result))
+        row["timings"]["run_s"] = round(result.wall_seconds, 3)
+        if not result.ok:
+            row.update(status="crash" if result.kind != "interrupted" else "interrupted")
+            return self.record(row)
+        if role == "baseline":
+            row.update(status="keep", score=result.summary["val_bpb"])
+        else:
+            row.update(status="discard")
+            baseline = next(r for r in self.rows() if r.get("role") == "baseline" and r.get("status") == "keep")
+            row["judge"] = {"policy": self.options.policy, "decision": "noise estimate",
+                            "noise": noise_estimate(self.rows() + [row])}
+            row["baseline_value"] = baseline.get("val_bpb")
+        return self.record(row)
+
+    def experiment(self, index: int, rows: list[dict]) -> dict | None:
+        best = self.best(rows)
+        parent = self.lab.head()
+        started = now_iso()
+        self._write_inflight(index=index, phase="propose", role="experiment", parent=parent, started_at=started)
+        self.bus.emit("proposing", index=index)
+        t0 = time.monotonic()
+        context = self._context(index, rows)
+        try:
+            proposal = self.agent.propose(context)
+        except ProposalError as error:
+            return self._rejected(index, parent, started, "agent", error.reason, usage=error.usage,
+                                  fatal=error.fatal, propose_s=time.monotonic() - t0,
+                                  exhausted="tried every change" in error.reason)
+        except Exception as error:  # a broken agent is recorded, never fatal to the loop
+            return self._rejected(index, parent, started, "agent", f"{type(error).__name__}: {error}",
+                                  propose_s=time.monotonic() - t0)
+        propose_s = time.monotonic() - t0
+        self.lab.reset(parent)  # whatever the agent did to the tree, the proposal is only its files
+        if self.stop_now.is_set():
+            return self._rejected(index, parent, started, "interrupted", "stopped while the agent was proposing",
+                                  usage=proposal.usage, propose_s=propose_s, description=proposal.description)
+        problem, kind = self.validate(proposal.files, rows)
+        extra = dict(usage=proposal.usage, propose_s=propose_s, description=proposal.description,
+                     rationale=proposal.rationale, meta=proposal.meta)
+        if problem:
+            return self._rejected(index, parent, started, kind, problem, **extra,
+                                  fingerprint=fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")))
+        description = " ".join((proposal.description or "untitled change").split())[:200]
+        self._write_inflight(index=index, phase="commit", role="experiment", parent=parent, started_at=started,
+                             description=description)
+        self.lab.write_files(proposal.files)
+        commit = self.lab.commit(list(proposal.files), f"experiment {index}: {description}")
+        self.lab.keep_ref(index, commit)
+        self._write_inflight(index=index, phase="run", role="experiment", parent=parent, commit=commit,
+                             started_at=started, description=description, log=self._log_rel(index))
+        self.bus.emit("experiment_started", index=index, description=description, role="experiment",
+                      budget=self.options.budget, commit=self.lab.short(commit))
+        seed = BASE_SEED + self.options.seed
+        result = self.execute(index, seed)
+        row = self.base_row(index, "experiment", commit, parent, description, seed, started)
+        row.update(self.result_fields(result), rationale=proposal.rationale, usage=proposal.usage,
+                   fingerprint=fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")),
+                   diff=self._diff_stats(parent, commit), **proposal.meta)
+        row["timings"].update(propose_s=round(propose_s, 3), run_s=round(result.wall_seconds, 3))
+        if not result.ok:
+            self.lab.reset(parent)
+            row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
+            return self.record(row)
+        t1 = time.monotonic()
+        value = result.summary["val_bpb"]
+        best_score = best.get("score") if best else value
+        verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"])
+        confirm_row = None
+        room = self.options.max_experiments is None or self.ran(rows) + 2 <= self.options.max_experiments
+        if verdict.decision == "confirm" and room and not self.stop_now.is_set():
+            confirm_row, verdict = self.confirm(index, commit, parent, description, value, best_score, rows, row)
+        elif verdict.decision == "confirm":
+            verdict.decision = "discard"
+        row["judge"] = verdict.record()
+        row["timings"]["judge_s"] = round(time.monotonic() - t1, 3)
+        if verdict.decision == "keep":
+            row["status"] = "keep"
+            row["score"] = (value + confirm_row["val_bpb"]) / 2 if confirm_row else value
+        else:
+            row["status"] = "discard"
+            self.lab.reset(parent)
+        recorded = self.record(row)
+        if confirm_row is not None:
+            confirm_row.update(index=index + 1, status=recorded["status"], judge=recorded["judge"],
+                               score=recorded.get("score"))
+            kept = recorded["status"] == "keep"
+            self._write_inflight(index=index + 1, phase="record", role="confirm", parent=commit if kept else parent,
+                                 commit=commit, description=confirm_row["description"])
+            self.record(confirm_row)
+        return recorded
+
+    def confirm(self, index, commit, parent, description, value, best_score, rows, row):
+        """Re-run a borderline winner with another seed before deciding."""
+        seed = BASE_SEED + self.options.seed + 7919 * (index + 1)
+        started = now_iso()
+        self._write_inflight(index=index, phase="confirm", role="experiment", parent=parent, commit=commit,
+                             started_at=row["started_at"], description=description, log=self._log_rel(index))
+        self.bus.emit("experiment_started", index=index + 1, description=f"confirm: {description}",
+                      role="confirm", budget=self.options.budget, commit=self.lab.short(commit))
+        result = self.execute(index + 1, seed)
+        confirm_row = self.base_row(index + 1, "confirm", commit, parent, f"confirm: {description}", seed, started)
+        confirm_row.update(self.result_fields(result), fingerprint=row.get("fingerprint"))
+        if not result.ok:
+            verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"])
+            verdict.decision = "discard"
+            confirm_row["kind"] = result.kind
+            return confirm_row, verdict
+        verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"],
+                        confirmation=result.summary["val_bpb"])
+        return confirm_row, verdict
+
+    # -- pieces -----------------------------------------------------------------------------
+    def validate(self, files: dict[str, str], rows: list[dict]) -> tuple[str, str]:
+        allowed = self.lab.config["allowed"]
+        outside = [p for p in files if p not in allowed]
+        if outside:
+            return f"changes files the agent may not edit: {', '.join(outside)} (allowed: {', '.join(allowed)})", "validation"
+        changed = {p: t for p, t in files.items() if t != self.lab.read(p)}
+        if not changed:
+            return "the proposal changes nothing", "validation"
+        files.clear()
+        files.update(changed)
+        if self.lab.locked_changes():
+            return "a locked file changed", "validation"
+        for path, text in changed.items():
+            if not path.endswith(".py"):
+                continue
+            try:
+                compile(text, path, "exec")
+            except SyntaxError as error:
+                return f"{path} does not compile: line {error.lineno}: {error.msg}", "validation"
+            reasons = audit_source(text, "prepare", self.fixed_exports)
+            if reasons:
+                return f"audit: {'; '.join(reasons[:3])}", "audit"
+            if only_seeds_changed(self.lab.read(path), text):
+                return "changes only random seeds: that measures noise, not an idea", "audit"
+        new_fp = fingerprint(changed.get(allowed[0], self.lab.read(allowed[0])))
+        earlier = next((r for r in rows if r.get("fingerprint") == new_fp and r.get("status") != "rejected"), None)
+        if earlier is not None:
+            return f"already tried: the same change as experiment {earlier['index']} ({earlier.get('description', '')})", "duplicate"
+        return "", ""
+
+    def execute(self, index: int, seed: int) -> RunResult:
+        config = self.lab.config
+        env = clean_environment({
+            "AUTORESEARCH_BUDGET": self.options.budget, "AUTORESEARCH_SEED": seed,
+            "AUTORESEARCH_PROFILE": self.options.profile, "AUTORESEARCH_DATA": config.get("data", "builtin"),
+            "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None,
+        })
+        runner = Runner(config["command"], self.lab.root, env, self.lab.log_path(index), self.options.budget,
+                        timeout_for(self.options.budget, self.options.profile, config.get("startup_allowance")),
+                        on_step=lambda step: self.bus.emit("step", index=index, **step), on_start=self._note_pid)
+        self.runner = runner
+        if self.stop_now.is_set():
+            runner.stop()
+        try:
+            result = runner.run()
+        finally:
+            self.runner = None
+        return result
+
+    def base_row(self, index, role, commit, parent, description, seed, started) -> dict:
+        return {"index": index, "role": role, "commit": self.lab.short(commit) if commit else "",
+                "parent": self.lab.short(parent) if parent else "",
+                "description": description, "seed": seed, "started_at": started, "kind": None, "reason": None,
+                "rationale": "", "usage": {}, "diff": {"files": 0, "added": 0, "removed": 0},
+                "log": self._log_rel(index), "timings": {"propose_s": 0.0, "run_s": 0.0, "judge_s": 0.0},
+                "agent": self.agent.name, "model": self.agent.model}
+
+    def result_fields(self, result: RunResult) -> dict:
+        fields = {k: result.summary.get(k) for k in ("val_bpb", "training_seconds", "total_seconds",
+                                                     "peak_vram_mb", "mfu_percent", "total_tokens_M",
+                                                     "num_steps", "num_params_M", "depth")}
+        fields["memory_gb"] = round((result.summary.get("peak_vram_mb") or 0.0) / 1024, 1)
+        if not result.ok:
+            fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], val_bpb=None)
+        return {**fields, "run_wall_s": round(result.wall_seconds, 2)}
+
+    def _note_pid(self, pid: int) -> None:
+        """Remember the experiment's process group, so a resume can end an orphaned run."""
+        try:
+            inflight = json.loads(self.lab.inflight_path.read_text())
+        except (OSError, ValueError):
+            return
+        self._write_inflight(**{**inflight, "pid": pid})
+
+    def _rejected(self, index, parent, started, kind, reason, usage=None, fatal=False, propose_s=0.0,
+                  description="", rationale="", meta=None, fingerprint=None, exhausted=False) -> dict:
+        self.lab.reset(parent)
+        row = self.base_row(index, "experiment", "", parent, description or "(no proposal)", None, started)
+        row.update(status="rejected" if kind != "interrupted" else "interrupted", kind=kind, reason=reason,
+                   usage=usage or {}, rationale=rationale, fingerprint=fingerprint, val_bpb=None,
+                   **(meta or {}))
+        row["log"] = None
+        row["timings"]["propose_s"] = round(propose_s, 3)
+        if fatal:
+            row["fatal"] = True
+        if exhausted:
+            row["exhausted"] = True
+        return self.record(row)
+
+    def _context(self, index: int, rows: list[dict] | None = None) -> Context:
+        rows = self.rows() if rows is None else rows
+        config = self.lab.config
+        best, baseline = self.best(rows), next((r for r in rows if r.get("role") == "baseline"), None)
+        last_crash = next((r for r in reversed(rows) if r.get("status") == "crash"), None)
+        baseline_files = {}
+        if baseline and baseline.get("commit"):
+            baseline_files = {p: self.lab.file_at_commit(baseline["commit"], p) for p in config["allowed"]}
+        best_diff = ""
+        if best and baseline and best.get("commit") and baseline.get("commit"):
+            best_diff = self.lab.diff_commits(baseline["commit"], best["commit"])
+        steering = []
+        if self.lab.steering_path.exists():
+            steering = [line.strip() for line in self.lab.steering_path.read_text().splitlines() if line.strip()]
+        return Context(
+            index=index, charter=self.lab.charter_path.read_text(encoding="utf-8"),
+            files={p: self.lab.read(p) for p in config["allowed"]}, allowed=list(config["allowed"]),
+            locked=list(config["locked"]), history=rows, best=best.get("score") if best else None,
+            baseline=baseline.get("val_bpb") if baseline else None, metric=config["metric"],
+            direction=config["direction"], profile=dict(self.options.run_info.get("profile_facts") or {}),
+            budget=self.options.budget, best_diff=best_diff,
+            last_failure=(last_crash or {}).get("tail", "") or "",
+            journal=self.lab.journal_path.read_text(encoding="utf-8") if self.lab.journal_path.exists() else "",
+            steering=steering, lab_dir=str(self.lab.root), seed=self.options.seed, baseline_files=baseline_files)
+
+    def _diff_stats(self, old: str, new: str) -> dict:
+        out = self.lab.repo.git.diff("--numstat", old, new)
+        added = removed = files = 0
+        for line in out.splitlines():
+            a, r, _ = line.split("\t", 2)
+            files += 1
+            added += int(a) if a.isdigit() else 0
+            removed += int(r) if r.isdigit() else 0
+        return {"files": files, "added": added, "removed": removed}
+
+    def _log_rel(self, index: int) -> str:
+        return str(self.lab.log_path(index).relative_to(self.lab.root))
+
+    def _fixed_exports(self) -> set[str]:
+        names = set()
+        for locked in self.lab.config.get("locked", []):
+            try:
+                tree = ast.parse(self.lab.read(locked))
+            except (OSError, SyntaxError):
+                continue
+            names |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        return names

@@ -1,0 +1,192 @@
+"""Run one experiment: a subprocess in its own process group, a hard timeout, the log, the summary."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
+SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")
+SUMMARY_LINE = re.compile(r"^([a-zA-Z_]+):\s+(-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)\s*$")
+SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                "total_tokens_M", "num_steps", "num_params_M", "depth")
+STEP_LINE = re.compile(r"^step\s+(\d+)\s*\|")
+
+
+@dataclass
+class RunResult:
+    ok: bool
+    kind: str | None = None          # crash kind when not ok
+    reason: str = ""
+    summary: dict = field(default_factory=dict)
+    returncode: int | None = None
+    wall_seconds: float = 0.0
+    tail: str = ""
+
+
+def clean_environment(extra: dict | None = None) -> dict:
+    """The parent's environment without secrets; the experiment never sees an API key."""
+    env = {}
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if any(marker in upper for marker in SECRET_MARKERS) or upper.startswith(SECRET_PREFIXES):
+            continue
+        env[name] = value
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({k: str(v) for k, v in (extra or {}).items() if v is not None})
+    return env
+
+
+def parse_step(line: str) -> dict | None:
+    """`step 120 | loss 3.412 | lr 0.0300 | tok/s 51234 | progress 0.41 | elapsed 24.6s` -> dict."""
+    if not STEP_LINE.match(line):
+        return None
+    values = {}
+    for part in line.split("|"):
+        bits = part.strip().split()
+        if len(bits) != 2:
+            continue
+        key, raw = bits[0].replace("/", "_"), bits[1].rstrip("s")
+        try:
+            values[key] = float(raw)
+        except ValueError:
+            continue
+    if "step" in values:
+        values["step"] = int(values["step"])
+    return values
+
+
+def parse_summary(lines: list[str]) -> tuple[dict, list[str]]:
+    """The summary block's values, and any problems (a metric printed more than once)."""
+    summary, problems = {}, []
+    for line in lines:
+        match = SUMMARY_LINE.match(line.strip())
+        if not match or match.group(1) not in SUMMARY_KEYS:
+            continue
+        key, value = match.group(1), float(match.group(2))
+        if key in summary:
+            problems.append(f"{key} was printed more than once")
+        summary[key] = value
+    return summary, problems
+
+
+def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool) -> tuple[str, str]:
+    """(crash kind, reason) for a run that did not end with a usable summary."""
+    text = "\n".join(tail)
+    fail_line = next((l for l in reversed(tail) if l.startswith("FAIL:")), "")
+    if stopped:
+        return "interrupted", "stopped by the person"
+    if timed_out:
+        return "timeout", "killed at the hard timeout (budget plus start-up allowance)"
+    if "SyntaxError" in text or "IndentationError" in text:
+        return "syntax", _last_error(tail)
+    if "out of memory" in text.lower() or "OutOfMemoryError" in text or "MemoryError" in text:
+        return "oom", _last_error(tail)
+    if fail_line and ("nan" in fail_line.lower() or "diverged" in fail_line.lower() or "inf" in fail_line.lower()):
+        return "nan", fail_line[5:].strip()
+    if fail_line:
+        return "exception", fail_line[5:].strip()
+    if returncode is not None and returncode < 0:
+        return "killed", f"killed by signal {signal.Signals(-returncode).name}"
+    if "Traceback" in text:
+        return "exception", _last_error(tail)
+    return "exception", f"exit code {returncode} without a summary block"
+
+
+def _last_error(tail: list[str]) -> str:
+    for line in reversed(tail):
+        if line.strip() and not line.startswith(" "):
+            return line.strip()[:300]
+    return ""
+
+
+class Runner:
+    """Starts the experiment, streams its output, and can be stopped from another thread."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict, log_path: Path, budget: float,
+                 timeout: float, on_step: Callable[[dict], None] | None = None,
+                 on_start: Callable[[int], None] | None = None):
+        self.command = [sys.executable if part == "{python}" else part for part in command]
+        self.cwd, self.env, self.log_path = cwd, env, log_path
+        self.budget, self.timeout, self.on_step, self.on_start = budget, timeout, on_step, on_start
+        self.process: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._timed_out = False
+
+    def stop(self) -> None:
+        """Kill the whole process group now; the run is recorded as interrupted."""
+        self._stop.set()
+        self._kill()
+
+    def _kill(self) -> None:
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _watchdog(self, deadline: float) -> None:
+        while self.process and self.process.poll() is None:
+            if time.monotonic() >= deadline:
+                self._timed_out = True
+                self._kill()
+                return
+            if self._stop.wait(0.2):
+                return
+
+    def run(self) -> RunResult:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        tail: list[str] = []
+        with open(self.log_path, "w", encoding="utf-8") as log:
+            log.write(f"$ {' '.join(self.command)}\n")
+            log.flush()
+            try:
+                self.process = subprocess.Popen(
+                    self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    text=True, encoding="utf-8", errors="replace", bufsize=1)
+            except OSError as error:
+                return RunResult(False, "exception", f"could not start {self.command[0]}: {error}")
+            if self.on_start:
+                self.on_start(self.process.pid)
+            if self._stop.is_set():
+                self._kill()
+            watchdog = threading.Thread(target=self._watchdog, args=(started + self.timeout,), daemon=True)
+            watchdog.start()
+            for line in self.process.stdout:
+                log.write(line)
+                log.flush()
+                line = line.rstrip("\n")
+                tail.append(line)
+                if len(tail) > 400:
+                    del tail[:200]
+                step = parse_step(line)
+                if step and self.on_step:
+                    self.on_step(step)
+            returncode = self.process.wait()
+            watchdog.join(timeout=1)
+            wall = time.monotonic() - started
+            log.write(f"\n[autoresearch-nb] exit code {returncode}, wall {wall:.1f}s\n")
+        tail_text = "\n".join(tail[-40:])
+        stopped = self._stop.is_set() and not self._timed_out
+        summary, problems = parse_summary(tail)
+        if returncode == 0 and "val_bpb" in summary and not problems and not stopped:
+            limit = self.budget * 1.1 + 5.0  # one slow last step may run past the budget
+            if summary.get("training_seconds", 0.0) > limit:
+                return RunResult(False, "budget", f"trained {summary['training_seconds']:.1f}s against a "
+                                 f"{self.budget:.0f}s budget", summary, returncode, wall, tail_text)
+            return RunResult(True, None, "", summary, returncode, wall, tail_text)
+        if problems and not stopped:
+            return RunResult(False, "exception", "; ".join(problems), summary, returncode, wall, tail_text)
+        kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped)
+        return RunResult(False, kind, reason, summary, returncode, wall, tail_text)

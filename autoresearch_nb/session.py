@@ -1,0 +1,296 @@
+"""One research run: owns the lab, the loop thread and the event stream. Front ends drive it."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+
+from .agents import AGENTS, make_agent
+from .errors import LabError
+from .events import Event, EventBus
+from .lab import DEFAULT_DIR, Lab
+from .ledger import RAN_STATUSES, atomic_write
+from .loop import LoopOptions, ResearchLoop, now_iso
+from .runner import clean_environment
+
+POLICIES = ("noise", "greedy")
+LOSS_POINTS = 600
+
+
+@dataclass
+class RunOptions:
+    lab: str = DEFAULT_DIR
+    agent: str = "heuristic"
+    model: str | None = None
+    budget: float | None = None
+    max_experiments: int | None = None
+    tag: str | None = None
+    policy: str = "noise"
+    max_cost: float | None = None
+    resume: bool = False
+    base_url: str | None = None
+    command: str | None = None
+    noise_runs: int = 2
+    seed: int = 0
+    agent_timeout: float | None = None
+
+
+def default_tag() -> str:
+    return time.strftime("%b%d").lower()
+
+
+def check_options(options: RunOptions) -> None:
+    """One clear line for each mistake a person can make on the command line or in a magic."""
+    if options.budget is not None and not options.budget > 0:
+        raise LabError(f"--budget must be a positive number of seconds (got {options.budget:g})")
+    if options.max_experiments is not None and options.max_experiments < 1:
+        raise LabError(f"--max-experiments must be at least 1 (got {options.max_experiments})")
+    if options.policy not in POLICIES:
+        raise LabError(f"unknown --policy {options.policy!r}: choose noise (the default) or greedy")
+    if options.max_cost is not None and options.max_cost <= 0:
+        raise LabError(f"--max-cost must be a positive number of dollars (got {options.max_cost:g})")
+    if options.noise_runs < 1:
+        raise LabError("--noise-runs must be at least 1: the noise policy needs repeats of the baseline")
+    if options.agent not in AGENTS:
+        raise LabError(f"unknown agent {options.agent!r}: choose one of {', '.join(AGENTS)}")
+    if options.agent == "command" and not options.command:
+        raise LabError('the command agent needs --command, e.g. --command "claude -p"')
+    if options.agent == "openai" and not (options.base_url or os.environ.get("OPENAI_BASE_URL")):
+        raise LabError("the openai agent needs --base-url (e.g. http://localhost:11434/v1 for Ollama)")
+
+
+def agent_options(options: RunOptions) -> dict:
+    if options.agent == "heuristic":
+        return {"seed": options.seed}
+    if options.agent == "command":
+        return {"command": options.command, "timeout": options.agent_timeout}
+    return {"model": options.model, "base_url": options.base_url}
+
+
+class Session:
+    """Start, watch and steer one run. All git work happens in the loop thread once started."""
+
+    def __init__(self, options: RunOptions):
+        check_options(options)
+        self.options = options
+        self.lab = Lab.open(options.lab)
+        self.bus = EventBus()
+        self._lock = threading.Lock()
+        self._rows = self.lab.rows()
+        self._header: dict = {}
+        self._current: dict | None = None
+        self._state, self._message = "idle", ""
+        self._thread: threading.Thread | None = None
+        self.loop: ResearchLoop | None = None
+        self.error: str | None = None
+        previous = self._previous_run()
+        if self._rows and not options.resume:
+            raise LabError(f"{self.lab.root} already holds run '{previous.get('tag', '?')}' with "
+                           f"{len(self._rows)} experiments: continue it with --resume, or make a new lab "
+                           f"with `autoresearch-nb init NEWDIR`")
+        self.tag = options.tag or previous.get("tag") or default_tag()
+        if options.resume:  # settings not given again are those of the run being resumed
+            for key in ("budget", "policy", "max_experiments", "max_cost"):
+                if getattr(options, key) in (None, RunOptions.__dataclass_fields__[key].default) and previous.get(key) is not None:
+                    setattr(options, key, previous[key])
+        self.agent = make_agent(options.agent, **agent_options(options))
+        self.bus.subscribe(self._track)
+
+    # -- front-end API ----------------------------------------------------------------------
+    def subscribe(self, callback):
+        return self.bus.subscribe(callback)
+
+    @property
+    def alive(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def start(self) -> "Session":
+        if self.alive:
+            raise LabError("this session is already running: `stop` it first")
+        self.loop = self._prepare_lab()
+        self._thread = threading.Thread(target=self._main, name="autoresearch-loop", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, now: bool = False) -> None:
+        if self.loop:
+            self.loop.stop(now)
+        self._set_state("stopping", "stopping now: the current experiment is killed and recorded" if now
+                        else "stopping after the current experiment")
+
+    def pause(self) -> None:
+        if self.loop:
+            self.loop.pause()
+
+    def resume(self) -> None:
+        if self.loop:
+            self.loop.resume()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread:
+            self._thread.join(timeout)
+        return not self.alive
+
+    def steer(self, text: str) -> None:
+        text = " ".join(text.split())
+        if not text:
+            raise LabError("steer needs a note, e.g. steer \"try a deeper, narrower model\"")
+        self.lab.state_dir.mkdir(exist_ok=True)
+        with open(self.lab.steering_path, "a", encoding="utf-8") as handle:
+            handle.write(f"[{now_iso()}] {text}\n")
+        self.bus.emit("message", text=f"steering note added: {text}", level="info")
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            rows = copy.deepcopy(self._rows)
+            header = dict(self._header)
+            current = copy.deepcopy(self._current)
+            state, message = self._state, self._message
+        header.update(summarize(rows, header, self.options.max_experiments))
+        return {"header": header, "rows": rows, "current": current, "state": state, "message": message}
+
+    # -- set-up (main thread, before the loop thread exists) -----------------------------
+    def _previous_run(self) -> dict:
+        try:
+            return json.loads(self.lab.run_info_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _prepare_lab(self) -> ResearchLoop:
+        lab, branch = self.lab, f"autoresearch/{self.tag}"
+        loop = ResearchLoop(lab, self.agent, LoopOptions(budget=self.options.budget or 0.0,
+                                                         max_experiments=self.options.max_experiments,
+                                                         policy=self.options.policy, noise_runs=self.options.noise_runs,
+                                                         max_cost=self.options.max_cost, seed=self.options.seed),
+                            self.bus)
+        if self.options.resume and lab.inflight_path.exists():
+            if lab.branch() != branch and branch in lab.repo.heads:
+                lab.repo.git.checkout("-f", branch)
+            loop.recover()
+        loop.check_lab()
+        if lab.branch() != branch:
+            if branch in [h.name for h in lab.repo.heads]:
+                if not self.options.resume:
+                    raise LabError(f"branch {branch} already exists in {lab.root}: choose another --tag or add --resume")
+                lab.repo.git.checkout(branch)
+            else:
+                lab.repo.git.checkout("-b", branch)
+        self._rows = lab.rows()
+        return loop
+
+    # -- the loop thread --------------------------------------------------------------------
+    def _main(self) -> None:
+        try:
+            facts = self._setup_data()
+            loop = self.loop
+            loop.options.profile = facts["name"]
+            loop.options.budget = float(self.options.budget or self.lab.config.get("budget") or facts["time_budget"])
+            loop.options.run_info = {"profile_facts": facts}
+            info = {"lab": str(self.lab.root), "tag": self.tag, "branch": f"autoresearch/{self.tag}",
+                    "agent": self.agent.name, "agent_label": self.agent.label or self.agent.name,
+                    "model": self.agent.model, "profile": facts["name"], "device": facts.get("device_name", facts["device"]),
+                    "budget": loop.options.budget, "policy": self.options.policy,
+                    "max_experiments": self.options.max_experiments, "max_cost": self.options.max_cost,
+                    "started_at": self._previous_run().get("started_at") if self.options.resume else None}
+            info["started_at"] = info["started_at"] or now_iso()
+            info["resumed_at"] = now_iso() if self.options.resume else None
+            atomic_write(self.lab.run_info_path, json.dumps(info, indent=2))
+            self.bus.emit("run_started", **info)
+            loop.run()
+            self._set_state("finished", loop.finish_reason)
+        except LabError as error:
+            self.error = str(error)
+            self._set_state("error", str(error))
+        except Exception as error:  # recorded for the person; the lab stays consistent
+            self.error = f"{type(error).__name__}: {error}"
+            with open(self.lab.state_dir / "session.log", "a", encoding="utf-8") as handle:
+                handle.write(f"[{now_iso()}]\n{traceback.format_exc()}\n")
+            self._set_state("error", f"{self.error} (details in .autoresearch/session.log)")
+        finally:
+            try:
+                self.agent.close()
+            finally:
+                self.bus.emit("run_finished", reason=self._message)
+
+    def _setup_data(self) -> dict:
+        """Resolve the profile and prepare data in subprocesses, so the kernel imports no torch."""
+        self._set_state("preparing", "preparing data and tokenizer (cached after the first time)")
+        config = self.lab.config
+        env = clean_environment({"AUTORESEARCH_PROFILE": config.get("profile") or "auto"})
+        env.pop("AUTORESEARCH_BUDGET", None)
+        cmd = [sys.executable, "nanochat/prepare.py", "--data", config.get("data", "builtin")]
+        if config.get("profile") not in (None, "auto"):
+            cmd += ["--profile", config["profile"]]
+        if config.get("byte_level"):
+            cmd.append("--byte-level")
+        log = self.lab.state_dir / "logs" / "prepare.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as handle:
+            done = subprocess.run(cmd, cwd=self.lab.root, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        if done.returncode != 0:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise LabError(f"preparing the data failed: {tail[0]} (full log: {log})")
+        probe = ("import json, torch, prepare as p; f = dict(p.PROFILE); "
+                 "f['device_name'] = torch.cuda.get_device_name(0) if p.DEVICE == 'cuda' else p.DEVICE; "
+                 "print(json.dumps(f))")
+        out = subprocess.run([sys.executable, "-c", probe], cwd=self.lab.root / "nanochat", env=env,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise LabError(f"could not read the hardware profile: {out.stderr.strip().splitlines()[-1:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    # -- tracking events into the snapshot ----------------------------------------------------
+    def _set_state(self, state: str, message: str) -> None:
+        self.bus.emit("state", state=state, message=message)
+
+    def _track(self, event: Event) -> None:
+        with self._lock:
+            if event.kind == "run_started":
+                self._header = dict(event.data)
+            elif event.kind == "experiment_started":
+                self._current = {**event.data, "progress": 0.0, "losses": [], "started_at": event.time}
+            elif event.kind == "step" and self._current is not None:
+                self._current["progress"] = float(event.data.get("progress", 0.0))
+                if "loss" in event.data:
+                    losses = self._current["losses"]
+                    losses.append((event.data.get("step", len(losses)), event.data["loss"]))
+                    if len(losses) > LOSS_POINTS:
+                        del losses[::2]
+            elif event.kind == "experiment_finished":
+                self._rows.append(event.data["row"])
+                self._current = None
+            elif event.kind == "state":
+                self._state, self._message = event.data["state"], event.data.get("message", "")
+            elif event.kind == "message":
+                self._message = event.data.get("text", "")
+
+
+def summarize(rows: list[dict], header: dict, max_experiments: int | None) -> dict:
+    """Counts, best, rate, cost and ETA for headers (dashboard, CLI, export)."""
+    counts = {s: 0 for s in ("keep", "discard", "crash", "rejected", "interrupted")}
+    for row in rows:
+        counts[row.get("status", "rejected")] = counts.get(row.get("status", "rejected"), 0) + 1
+    kept = [r for r in rows if r.get("status") == "keep"]
+    baseline = next((r.get("val_bpb") for r in rows if r.get("role") == "baseline" and r.get("status") == "keep"), None)
+    best = kept[-1].get("score", kept[-1].get("val_bpb")) if kept else None
+    done = sum(1 for r in rows if r.get("status") in RAN_STATUSES)
+    cost = sum(float((r.get("usage") or {}).get("cost_usd") or 0.0) for r in rows)
+    run_seconds = sum(float((r.get("timings") or {}).get("run_s") or 0.0) +
+                      float((r.get("timings") or {}).get("propose_s") or 0.0) for r in rows)
+    per_hour = done / (run_seconds / 3600) if run_seconds > 0 else 0.0
+    eta = None
+    if max_experiments and done and per_hour:
+        eta = max(0, max_experiments - done) * 3600 / per_hour
+    return {"counts": counts, "baseline": baseline, "best": best, "done": done, "cost_usd": round(cost, 4),
+            "per_hour": round(per_hour, 1), "eta_s": eta,
+            "gain": (baseline - best) if baseline is not None and best is not None else None}

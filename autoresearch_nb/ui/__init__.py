@@ -1,0 +1,1 @@
+"""Front-end pieces shared by the dashboard and the exported notebook."""
