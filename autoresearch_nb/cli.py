@@ -20,14 +20,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create a lab (a git repo made from the template)")
     p.add_argument("dir", nargs="?", default=DEFAULT_DIR)
-    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "mps", "cuda"])
+    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "mps", "cuda", "tiny"])
     p.add_argument("--data", default="builtin", help="builtin, tinystories, fineweb-edu, or a path")
     p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment")
 
     p = sub.add_parser("prepare", help="download/build the data and train the tokenizer")
     p.add_argument("--lab", default=None, help="prepare for this lab (and record the data choice in it)")
     p.add_argument("--data", default=None, help="builtin, tinystories, fineweb-edu, or a path")
-    p.add_argument("--profile", default=None, choices=["auto", "cpu", "mps", "cuda"])
+    p.add_argument("--profile", default=None, choices=["auto", "cpu", "mps", "cuda", "tiny"])
     p.add_argument("--byte-level", action="store_true", help="raw bytes instead of a BPE tokenizer")
     p.add_argument("--shards", type=int, default=1, help="training shards to download (hub sources)")
 

@@ -46,6 +46,13 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
+def crashpoint(name: str, index: int | None = None) -> None:
+    """Tests name a point here (AUTORESEARCH_CRASHPOINT=name or name:index) to get a real kill -9
+    exactly there."""
+    if os.environ.get("AUTORESEARCH_CRASHPOINT") in (name, f"{name}:{index}"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _runs_in(pid: int, root) -> bool:
     """True when process `pid` still exists and works in `root` (not a reused pid)."""
     try:
@@ -104,6 +111,18 @@ class ResearchLoop:
         kept = [r for r in rows if r.get("status") == "keep"]
         return kept[-1] if kept else None
 
+    def best_score(self, rows: list[dict]) -> float | None:
+        """The value to beat. While the baseline is best, the mean of its repeats: one lucky
+        baseline run would otherwise make every later change look worse than it is."""
+        best = self.best(rows)
+        if best is None:
+            return None
+        if best.get("role") == "baseline":
+            values = [best["val_bpb"]] + [r["val_bpb"] for r in rows if r.get("role") == "noise"
+                                          and r.get("status") == "discard" and r.get("val_bpb") is not None]
+            return sum(values) / len(values)
+        return best.get("score", best.get("val_bpb"))
+
     def record(self, row: dict) -> dict:
         rows = self.rows()
         row.setdefault("finished_at", now_iso())
@@ -112,6 +131,7 @@ class ResearchLoop:
         best = self.best(rows + [row]) if row.get("status") == "keep" else self.best(rows)
         row["best"] = best.get("score") if best else None
         append_row(self.lab.ledger_path, row)
+        crashpoint("after_append", row.get("index"))
         write_results(self.lab.results_path, rows + [row])
         self._journal(row)
         self._clear_inflight()
@@ -303,6 +323,7 @@ class ResearchLoop:
             return self._rejected(index, parent, started, "agent", f"{type(error).__name__}: {error}",
                                   propose_s=time.monotonic() - t0)
         propose_s = time.monotonic() - t0
+        crashpoint("after_propose", index)
         self.lab.reset(parent)  # whatever the agent did to the tree, the proposal is only its files
         if self.stop_now.is_set():
             return self._rejected(index, parent, started, "interrupted", "stopped while the agent was proposing",
@@ -317,8 +338,10 @@ class ResearchLoop:
         self._write_inflight(index=index, phase="commit", role="experiment", parent=parent, started_at=started,
                              description=description)
         self.lab.write_files(proposal.files)
+        crashpoint("after_write", index)
         commit = self.lab.commit(list(proposal.files), f"experiment {index}: {description}")
         self.lab.keep_ref(index, commit)
+        crashpoint("after_commit", index)
         self._write_inflight(index=index, phase="run", role="experiment", parent=parent, commit=commit,
                              started_at=started, description=description, log=self._log_rel(index))
         self.bus.emit("experiment_started", index=index, description=description, role="experiment",
@@ -336,7 +359,7 @@ class ResearchLoop:
             return self.record(row)
         t1 = time.monotonic()
         value = result.summary["val_bpb"]
-        best_score = best.get("score") if best else value
+        best_score = self.best_score(rows) if best else value
         verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"])
         confirm_row = None
         room = self.options.max_experiments is None or self.ran(rows) + 2 <= self.options.max_experiments
@@ -352,6 +375,7 @@ class ResearchLoop:
         else:
             row["status"] = "discard"
             self.lab.reset(parent)
+        crashpoint("after_judge", index)
         recorded = self.record(row)
         if confirm_row is not None:
             confirm_row.update(index=index + 1, status=recorded["status"], judge=recorded["judge"],
@@ -456,6 +480,7 @@ class ResearchLoop:
         except (OSError, ValueError):
             return
         self._write_inflight(**{**inflight, "pid": pid})
+        crashpoint(f"during_{inflight.get('role', 'experiment')}", inflight.get("index"))
 
     def _rejected(self, index, parent, started, kind, reason, usage=None, fatal=False, propose_s=0.0,
                   description="", rationale="", meta=None, fingerprint=None, exhausted=False) -> dict:

@@ -25,6 +25,7 @@ PROCESS_START = time.time()
 CACHE_DIR = Path(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch-nb").expanduser()
 HF_ENDPOINT = os.environ.get("AUTORESEARCH_HF_ENDPOINT", "https://huggingface.co")
 BOS = "<|bos|>"
+BUILTIN_VERSION = 2  # bump when the builtin corpus changes, so caches are rebuilt
 SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                   "total_tokens_M", "num_steps", "num_params_M", "depth")
 
@@ -37,6 +38,9 @@ PROFILES = {
                 n_embd=128, device_batch=16, total_batch=2**12, dtype="float32"),
     "mps": dict(time_budget=120, seq_len=512, vocab_size=4096, eval_tokens=2**18, depth=6,
                 n_embd=384, device_batch=16, total_batch=2**14, dtype="float32"),
+    # tiny: for tests and smoke checks of the harness; it learns little, but it learns.
+    "tiny": dict(time_budget=5, seq_len=64, vocab_size=512, eval_tokens=2**12, depth=1,
+                 n_embd=32, device_batch=8, total_batch=2**9, dtype="float32"),
     # cuda is sized from the GPU by cuda_profile(); these are the H100-class values, comparable
     # to autoresearch's (sequence 2048, vocab 8192, depth 8 / width 512, ~0.5M-token batches).
     "cuda": dict(time_budget=300, seq_len=2048, vocab_size=8192, eval_tokens=2**23, depth=8,
@@ -76,7 +80,7 @@ def profile_name(requested: str | None = None) -> str:
             return "mps"
         return "cpu"
     if name not in PROFILES:
-        raise SystemExit(f"unknown profile {name!r}: choose auto, cpu, mps or cuda")
+        raise SystemExit(f"unknown profile {name!r}: choose auto, cpu, mps, cuda or tiny")
     return name
 
 
@@ -130,7 +134,12 @@ def builtin_documents() -> list[tuple[str, str]]:
                     parts.append(text.strip())
         if parts:
             docs.append((f"module:{rel.as_posix()}", "\n\n".join(parts)))
-    return docs
+    seen, unique = set(), []
+    for doc_id, text in docs:  # some stdlib modules repeat others' text: keep it out of both splits
+        if text not in seen:
+            seen.add(text)
+            unique.append((doc_id, text))
+    return unique
 
 
 def split_of(doc_id: str) -> str:
@@ -241,7 +250,7 @@ def documents(source: str, shards: int = 1) -> dict[str, list[str]]:
 
 def source_key(source: str) -> str:
     if source == "builtin":
-        return f"builtin-py{sys.version_info[0]}{sys.version_info[1]}"
+        return f"builtin{BUILTIN_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}"
     if source in HUB_SOURCES:
         return source
     path = Path(source).expanduser().resolve()
@@ -536,7 +545,7 @@ def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Prepare data and tokenizer for nanochat.")
     parser.add_argument("--data", default="builtin", help="builtin, tinystories, fineweb-edu, or a path")
-    parser.add_argument("--profile", default=None, help="auto, cpu, mps or cuda")
+    parser.add_argument("--profile", default=None, help="auto, cpu, mps, cuda or tiny (tests)")
     parser.add_argument("--byte-level", action="store_true", help="raw bytes instead of BPE")
     parser.add_argument("--shards", type=int, default=1, help="training shards to download (hub sources)")
     args = parser.parse_args(argv)

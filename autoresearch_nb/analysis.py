@@ -1,0 +1,460 @@
+"""Reading a finished (or running) lab's record, and the figures the results notebooks show."""
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .ledger import read_results_tsv, read_rows
+
+BUNDLE_FORMAT = 1
+STATUS_ORDER = ("keep", "discard", "crash", "rejected", "interrupted")
+NOT_CHANGES = ("baseline", "noise", "confirm")  # roles whose keeps are measurements, not changes
+_TSV_KIND = re.compile(r"\[([a-z_]+)\]\s*$")  # our results.tsv puts the crash kind last: "[oom]"
+RECORD_OPEN, RECORD_CLOSE = 'RECORD = analysis.load_bundle(r"""', '""")'  # an export's data cell
+_KIND_WORDS = (("oom", ("oom", "out of memory")), ("timeout", ("timeout", "timed out")),
+               ("nan", ("nan", "diverge")), ("syntax", ("syntax",)))
+
+
+# ---- loading -------------------------------------------------------------------------------
+
+def load_bundle(text: str) -> dict:
+    """The record embedded in an exported notebook (a JSON string)."""
+    bundle = json.loads(text)
+    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+        raise ValueError("this is not an autoresearch-nb results record (format 1)")
+    return bundle
+
+
+def load(source: str | Path) -> dict:
+    """A record from a lab directory, a ledger.jsonl, a bare autoresearch results.tsv or an
+    exported results notebook; the same shape the export embeds (see `bundle_skeleton`)."""
+    from .errors import LabError
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise LabError(f"{path} does not exist: give a lab directory, a results.tsv, a "
+                       "ledger.jsonl or an exported results notebook")
+    if path.is_dir():
+        if (path / ".autoresearch" / "ledger.jsonl").exists():
+            return lab_record(path)
+        if (path / "results.tsv").exists():
+            return tsv_record(path / "results.tsv")
+        raise LabError(f"{path} has neither .autoresearch/ledger.jsonl nor results.tsv: "
+                       "is it a lab? (`autoresearch-nb init` makes one)")
+    if path.suffix == ".ipynb":
+        return notebook_record(path)
+    if path.suffix == ".jsonl":
+        record = bundle_skeleton(path.stem, "ledger")
+        record["rows"] = read_rows(path)
+        return record
+    return tsv_record(path)
+
+
+def bundle_skeleton(name: str, source: str) -> dict:
+    """An empty record: what every loader returns and the export fills in."""
+    return {"format": BUNDLE_FORMAT, "lab": name, "source": source,
+            "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "config": {}, "run": {}, "charter": "", "rows": [], "inflight": None,
+            "diffs": {}, "files": {}, "best_index": None}
+
+
+def tsv_record(path: Path) -> dict:
+    """A bare autoresearch results.tsv: metric val_bpb, lower is better, no timings or costs."""
+    record = bundle_skeleton(Path(path).parent.name or Path(path).stem, "results.tsv")
+    rows = read_results_tsv(Path(path))
+    for row in rows:
+        if row.get("status") == "crash":
+            row["kind"] = crash_kind_from_text(row.get("description", ""))
+    record["rows"] = rows
+    return record
+
+
+def lab_record(root: Path) -> dict:
+    """What a lab directory says about its run, read defensively (a run may be going on)."""
+    root = Path(root)
+    state = root / ".autoresearch"
+    record = bundle_skeleton(root.name, "lab")
+    record["rows"] = read_rows(state / "ledger.jsonl")
+    record["config"] = read_json(state / "config.json")
+    record["run"] = read_json(state / "run.json")
+    record["inflight"] = read_json(state / "inflight.json") or None
+    charter = root / "program.md"
+    record["charter"] = charter.read_text(encoding="utf-8") if charter.exists() else ""
+    return record
+
+
+def notebook_record(path: Path) -> dict:
+    """The record embedded in an exported results notebook's data cell."""
+    notebook = json.loads(Path(path).read_text(encoding="utf-8"))
+    for cell in notebook.get("cells", []):
+        source = "".join(cell.get("source", ""))
+        if cell.get("cell_type") == "code" and RECORD_OPEN in source:
+            start = source.index(RECORD_OPEN) + len(RECORD_OPEN)
+            return load_bundle(source[start:source.index(RECORD_CLOSE, start)])
+    from .errors import LabError
+    raise LabError(f"{path} is not an exported results notebook (no embedded record)")
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from a file, or {} when it is missing, torn or not an object."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ---- figures -------------------------------------------------------------------------------
+
+def metric_of(record: dict) -> tuple[str, str]:
+    """(metric name, "lower" or "higher") from the lab config, autoresearch's by default."""
+    config = record.get("config") or {}
+    return config.get("metric") or "val_bpb", config.get("direction") or "lower"
+
+
+def value_of(row: dict, metric: str) -> float | None:
+    """The row's metric if it produced one (crash rows in results.tsv carry 0.000000)."""
+    if row.get("status") not in ("keep", "discard"):
+        return None
+    value = row.get(metric)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if value > 0 else None
+
+
+def status_counts(rows: list[dict]) -> dict[str, int]:
+    counts = Counter(row.get("status", "?") for row in rows)
+    ordered = {status: counts.pop(status, 0) for status in STATUS_ORDER}
+    ordered.update(counts)
+    return ordered
+
+
+def baseline_row(rows: list[dict], metric: str = "val_bpb") -> dict | None:
+    """Experiment 0's measurement: the row with role baseline, else the first kept one."""
+    for row in rows:
+        if row.get("role") == "baseline" and value_of(row, metric) is not None:
+            return row
+    return next((row for row in rows if row.get("status") == "keep"
+                 and value_of(row, metric) is not None), None)
+
+
+def score_of(row: dict, metric: str = "val_bpb") -> float | None:
+    """What the judge compared for a kept row: its score (the mean of two runs when a
+    borderline gain was confirmed), else its metric."""
+    value = value_of(row, metric)
+    score = row.get("score")
+    if value is not None and isinstance(score, (int, float)) and score > 0:
+        return float(score)
+    return value
+
+
+def best_row(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> dict | None:
+    """The best so far: the last kept row, since a keep must beat the best before it (this is
+    the commit the branch holds, which a lucky lower single run elsewhere is not)."""
+    return next((row for row in reversed(rows) if row.get("status") == "keep"
+                 and row.get("role") != "confirm" and score_of(row, metric) is not None), None)
+
+
+def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> list[dict]:
+    """Each kept change in order, with the best before it and its gain (positive = better).
+    The baseline and confirmation re-runs are measurements, not changes."""
+    changes, best = [], None
+    baseline = baseline_row(rows, metric)
+    for row in rows:
+        value = score_of(row, metric)
+        if row.get("status") != "keep" or value is None:
+            continue
+        if row is baseline or row.get("role") in NOT_CHANGES:
+            best = value if row.get("role") != "confirm" else best
+            continue
+        gain = None if best is None else (best - value if direction == "lower" else value - best)
+        changes.append({"index": row.get("index"), "description": row.get("description", ""),
+                        "rationale": row.get("rationale", ""), "commit": row.get("commit", ""),
+                        "value": value, "before": best, "gain": gain, "judge": row.get("judge"),
+                        "gain_pct": None if not gain or not best else 100.0 * gain / best})
+        best = value
+    return changes
+
+
+def ranked_by_gain(changes: list[dict]) -> list[dict]:
+    """Kept changes, biggest gain first (changes with no measurable gain last)."""
+    return sorted(changes, key=lambda change: -(change["gain"] if change["gain"] is not None
+                                                else float("-inf")))
+
+
+def crash_kind_from_text(description: str) -> str:
+    """A crash's kind from a results.tsv description: ours ends with "[kind]"; autoresearch's
+    are free text, so common words are recognised and the rest is "crash"."""
+    found = _TSV_KIND.search(description or "")
+    if found:
+        return found.group(1)
+    lowered = (description or "").lower()
+    for kind, words in _KIND_WORDS:
+        if any(re.search(rf"\b{re.escape(word)}\b", lowered) for word in words):
+            return kind
+    return "crash"
+
+
+def crash_kinds(rows: list[dict]) -> list[dict]:
+    """Crashes, rejections and interruptions grouped by kind, most frequent first."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        status = row.get("status")
+        if status not in ("crash", "rejected", "interrupted"):
+            continue
+        kind = row.get("kind") or (status if status != "crash"
+                                   else crash_kind_from_text(row.get("description", "")))
+        groups.setdefault((status, kind), []).append(row)
+    summary = [{"status": status, "kind": kind, "count": len(members),
+                "indexes": [row.get("index") for row in members],
+                "example": members[-1].get("reason") or members[-1].get("description", "")}
+               for (status, kind), members in groups.items()]
+    return sorted(summary, key=lambda item: (-item["count"], item["status"], item["kind"]))
+
+
+PHASES = ("propose_s", "run_s", "judge_s")
+
+
+def row_seconds(row: dict) -> float | None:
+    """An experiment's wall time: its recorded total, else finished minus started, else the
+    sum of its phases; None when the record has no timings (a bare results.tsv)."""
+    timings = row.get("timings") or {}
+    if timings.get("total_s") is not None:
+        return float(timings["total_s"])
+    start, end = timestamp(row.get("started_at")), timestamp(row.get("finished_at"))
+    if start is not None and end is not None and end >= start:
+        return end - start
+    phases = [float(timings[phase]) for phase in PHASES if timings.get(phase) is not None]
+    return sum(phases) if phases else None
+
+
+def time_and_money(rows: list[dict]) -> dict:
+    """Where the time and money went: seconds per phase and per status, tokens and dollars."""
+    spent = {phase: 0.0 for phase in PHASES}
+    total, by_status = 0.0, {}
+    tokens = {"input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
+              "cache_write_tokens": 0}
+    cost, timed = 0.0, 0
+    for row in rows:
+        timings = row.get("timings") or {}
+        for phase in PHASES:
+            spent[phase] += float(timings.get(phase) or 0.0)
+        seconds = row_seconds(row)
+        if seconds is not None:
+            timed += 1
+            total += seconds
+            status = row.get("status", "?")
+            by_status[status] = by_status.get(status, 0.0) + seconds
+        usage = row.get("usage") or {}
+        for name in tokens:
+            tokens[name] += int(usage.get(name) or 0)
+        cost += float(usage.get("cost_usd") or 0.0)
+    return {"timed_rows": timed, **spent, "total_s": total, "by_status": by_status,
+            "tokens": tokens, "cost_usd": cost}
+
+
+def timestamp(value) -> float | None:
+    """Seconds since the epoch from an ISO string or a number; None if unreadable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp()  # a naive time is the machine's local time, as the loop writes it
+
+
+def wall_time(record: dict) -> float | None:
+    """Seconds from the run's start to its last finished row (or to the export while running)."""
+    rows = record.get("rows") or []
+    start = timestamp((record.get("run") or {}).get("started_at"))
+    if start is None and rows:
+        start = timestamp(rows[0].get("started_at"))
+    ends = [timestamp(row.get("finished_at")) for row in rows]
+    ends = [end for end in ends if end is not None]
+    if record.get("inflight"):
+        ends.append(timestamp(record.get("exported_at")) or 0.0)
+    if start is None or not ends:
+        return None
+    return max(0.0, max(ends) - start)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def profile_name(profile) -> str:
+    """The profile's name whether the record holds the name or the profile's facts."""
+    if isinstance(profile, dict):
+        return str(profile.get("name") or profile.get("profile") or "")
+    return str(profile or "")
+
+
+def progress_png(record: dict) -> bytes:
+    """The dashboard's progress chart (the same function) for this record."""
+    from .ui.chart import progress_chart_png
+
+    metric, direction = metric_of(record)
+    return progress_chart_png(record.get("rows") or [], metric=metric, direction=direction)
+
+
+# ---- rendering -----------------------------------------------------------------------------
+
+def rich(html_text: str, plain: str) -> dict:
+    """A display bundle with HTML for notebooks and plain text for everything else."""
+    return {"text/html": html_text, "text/plain": plain}
+
+
+def diff_display(diff: str) -> dict:
+    """A unified diff highlighted as the dashboard shows it (inline styles survive GitHub,
+    nbviewer and Colab), with the plain diff for everything else."""
+    from .ui.diffview import diff_html
+
+    return rich(diff_html(diff or "", max_height="none"), diff or "no changes")
+
+
+def table_display(headers: list[str], cells: list[list[str]]) -> dict:
+    """A plain table as HTML and as aligned text."""
+    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
+                                     for c in row) + "</tr>" for row in cells)
+    widths = [max([len(h)] + [len(str(row[i])) for row in cells]) for i, h in enumerate(headers)]
+    text = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    text += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return rich(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+                "\n".join(text))
+
+
+def number(value, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def experiments_table(record: dict) -> dict:
+    """Every experiment: index, status, metric, Δ against the best before it, description."""
+    metric, _ = metric_of(record)
+    cells, best = [], None
+    for position, row in enumerate(record.get("rows") or []):
+        value = value_of(row, metric)
+        delta = "" if value is None or best is None else f"{value - best:+.6f}"
+        if row.get("status") == "keep" and row.get("role") != "confirm" and value is not None:
+            best = score_of(row, metric)      # each keep beat the best before it
+        usage, seconds = row.get("usage") or {}, row_seconds(row)
+        cells.append([row.get("index", position), row.get("status", ""), number(value), delta,
+                      row.get("memory_gb", "") or "", row.get("kind") or "",
+                      "" if seconds is None else f"{float(seconds):.0f}",
+                      f"{float(usage['cost_usd']):.4f}" if usage.get("cost_usd") else "",
+                      row.get("description", "")])
+    return table_display(["#", "status", metric, "Δ vs best", "memory_gb", "kind", "seconds",
+                          "cost $", "description"], cells)
+
+
+def kept_table(changes: list[dict]) -> dict:
+    return table_display(["#", "gain", "gain %", "before", "after", "description"],
+                         [[c["index"], number(c["gain"]),
+                           "" if c["gain_pct"] is None else f"{c['gain_pct']:.2f}",
+                           number(c["before"]), number(c["value"]), c["description"]]
+                          for c in changes])
+
+
+def crash_table(groups: list[dict]) -> dict:
+    return table_display(["status", "kind", "count", "experiments", "last reason"],
+                         [[g["status"], g["kind"], g["count"],
+                           ", ".join(str(i) for i in g["indexes"]), g["example"][:100]]
+                          for g in groups])
+
+
+def time_table(spent: dict, kept: int = 0) -> dict:
+    """Seconds by phase and by outcome, with shares of the total, then tokens and dollars."""
+    phases = [("agent proposing", spent["propose_s"]), ("training and evaluation", spent["run_s"]),
+              ("judging", spent["judge_s"])]
+    total = max(spent["total_s"], sum(seconds for _, seconds in phases)) or 1.0
+    phases.append(("the harness (git, checks, records)",
+                   max(0.0, total - sum(seconds for _, seconds in phases))))
+
+    def share(seconds: float) -> str:
+        return f"{100 * seconds / total:.0f}%"
+
+    lines = [[f"phase: {name}", duration(seconds), share(seconds)] for name, seconds in phases]
+    lines += [[f"outcome: {status}", duration(seconds), share(seconds)]
+              for status, seconds in sorted(spent["by_status"].items(), key=lambda i: -i[1])]
+    tokens = spent["tokens"]
+    lines.append(["tokens in / out", f"{tokens['input_tokens']:,} / {tokens['output_tokens']:,}",
+                  ""])
+    lines.append(["cost", f"${spent['cost_usd']:.4f}",
+                  f"${spent['cost_usd'] / kept:.4f} per kept change" if kept else ""])
+    return table_display(["where", "spent", "share"], lines)
+
+
+def summary_markdown(record: dict) -> str:
+    """The results at a glance, as Markdown."""
+    rows = record.get("rows") or []
+    metric, direction = metric_of(record)
+    run, config = record.get("run") or {}, record.get("config") or {}
+    counts = status_counts(rows)
+    baseline, best = baseline_row(rows, metric), best_row(rows, metric, direction)
+    money = time_and_money(rows)
+    agent = run.get("agent_label") or run.get("agent") or "unknown"
+    model = run.get("model")
+    budget = run.get("budget") or config.get("budget")
+    lines = [f"- **Lab**: `{record.get('lab', '')}`"
+             + (f", branch `autoresearch/{run['tag']}`" if run.get("tag") else "")
+             + f" (source: {record.get('source', 'lab')})",
+             f"- **Hardware**: {run.get('device') or 'unknown'}; profile "
+             f"`{profile_name(run.get('profile') or config.get('profile')) or 'unknown'}`",
+             f"- **Agent**: {agent}" + (f", model `{model}`" if model else ""),
+             f"- **Budget**: {f'{float(budget):g}' if budget is not None else 'unknown'} s of training per "
+             "experiment" + (f"; policy `{run['policy']}`" if run.get("policy") else "")
+             + (f"; at most {run['max_experiments']} experiments"
+                if run.get("max_experiments") else ""),
+             f"- **Experiments**: {len(rows)} — "
+             + ", ".join(f"{count} {status}" for status, count in counts.items() if count)]
+    if baseline and best:
+        start, end = score_of(baseline, metric), score_of(best, metric)
+        gain = start - end if direction == "lower" else end - start
+        lines.append(f"- **{metric}** ({direction} is better): baseline {start:.6f} → best "
+                     f"{end:.6f} (#{best.get('index')}), gain {gain:+.6f}"
+                     + (f" ({100 * gain / start:.2f}%)" if start else ""))
+    else:
+        lines.append(f"- **{metric}**: no successful run yet")
+    lines.append(f"- **Wall time**: {duration(wall_time(record))}")
+    cost = money["cost_usd"]
+    lines.append(f"- **Cost**: ${cost:.2f}" if cost >= 1 or not cost else f"- **Cost**: ${cost:.4f}"
+                 + (f" ({money['tokens']['input_tokens']:,} input / "
+                    f"{money['tokens']['output_tokens']:,} output tokens)"
+                    if money["tokens"]["input_tokens"] else ""))
+    inflight = record.get("inflight")
+    if inflight:
+        lines.append(f"- **Still running** at export ({record.get('exported_at')}): "
+                     f"{progress_note(record)}")
+    return "\n".join(lines)
+
+
+def progress_note(record: dict) -> str:
+    """How far a run that is still going had got."""
+    rows, run = record.get("rows") or [], record.get("run") or {}
+    inflight = record.get("inflight") or {}
+    done = f"{len(rows)} experiments finished"
+    if run.get("max_experiments"):
+        done += f" of at most {run['max_experiments']}"
+    current = inflight.get("index")
+    if current is None:
+        return done
+    what = inflight.get("description") or inflight.get("role") or ""
+    phase = f" ({inflight['phase']} phase)" if inflight.get("phase") else ""
+    return (done + f"; experiment #{current} was under way{phase}"
+            + (f": {what}" if what else ""))

@@ -1,0 +1,160 @@
+"""The cells of a results notebook, built from a lab's record (analysis.lab_record + git)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from . import __version__
+from .analysis import (RECORD_CLOSE, RECORD_OPEN, best_row, kept_changes, metric_of, number,
+                       progress_note)
+
+RECORD_TAG = "autoresearch-record"
+
+SETUP = '''\
+# The package draws the chart and tables; install it where it is missing (Colab, a fresh env).
+try:
+    import autoresearch_nb
+except ImportError:
+    get_ipython().run_line_magic("pip", "install -q autoresearch-nb")
+from IPython.display import Code, Image, Markdown, display
+from autoresearch_nb import analysis'''
+
+REPRODUCE = '''\
+# Train the best train.py again in a fresh lab. Off by default so this notebook re-runs in
+# seconds: set REPRODUCE = True (or AUTORESEARCH_REPRODUCE=1 in the environment) to run it.
+import os, pathlib, subprocess, sys, tempfile
+REPRODUCE = os.environ.get("AUTORESEARCH_REPRODUCE") == "1"
+run_info, config = RECORD["run"], RECORD["config"]
+best = analysis.best_row(RECORD["rows"], METRIC, DIRECTION) or {}
+settings = {"AUTORESEARCH_BUDGET": str(run_info.get("budget") or config.get("budget") or ""),
+            "AUTORESEARCH_PROFILE": analysis.profile_name(run_info.get("profile")
+                                                          or config.get("profile")),
+            "AUTORESEARCH_DATA": str(config.get("data") or ""),
+            "AUTORESEARCH_SEED": str(best.get("seed") if best.get("seed") is not None else ""),
+            "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else ""}
+settings = {name: value for name, value in settings.items() if value}
+print("autoresearch-nb init LAB   # then put the final train.py above in LAB/nanochat/train.py")
+print("cd LAB &&", " ".join(f"{name}={value}" for name, value in settings.items()),
+      "python nanochat/train.py")
+if REPRODUCE:
+    lab = pathlib.Path(tempfile.mkdtemp(prefix="reproduce-")) / "lab"
+    env = {**os.environ, **settings}
+    subprocess.run([sys.executable, "-m", "autoresearch_nb", "init", str(lab)], check=True)
+    (lab / "nanochat" / "train.py").write_text(RECORD["files"]["nanochat/train.py"])
+    prepare = [sys.executable, "nanochat/prepare.py"] + (
+        ["--data", settings["AUTORESEARCH_DATA"]] if "AUTORESEARCH_DATA" in settings else [])
+    subprocess.run(prepare, cwd=lab, env=env, check=True)
+    run = subprocess.run([sys.executable, "nanochat/train.py"], cwd=lab, env=env, text=True,
+                         capture_output=True)
+    print(run.stdout[-3000:] + run.stderr[-3000:])
+    run.check_returncode()
+    print(f"recorded {METRIC}: {best.get(METRIC)}")
+else:
+    print("(skipped: set REPRODUCE = True to train it)")'''
+
+
+def build_notebook(record: dict) -> nbformat.NotebookNode:
+    """The whole results notebook, unexecuted."""
+    metric, direction = metric_of(record)
+    rows = record.get("rows") or []
+    best = best_row(rows, metric, direction)
+    run = record.get("run") or {}
+    title = f"# autoresearch results: {record.get('lab', 'lab')}"
+    if run.get("tag"):
+        title += f" (`autoresearch/{run['tag']}`)"
+    intro = [title, "",
+             f"Exported by autoresearch-nb {__version__} at {record.get('exported_at')}. "
+             "Every figure below is computed from the record embedded in the next cell, so this "
+             "notebook re-runs anywhere, with or without the lab."]
+    if record.get("inflight"):
+        intro += ["", f"**The run was still going when this was exported**: "
+                      f"{progress_note(record)}."]
+    cells = [new_markdown_cell("\n".join(intro)),
+             new_code_cell(SETUP),
+             record_cell(record),
+             new_markdown_cell("## Summary"),
+             new_code_cell("display(Markdown(analysis.summary_markdown(RECORD)))"),
+             new_markdown_cell(charter_markdown(record.get("charter", ""))),
+             new_markdown_cell("## Progress\n\nThe dashboard's chart: discarded grey, kept "
+                               "green, the running best as a step line, crashes as red ticks."),
+             new_code_cell("display(Image(analysis.progress_png(RECORD)))"),
+             new_markdown_cell("## All experiments"),
+             new_code_cell("display(analysis.experiments_table(RECORD), raw=True)")]
+    cells += kept_cells(record, metric, direction)
+    cells += final_cells(record, best)
+    notebook = new_notebook(cells=cells, metadata={
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python",
+                          "version": ".".join(map(str, sys.version_info[:3]))},
+        "autoresearch_nb": {"version": __version__, "lab": record.get("lab"),
+                            "exported_at": record.get("exported_at")}})
+    return notebook
+
+
+def record_cell(record: dict) -> nbformat.NotebookNode:
+    """The embedded record: JSON on one line in a raw string (ASCII-escaped, so it cannot hold
+    three quotes in a row or a stray backslash), collapsed in JupyterLab."""
+    text = json.dumps(record, ensure_ascii=True, sort_keys=True, default=str)
+    source = ("# The lab's record (ledger rows, config, charter, diffs, final files).\n"
+              + RECORD_OPEN + text + RECORD_CLOSE
+              + "\nMETRIC, DIRECTION = analysis.metric_of(RECORD)\n"
+              + 'print(f"{len(RECORD[\'rows\'])} experiments from lab {RECORD[\'lab\']!r}")')
+    return new_code_cell(source, metadata={"tags": [RECORD_TAG],
+                                           "jupyter": {"source_hidden": True}})
+
+
+def charter_markdown(charter: str) -> str:
+    """The charter quoted, so its own headings stay inside this section."""
+    if not charter.strip():
+        return "### The charter\n\n_(no program.md)_"
+    quoted = "\n".join("> " + line if line.strip() else ">" for line in charter.splitlines())
+    return "### The charter (`program.md`)\n\n" + quoted
+
+
+def kept_cells(record: dict, metric: str, direction: str) -> list:
+    changes = kept_changes(record.get("rows") or [], metric, direction)
+    cells = [new_markdown_cell("## Kept changes\n\nEach change the judge kept, in order, with "
+                               f"its gain in {metric} over the best before it "
+                               "(positive is better)."),
+             new_code_cell("CHANGES = analysis.kept_changes(RECORD['rows'], METRIC, DIRECTION)\n"
+                           "display(analysis.kept_table(CHANGES), raw=True)")]
+    if not changes:
+        cells.append(new_markdown_cell("_No change beat the baseline._"))
+    for change in changes:
+        index = change["index"]
+        text = [f"### #{index}: {change['description']}", ""]
+        if change.get("rationale"):
+            text += [change["rationale"], ""]
+        text.append(f"{metric} {number(change['before'])} → {number(change['value'])}, "
+                    f"gain **{number(change['gain'])}**"
+                    + (f" ({change['gain_pct']:.2f}%)" if change["gain_pct"] is not None else ""))
+        verdict = change.get("judge") or {}
+        if verdict.get("threshold"):
+            text[-1] += (f"; kept by the `{verdict.get('policy')}` rule: gain "
+                         f"{verdict.get('delta')} ≥ threshold {verdict.get('threshold')}"
+                         + (f" (run-to-run noise {verdict['noise']})"
+                            if verdict.get("noise") else ""))
+        cells.append(new_markdown_cell("\n".join(text)))
+        cells.append(new_code_cell(
+            f"display(analysis.diff_display(RECORD['diffs'].get('{index}', '')), raw=True)"))
+    return cells
+
+
+def final_cells(record: dict, best: dict | None) -> list:
+    files = record.get("files") or {}
+    which = f"experiment #{best.get('index')}" if best else "the lab's branch"
+    cells = []
+    for path in files:
+        cells.append(new_markdown_cell(f"## Final `{path}`\n\nAs kept in {which}."))
+        cells.append(new_code_cell(f"display(Code(RECORD['files'][{path!r}], language='python'))"))
+    cells.append(new_markdown_cell("## Reproduce the best run\n\nA fresh lab from the package's "
+                                   "template, the best files put in, one training run."))
+    cells.append(new_code_cell(REPRODUCE))
+    cells.append(new_markdown_cell(
+        "## The record\n\n`RECORD['rows']` holds every ledger row (see `autoresearch_nb/ledger.py`"
+        " for the fields); `analysis.load(path)` reads the same shape from a lab, a "
+        "`results.tsv` or this notebook."))
+    return cells

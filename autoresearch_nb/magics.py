@@ -1,0 +1,432 @@
+"""The %autoresearch and %%program magics: parse the line, call Session / Lab / export, render."""
+from __future__ import annotations
+
+import argparse
+import atexit
+import difflib
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser
+from IPython.display import HTML, Markdown, display
+
+from .errors import LabError
+from .ui.diffview import diff_html
+from .ui.text import experiment_text, header_lines, status_text, summarize
+
+DEFAULT_LAB = "autoresearch-lab"
+SHUTDOWN_WAIT_S = 3.0   # jupyter_client kills a kernel that has not exited 5 s after shutdown
+
+
+class KernelRun:
+    """The one run this kernel may hold, and the lab the magics work on."""
+
+    def __init__(self):
+        self.lab_dir = Path(DEFAULT_LAB)
+        self.session = None
+        self.dashboard = None
+        self.unsubscribe = None
+
+    @property
+    def alive(self) -> bool:
+        return self.session is not None and self.session.alive
+
+
+CURRENT = KernelRun()
+
+
+def stop_for_shutdown() -> None:
+    """Kernel shutdown or restart: kill the running experiment (recorded as interrupted)."""
+    session = CURRENT.session
+    if session is not None and session.alive:
+        try:
+            session.stop(now=True)
+            session.wait(timeout=SHUTDOWN_WAIT_S)
+        except Exception:  # the process is going away; never block or raise here
+            pass
+
+
+def frontend_of(shell) -> str:
+    """colab | notebook | terminal: where output goes decides widgets or text."""
+    if "google.colab" in sys.modules:
+        return "colab"
+    if shell.__class__.__name__ == "TerminalInteractiveShell" or getattr(shell, "kernel", None) is None:
+        return "terminal"
+    return "notebook"
+
+
+class _Commands:
+    """add_parser with plain argparse formatting (IPython's adds reST markup to usage lines)."""
+
+    def __init__(self, subparsers):
+        self._subparsers = subparsers
+
+    def add_parser(self, name: str, **kwargs):
+        return self._subparsers.add_parser(name, formatter_class=argparse.HelpFormatter, **kwargs)
+
+
+def build_parser() -> MagicArgumentParser:
+    parser = MagicArgumentParser(prog="%autoresearch", formatter_class=argparse.HelpFormatter,
+                                 description="Run an autonomous research lab from this notebook.")
+    commands = _Commands(parser.add_subparsers(dest="subcommand", metavar="COMMAND"))
+    init = commands.add_parser("init", help="create a lab (default ./autoresearch-lab)")
+    init.add_argument("dir", nargs="?", metavar="DIR", help="where to create it")
+    start = commands.add_parser("start", help="start a run in the background and show the dashboard")
+    start.add_argument("--lab", help="the lab directory (default: the last one used)")
+    start.add_argument("--agent", default="heuristic",
+                       help="heuristic (offline baseline), claude, openai or command")
+    start.add_argument("--model", help="the agent's model")
+    start.add_argument("--budget", type=float, help="training seconds per experiment")
+    start.add_argument("--max-experiments", type=int, help="stop after this many experiments")
+    start.add_argument("--tag", help="names the run's branch autoresearch/<tag>")
+    start.add_argument("--policy", choices=("noise", "greedy"), default="noise",
+                       help="noise: keep gains that stand clear of seed noise; greedy: any gain")
+    start.add_argument("--max-cost", type=float, help="stop when the agent has spent this many USD")
+    start.add_argument("--resume", action="store_true", help="continue the lab's last run")
+    start.add_argument("--base-url", help="the agent API's base URL")
+    start.add_argument("--command", dest="agent_command", help="the command agent's command line")
+    stop = commands.add_parser("stop", help="stop after the current experiment")
+    stop.add_argument("--now", action="store_true", help="kill the current experiment (recorded)")
+    commands.add_parser("pause", help="hold before the next experiment")
+    commands.add_parser("resume", help="go on after a pause")
+    commands.add_parser("status", help="show the dashboard (text in a terminal)")
+    wait = commands.add_parser("wait", help="block until the run ends")
+    wait.add_argument("--timeout", type=float, help="give up waiting after S seconds")
+    show = commands.add_parser("show", help="one experiment: metrics, rationale, diff, log tail")
+    show.add_argument("n", type=int, metavar="N")
+    diff = commands.add_parser("diff", help="experiment N against its parent, or against M")
+    diff.add_argument("n", type=int, metavar="N")
+    diff.add_argument("m", type=int, nargs="?", metavar="M")
+    apply = commands.add_parser("apply", help="experiment N's file in a new cell")
+    apply.add_argument("n", type=int, metavar="N")
+    apply.add_argument("--write", action="store_true", help="write it to the lab's working file")
+    apply.add_argument("--file", help="which allowed file (default: the first)")
+    commands.add_parser("steer", help="a note the agent reads before its next proposal")
+    export = commands.add_parser("export", help="write the results notebook")
+    export.add_argument("path", nargs="?", metavar="PATH", help="output .ipynb or directory")
+    export.add_argument("--html", action="store_true", help="also write an HTML page")
+    return parser
+
+
+PARSER = build_parser()
+
+
+def help_text() -> str:
+    lines = ["Run an autonomous research lab from this notebook.", "",
+             "%%program            the cell becomes the lab's charter (program.md); shows the change",
+             "%program             shows the current charter", "",
+             "%autoresearch COMMAND [options]:"]
+    for action in PARSER._subparsers._group_actions:
+        for choice in action._choices_actions:
+            usage = action.choices[choice.dest].format_usage().replace("usage: ", "").strip()
+            if choice.dest == "steer":
+                usage += " TEXT"
+            lines.append("  " + " ".join(usage.split()))
+            lines.append(f"      {choice.help}")
+    lines += ["",
+              "The lab is the last one given to init or start --lab (default ./autoresearch-lab).",
+              "One run per kernel; it runs in a background thread and the kernel stays free."]
+    return "\n".join(lines)
+
+
+def parse(line: str):
+    """The parsed line; `steer` keeps its text verbatim."""
+    head, _, rest = line.strip().partition(" ")
+    if head == "steer":
+        text = rest.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1].strip()
+        if not text:
+            raise UsageError("say what to steer toward, e.g. %autoresearch steer try a smaller model")
+        return PARSER.parse_args(["steer"]), text
+    try:
+        words = shlex.split(line)
+    except ValueError as error:
+        raise UsageError(f"could not read the line ({error}); check the quotes") from None
+    if not words:
+        raise UsageError("give a command, e.g. %autoresearch start; %autoresearch? lists them")
+    return PARSER.parse_args(words), None
+
+
+@magics_class
+class AutoresearchMagics(Magics):
+    """%autoresearch and %%program."""
+
+    @line_magic
+    def autoresearch(self, line: str = ""):
+        args, text = parse(line)
+        handler = getattr(self, f"_do_{args.subcommand}")
+        try:
+            return handler(args, text) if args.subcommand == "steer" else handler(args)
+        except LabError as error:
+            raise UsageError(str(error)) from None
+
+    autoresearch.__doc__ = help_text()
+
+    @line_cell_magic
+    def program(self, line: str = "", cell: str | None = None):
+        """%%program: the cell's Markdown becomes the lab's charter. %program: show it."""
+        try:
+            lab = self._lab(create=cell is not None)
+            if cell is None:
+                charter = lab.charter_path.read_text(encoding="utf-8")
+                self._show(Markdown(charter), charter)
+                return None
+            self._write_charter(lab, cell)
+        except LabError as error:
+            raise UsageError(str(error)) from None
+        return None
+
+    # -- helpers -------------------------------------------------------------------------------
+    @property
+    def frontend(self) -> str:
+        return frontend_of(self.shell)
+
+    def _show(self, rich, plain: str) -> None:
+        if self.frontend == "terminal":
+            print(plain)
+        else:
+            display(rich)
+
+    def _lab(self, path=None, create: bool = False):
+        from .lab import Lab, init_lab
+
+        lab_dir = Path(path).expanduser() if path else CURRENT.lab_dir
+        if create and not lab_dir.exists():
+            lab, _ = init_lab(lab_dir)
+            print(f"Created a lab in {lab.root}")
+        else:
+            lab = Lab.open(lab_dir)
+        CURRENT.lab_dir = Path(lab.root)
+        return lab
+
+    def _write_charter(self, lab, text: str) -> None:
+        path = lab.charter_path
+        old = path.read_text(encoding="utf-8") if path.exists() else ""
+        new = text if text.endswith("\n") else text + "\n"
+        if old == new:
+            print(f"{path} is unchanged.")
+            return
+        writer = getattr(lab, "write_charter", None)
+        if writer is not None:
+            writer(new)
+        else:
+            path.write_text(new, encoding="utf-8")
+        diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
+                                            "program.md (before)", "program.md"))
+        note = " The running agent reads it before its next proposal." if CURRENT.alive else ""
+        print(f"Wrote the charter to {path}.{note}")
+        self._show(HTML(diff_html(diff)), diff)
+
+    def _session(self):
+        if CURRENT.session is None:
+            raise UsageError("no run in this kernel; start one with %autoresearch start")
+        return CURRENT.session
+
+    def _metric(self, lab) -> tuple[str, str]:
+        config = getattr(lab, "config", None) or {}
+        return config.get("metric", "val_bpb"), config.get("direction", "lower")
+
+    # -- subcommands ---------------------------------------------------------------------------
+    def _do_init(self, args):
+        from .lab import init_lab
+
+        lab, created = init_lab(Path(args.dir or CURRENT.lab_dir).expanduser())
+        CURRENT.lab_dir = Path(lab.root)
+        state = "Created a lab" if created else "Using the existing lab"
+        print(f"{state} in {lab.root}. Write the charter with %%program, then %autoresearch start.")
+
+    def _do_start(self, args):
+        from .session import RunOptions, Session
+
+        if CURRENT.alive:
+            raise UsageError(f"a run is already going in this kernel (lab {CURRENT.lab_dir}): "
+                             "%autoresearch status shows it, %autoresearch stop ends it "
+                             "(--now kills the current experiment)")
+        lab = self._lab(args.lab, create=not args.resume)
+        options = RunOptions(lab=str(lab.root), agent=args.agent, model=args.model,
+                             budget=args.budget, max_experiments=args.max_experiments,
+                             tag=args.tag, policy=args.policy, max_cost=args.max_cost,
+                             resume=args.resume, base_url=args.base_url,
+                             command=args.agent_command)
+        session = Session(options)
+        if CURRENT.unsubscribe is not None:
+            CURRENT.unsubscribe()
+        if CURRENT.dashboard is not None:
+            CURRENT.dashboard.close()
+        CURRENT.session, CURRENT.dashboard, CURRENT.unsubscribe = session, None, None
+        if self.frontend != "terminal":
+            dashboard = self._dashboard(session, lab)
+            # Subscribe before start so no event falls between the snapshot and the stream.
+            CURRENT.dashboard, CURRENT.unsubscribe = dashboard, session.subscribe(dashboard.handle)
+            session.start()
+            display(dashboard.widget)
+        else:
+            session.start()
+            print(f"Started a run in {lab.root} ({args.agent} agent). %autoresearch status to "
+                  "look, %autoresearch stop to end it after the current experiment.")
+
+    def _dashboard(self, session, lab):
+        from .ui.dashboard import Dashboard
+
+        metric, direction = self._metric(lab)
+        return Dashboard(session.snapshot(), metric=metric, direction=direction,
+                         on_stop=session.stop, on_pause=session.pause, on_resume=session.resume,
+                         details=lambda n: (lab.diff(n), lab.log_tail(n)))
+
+    def _do_stop(self, args):
+        session = self._session()
+        if not session.alive:
+            print(f"The run has already ended ({session.state}).")
+            return
+        session.stop(now=args.now)
+        if args.now:
+            print("Stopping now: the current experiment is killed and recorded as interrupted.")
+        else:
+            print("Stopping after the current experiment (%autoresearch stop --now to kill it).")
+
+    def _do_pause(self, args):
+        session = self._session()
+        if not session.alive:
+            raise UsageError(f"the run has already ended ({session.state})")
+        session.pause()
+        print("Pausing before the next experiment; %autoresearch resume goes on.")
+
+    def _do_resume(self, args):
+        session = self._session()
+        if not session.alive:
+            raise UsageError(f"the run has ended ({session.state}); "
+                             "%autoresearch start --resume continues it in a new run")
+        session.resume()
+        print("Resumed.")
+
+    def _do_status(self, args):
+        if CURRENT.session is None:
+            lab = self._lab()
+            metric, direction = self._metric(lab)
+            snapshot = {"header": {"lab": str(lab.root)}, "rows": lab.rows(), "state": "idle",
+                        "message": "no run in this kernel"}
+            print(status_text(snapshot, metric, direction))
+            return
+        self._render_run(redisplay=True)
+
+    def _render_run(self, redisplay: bool) -> None:
+        """Dashboard (re-sent so this cell carries its latest state) or text."""
+        dashboard = CURRENT.dashboard
+        if self.frontend == "terminal" or dashboard is None:
+            lab = self._lab()
+            metric, direction = self._metric(lab)
+            print(status_text(CURRENT.session.snapshot(), metric, direction))
+            return
+        dashboard.load(CURRENT.session.snapshot())
+        dashboard.refresh(resend=True)
+        if redisplay:
+            display(dashboard.widget)
+
+    def _do_wait(self, args):
+        session = self._session()
+        try:
+            ended = session.wait(timeout=args.timeout)
+        except KeyboardInterrupt:
+            ended = False
+            print("Stopped waiting; the run goes on.")
+        # Colab does not always draw background updates: show the dashboard again there.
+        self._render_run(redisplay=self.frontend == "colab")
+        snapshot = session.snapshot()
+        lab = self._lab()
+        metric, direction = self._metric(lab)
+        facts = summarize(snapshot.get("rows") or [], snapshot.get("header") or {}, metric, direction)
+        state = "ended" if ended else "still running"
+        message = snapshot.get("message") or ""
+        print(f"Run {state} ({snapshot.get('state')}{': ' + message if message else ''}).")
+        print("\n".join(header_lines(facts)))
+
+    def _do_show(self, args):
+        from .ui.dashboard import experiment_html
+
+        lab = self._lab()
+        metric, _ = self._metric(lab)
+        row = lab.row(args.n)
+        diff, log = lab.diff(args.n), lab.log_tail(args.n)
+        self._show(HTML(experiment_html(row, diff, log, metric)),
+                   experiment_text(row, diff, log, metric))
+
+    def _do_diff(self, args):
+        lab = self._lab()
+        diff = lab.diff(args.n, args.m)
+        self._show(HTML(diff_html(diff)), diff or "no changes")
+
+    def _do_apply(self, args):
+        lab = self._lab()
+        relpath = args.file or (lab.config.get("allowed") or ["nanochat/train.py"])[0]
+        row = lab.row(args.n)
+        content = lab.file_at(args.n, relpath)
+        if args.write:
+            if CURRENT.alive:
+                raise UsageError("the run owns the lab's working tree: %autoresearch stop, "
+                                 "wait for it to end, then apply --write")
+            target = Path(lab.root) / relpath
+            target.write_text(content, encoding="utf-8")
+            print(f"Wrote experiment {args.n}'s {relpath} to {target}.")
+            return
+        value = row.get(self._metric(lab)[0])
+        header = (f"# %autoresearch apply {args.n}: {relpath} at commit "
+                  f"{str(row.get('commit') or '')[:10]} ({row.get('status')}, "
+                  f"{self._metric(lab)[0]} {value}) — {row.get('description', '')}\n")
+        self.shell.set_next_input(header + content, replace=False)
+        print(f"Experiment {args.n}'s {relpath} is in the next cell.")
+
+    def _do_steer(self, args, text: str):
+        if CURRENT.alive:
+            CURRENT.session.steer(text)
+            print("Noted: the agent reads it before its next proposal.")
+            return
+        lab = self._lab()
+        # The same note `autoresearch-nb steer` leaves: the next run's agent reads the file.
+        lab.state_dir.mkdir(exist_ok=True)
+        with open(lab.steering_path, "a", encoding="utf-8") as handle:
+            handle.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] {' '.join(text.split())}\n")
+        print(f"Noted in {lab.steering_path}: the next run's agent reads it.")
+
+    def _do_export(self, args):
+        from .export import export_lab
+
+        lab = self._lab()
+        path = export_lab(lab.root, out_path=args.path, html=args.html)
+        print(f"Wrote {path}" + (f" and {Path(path).with_suffix('.html')}" if args.html else ""))
+
+
+def _on_exit_now(change) -> None:
+    if change.get("new"):
+        stop_for_shutdown()
+
+
+_ATEXIT_REGISTERED = False
+
+
+def register(ipython) -> None:
+    """Load the magics and make kernel shutdown stop the run cleanly."""
+    global _ATEXIT_REGISTERED
+    ipython.register_magics(AutoresearchMagics)
+    # ipykernel sets exit_now in do_shutdown, before it kills child processes and before
+    # Python joins threads: the earliest moment to stop the run and record the experiment.
+    ipython.observe(_on_exit_now, names="exit_now")
+    if not _ATEXIT_REGISTERED:
+        atexit.register(stop_for_shutdown)
+        _ATEXIT_REGISTERED = True
+
+
+def unregister(ipython) -> None:
+    """Unload the magics; a running run goes on (reload the extension to get them back)."""
+    try:
+        ipython.unobserve(_on_exit_now, names="exit_now")
+    except ValueError:
+        pass
+    magics = ipython.magics_manager.magics
+    magics["line"].pop("autoresearch", None)
+    magics["line"].pop("program", None)
+    magics["cell"].pop("program", None)

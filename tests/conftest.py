@@ -1,0 +1,39 @@
+"""Shared test set-up: one prepared-data cache for the whole session, labs on the tiny profile."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory):
+    """Tests never touch ~/.cache: data and tokenizers are built once per session here."""
+    cache = os.environ.get("AUTORESEARCH_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    previous = os.environ.get("AUTORESEARCH_CACHE")
+    os.environ["AUTORESEARCH_CACHE"] = cache
+    yield Path(cache)
+    if previous is None:
+        os.environ.pop("AUTORESEARCH_CACHE", None)
+    else:
+        os.environ["AUTORESEARCH_CACHE"] = previous
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m autoresearch_nb ...` as a user would, capturing its output."""
+    return subprocess.run([sys.executable, "-m", "autoresearch_nb", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def tiny_lab(tmp_path):
+    """A fresh lab on the tiny profile (5-second budget): real nanochat, real git, fast."""
+    lab = tmp_path / "lab"
+    done = cli("init", str(lab), "--profile", "tiny")
+    assert done.returncode == 0, done.stderr
+    return lab
