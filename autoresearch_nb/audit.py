@@ -31,14 +31,61 @@ def _strings(tree: ast.AST):
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
                 docstrings.add(id(body[0].value))
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            yield node, node.value
+        if id(node) in docstrings or not isinstance(node, (ast.Constant, ast.BinOp, ast.JoinedStr, ast.Call)):
+            continue
+        text = static_string(node)
+        if text is not None:
+            yield node, text
 
 
 def _root_name(node: ast.AST) -> str | None:
     while isinstance(node, (ast.Attribute, ast.Subscript, ast.Call)):
         node = node.func if isinstance(node, ast.Call) else node.value
     return node.id if isinstance(node, ast.Name) else None
+
+
+SETTING_NODES = (ast.Constant, ast.Name, ast.Load, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp,
+                 ast.Tuple, ast.cmpop, ast.boolop, ast.unaryop, ast.operator, ast.IfExp)
+
+
+def _is_setting(value: ast.AST | None) -> bool:
+    """A value that cannot carry code (no call, lambda or attribute): a library flag, not a patch."""
+    return value is not None and all(isinstance(node, SETTING_NODES) for node in ast.walk(value))
+
+
+def static_string(node: ast.AST) -> str | None:
+    """The text a string expression always evaluates to, where the code spells it out in pieces
+    ("va" + "l_bpb", f"{'va'}l_bpb", "".join(["va", "l"]), "%s_bpb" % "val"); None otherwise.
+    Unknown parts of an f-string become a placeholder, so its literal text is still checked."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = static_string(node.left), static_string(node.right)
+        return None if left is None or right is None else left + right
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod):
+        template = static_string(node.left)
+        parts = node.right.elts if isinstance(node.right, ast.Tuple) else [node.right]
+        values = [static_string(part) for part in parts]
+        if template is None or None in values:
+            return None
+        try:
+            return template % tuple(values)
+        except (TypeError, ValueError):
+            return None
+    if isinstance(node, ast.JoinedStr):
+        pieces = []
+        for part in node.values:
+            if isinstance(part, ast.FormattedValue):
+                pieces.append(static_string(part.value) or "\x00")
+            else:
+                pieces.append(static_string(part) or "")
+        return "".join(pieces)
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "join"
+            and len(node.args) == 1 and isinstance(node.args[0], (ast.List, ast.Tuple))):
+        glue = static_string(node.func.value)
+        items = [static_string(item) for item in node.args[0].elts]
+        return None if glue is None or None in items else glue.join(items)
+    return None
 
 
 class _Auditor(ast.NodeVisitor):
@@ -110,7 +157,7 @@ class _Auditor(ast.NodeVisitor):
         root = _root_name(target)
         if root in self.fixed_names:
             self.reject(node, f"changes {ast.unparse(target)}: the fixed code may not be patched")
-        elif root in self.modules and not isinstance(value, ast.Constant):
+        elif root in self.modules and not _is_setting(value):
             # A library setting (torch.backends...allow_tf32 = True) is fine; swapping a function is not.
             self.reject(node, f"changes {ast.unparse(target)}: patching an imported module is not allowed")
 
@@ -160,6 +207,11 @@ class _Auditor(ast.NodeVisitor):
 
     def visit_Call(self, node):
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name in ("getattr", "hasattr") and isinstance(node.func, ast.Name) and node.args:
+            if _root_name(node.args[0]) in self.fixed_names:
+                self.reject(node, f"uses {name} on the fixed module: use its public names directly")
+            elif len(node.args) > 1 and not isinstance(node.args[1], ast.Constant):
+                self.reject(node, f"uses {name} with a computed name, which the audit cannot follow")
         if name in SEED_CALLS:
             self.reject(node, f"calls {name}: the harness owns random seeds (identical code with "
                               "another seed measures noise, not progress)")
@@ -215,6 +267,11 @@ class _SeedEraser(ast.NodeTransformer):
 
     def visit_Call(self, node):
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+        if name in ("getattr", "hasattr") and isinstance(node.func, ast.Name) and node.args:
+            if _root_name(node.args[0]) in self.fixed_names:
+                self.reject(node, f"uses {name} on the fixed module: use its public names directly")
+            elif len(node.args) > 1 and not isinstance(node.args[1], ast.Constant):
+                self.reject(node, f"uses {name} with a computed name, which the audit cannot follow")
         if name in SEED_CALLS:
             node.args = [ast.Constant(value=None) for _ in node.args]
             node.keywords = []

@@ -76,8 +76,10 @@ def agent_options(options: RunOptions) -> dict:
 class Session:
     """Start, watch and steer one run. All git work happens in the loop thread once started."""
 
-    def __init__(self, options: RunOptions):
+    def __init__(self, options: RunOptions, agent=None, audit: bool = True):
+        """`agent`: an Agent object to use instead of building one by name (tests, benchmarks)."""
         check_options(options)
+        self.audit = audit
         self.options = options
         self.lab = Lab.open(options.lab)
         self.bus = EventBus()
@@ -99,7 +101,7 @@ class Session:
             for key in ("budget", "policy", "max_experiments", "max_cost"):
                 if getattr(options, key) in (None, RunOptions.__dataclass_fields__[key].default) and previous.get(key) is not None:
                     setattr(options, key, previous[key])
-        self.agent = make_agent(options.agent, **agent_options(options))
+        self.agent = agent or make_agent(options.agent, **agent_options(options))
         self.bus.subscribe(self._track)
 
     # -- front-end API ----------------------------------------------------------------------
@@ -171,7 +173,8 @@ class Session:
         loop = ResearchLoop(lab, self.agent, LoopOptions(budget=self.options.budget or 0.0,
                                                          max_experiments=self.options.max_experiments,
                                                          policy=self.options.policy, noise_runs=self.options.noise_runs,
-                                                         max_cost=self.options.max_cost, seed=self.options.seed),
+                                                         max_cost=self.options.max_cost, seed=self.options.seed,
+                                                         audit=self.audit),
                             self.bus)
         if self.options.resume and lab.inflight_path.exists():
             if lab.branch() != branch and branch in lab.repo.heads:

@@ -467,6 +467,9 @@ def check_causal(model, seq_len: int = SEQ_LEN, device: str = DEVICE) -> float:
 # The clock and the end of every run.
 
 
+_CLOCK_STARTS: dict[int, float] = {}  # the true start of each clock, out of train.py's reach
+
+
 class TrainingClock:
     """Training time against the budget; start() after compiling, so start-up does not count."""
 
@@ -478,6 +481,7 @@ class TrainingClock:
     def start(self):
         if self.started is None:
             self.started = time.perf_counter()
+            _CLOCK_STARTS[id(self)] = self.started
 
     def stop(self):
         if self.stopped is None:
@@ -518,7 +522,11 @@ def fail(cause: str) -> None:
 def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
            flops_per_token: float | None = None) -> float:
     """Evaluate and print the summary block. train.py calls this once, at the end."""
-    clock.stop()
+    true_start = _CLOCK_STARTS.get(id(clock))
+    if type(clock) is not TrainingClock or true_start is None or clock.started != true_start \
+            or clock.budget != float(TIME_BUDGET):
+        fail("the training clock was tampered with: use prepare.TrainingClock as it is")
+    clock.stopped = time.perf_counter()  # measured here, whatever train.py did with stop()
     num_params = sum(p.numel() for p in model.parameters())
     leak = check_causal(model)
     tolerance = 1e-3 if PROFILE["dtype"] == "float32" else 5e-2

@@ -1,0 +1,31 @@
+"""Issue 3's figure: the heuristic agent on a profile, baseline vs best after N experiments.
+    python benchmarks/heuristic_search.py [--profile cpu] [--experiments 20] [--budget S] [--policy noise]
+"""
+from __future__ import annotations
+
+import argparse
+
+from autoresearch_nb.progress import TerminalProgress
+from autoresearch_nb.session import RunOptions
+
+from common import fresh_lab, run_session
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--experiments", type=int, default=20)
+    parser.add_argument("--budget", type=float, default=None)
+    parser.add_argument("--policy", default="noise")
+    args = parser.parse_args()
+    lab = fresh_lab(args.profile)
+    progress = TerminalProgress()
+    options = RunOptions(lab=str(lab), budget=args.budget, max_experiments=args.experiments, policy=args.policy)
+    session, wall = run_session(options, on_event=progress.handle)
+    header = session.snapshot()["header"]
+    print(f"baseline {header['baseline']:.4f} -> best {header['best']:.4f} (gain {header['gain']:.4f}) after "
+          f"{header['done']} runs, kept {header['counts']['keep'] - 1}, wall {wall / 60:.1f} min; lab {lab}")
+
+
+if __name__ == "__main__":
+    main()
