@@ -115,6 +115,7 @@ def cmd_run(args) -> int:
                          command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed)
     session = Session(options)
     progress = TerminalProgress(sys.stdout)
+    progress.best = session.snapshot()["header"].get("best")  # a resumed run compares with its best so far
     session.subscribe(progress.handle)
     session.start()
     interrupted = False
