@@ -139,7 +139,7 @@ def cmd_run(args) -> int:
 
 def cmd_status(args) -> int:
     from .session import summarize
-    from .ui.text import status_text
+    from .progress import status_text
 
     lab = Lab.open(args.lab)
     rows = lab.rows()

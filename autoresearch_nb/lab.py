@@ -170,9 +170,17 @@ class Lab:
         self.repo.git.update_ref(f"refs/experiments/{index:04d}", sha)
 
     def reset(self, sha: str) -> None:
-        """Hard reset to `sha` and remove untracked files, so the tree is clean whatever happened."""
+        """Hard reset to `sha` and remove untracked files, so the tree is clean whatever happened.
+        The person's charter is theirs: an edit not yet committed survives (the loop commits it)."""
+        charter = self.charter_path.read_bytes() if self.charter_path.exists() else None
         self.repo.git.reset("--hard", sha)
         self.repo.git.clean("-fdq")
+        if charter is not None and (not self.charter_path.exists() or self.charter_path.read_bytes() != charter):
+            self.charter_path.write_bytes(charter)
+
+    def write_charter(self, text: str) -> None:
+        """The notebook's %%program: the loop commits it before the next experiment."""
+        self.charter_path.write_text(text, encoding="utf-8")
 
     def file_at_commit(self, sha: str, relpath: str) -> str:
         return self.repo.git.show(f"{sha}:{relpath}")

@@ -175,25 +175,44 @@ def apply_move(source: str, move: Move) -> str | None:
 
 
 def _render(original: str, tree: ast.Module) -> str:
-    """Rewrite only the statements that changed, so comments and layout elsewhere survive."""
-    old_tree = ast.parse(original)
+    """Rewrite only the innermost statements that changed, so comments and layout elsewhere survive."""
     lines = original.splitlines(keepends=True)
-    edits = []
-    for old, new in zip(old_tree.body, tree.body):
-        if ast.dump(old) != ast.dump(new):
-            edits.append((old.lineno, old.end_lineno, old.col_offset, new))
-    for start, end, col, new in sorted(edits, reverse=True):
-        text = ast.unparse(new)
-        first = lines[start - 1]
-        last = lines[end - 1]
-        comment = ""
-        if start == end and "#" in last and isinstance(new, ast.Assign):
-            comment = "  " + last[last.index("#"):].rstrip("\n") if _comment_start(last) else ""
-        indent = " " * col
-        body = "\n".join(indent + line if i else line for i, line in enumerate(text.splitlines()))
-        replacement = first[:col] + body + comment + "\n"
-        lines[start - 1:end] = [replacement]
+    edits: list[tuple[ast.stmt, ast.stmt]] = []
+    _changed_statements(ast.parse(original).body, tree.body, edits)
+    for old, new in sorted(edits, key=lambda pair: pair[0].lineno, reverse=True):
+        first, last = lines[old.lineno - 1], lines[old.end_lineno - 1]
+        indent = " " * old.col_offset
+        body = "\n".join(indent + line if i else line for i, line in enumerate(ast.unparse(new).splitlines()))
+        text = first[:old.col_offset] + body
+        if old.lineno == old.end_lineno and "#" in last and _comment_start(last):
+            column = last.index("#")  # keep the comment, aligned where it was when it fits
+            text = text.ljust(column) if len(text) < column - 1 else text + "  "
+            text += last[column:].rstrip("\n")
+        lines[old.lineno - 1:old.end_lineno] = [text + "\n"]
     return "".join(lines)
+
+
+COMPOUND = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef, ast.If, ast.For, ast.While, ast.With)
+
+
+def _changed_statements(old_body: list, new_body: list, edits: list) -> None:
+    """Pair up statements; descend into compound ones whose header is unchanged."""
+    for old, new in zip(old_body, new_body):
+        if ast.dump(old) == ast.dump(new):
+            continue
+        if type(old) is type(new) and isinstance(old, COMPOUND) and _header(old) == _header(new) \
+                and len(old.body) == len(new.body) and len(getattr(old, "orelse", [])) == len(getattr(new, "orelse", [])):
+            _changed_statements(old.body, new.body, edits)
+            _changed_statements(getattr(old, "orelse", []), getattr(new, "orelse", []), edits)
+        else:
+            edits.append((old, new))
+
+
+def _header(node: ast.AST) -> str:
+    fields = {k: v for k, v in ast.iter_fields(node) if k not in ("body", "orelse")}
+    return repr({k: ast.dump(v) if isinstance(v, ast.AST) else
+                 [ast.dump(x) if isinstance(x, ast.AST) else x for x in v] if isinstance(v, list) else v
+                 for k, v in fields.items()})
 
 
 def _comment_start(line: str) -> bool:
