@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import subprocess
 import sys
 import time
@@ -117,17 +117,21 @@ def cmd_run(args) -> int:
     progress = TerminalProgress(sys.stdout)
     progress.best = session.snapshot()["header"].get("best")  # a resumed run compares with its best so far
     session.subscribe(progress.handle)
-    session.start()
-    interrupted = False
-    try:
-        while not session.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\nstopping: the current experiment is recorded as interrupted (resume with --resume)", flush=True)
+    interrupted = []
+
+    def on_sigint(signum, frame):  # Ctrl-C: stop now, record, leave the tree clean
+        if not interrupted:
+            print("\nstopping: the current experiment is recorded as interrupted (resume with --resume)", flush=True)
+        interrupted.append(signum)
         session.stop(now=True)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        session.start()
         while not session.wait(0.5):
             pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
     progress.close()
     snapshot = session.snapshot()
     print(progress.final_line(snapshot))

@@ -68,7 +68,7 @@ def results_line(row: dict) -> str | None:
     if status not in RAN_STATUSES:
         return None
     description = " ".join(str(row.get("description", "")).split())
-    if status in ("crash", "interrupted"):
+    if status in ("crash", "interrupted") or row.get("val_bpb") is None:
         kind = row.get("kind") or status
         return f"{row.get('commit', '')}\t0.000000\t0.0\tcrash\t{description} [{kind}]"
     val = row.get("val_bpb")

@@ -379,7 +379,10 @@ class ResearchLoop:
         crashpoint("after_judge", index)
         recorded = self.record(row)
         if confirm_row is not None:
-            confirm_row.update(index=index + 1, status=recorded["status"], judge=recorded["judge"],
+            status = recorded["status"]
+            if confirm_row.get("val_bpb") is None:  # the re-run itself crashed or was stopped
+                status = "interrupted" if confirm_row.get("kind") == "interrupted" else "crash"
+            confirm_row.update(index=index + 1, status=status, judge=recorded["judge"],
                                score=recorded.get("score"))
             kept = recorded["status"] == "keep"
             self._write_inflight(index=index + 1, phase="record", role="confirm", parent=commit if kept else parent,
@@ -435,7 +438,8 @@ class ResearchLoop:
             if only_seeds_changed(self.lab.read(path), text):
                 return "changes only random seeds: that measures noise, not an idea", "audit"
         new_fp = fingerprint(changed.get(allowed[0], self.lab.read(allowed[0])))
-        earlier = next((r for r in rows if r.get("fingerprint") == new_fp and r.get("status") != "rejected"), None)
+        earlier = next((r for r in rows if r.get("fingerprint") == new_fp and r.get("status") not in ("rejected", "interrupted")
+                        and r.get("kind") != "interrupted"), None)
         if earlier is not None:
             return f"already tried: the same change as experiment {earlier['index']} ({earlier.get('description', '')})", "duplicate"
         return "", ""

@@ -89,6 +89,9 @@ class Session:
         self._current: dict | None = None
         self._state, self._message = "idle", ""
         self._thread: threading.Thread | None = None
+        # Set when the loop thread has really finished. Thread.join/is_alive are not trusted:
+        # a KeyboardInterrupt landing inside join() can make a live thread look dead.
+        self._ended = threading.Event()
         self.loop: ResearchLoop | None = None
         self.error: str | None = None
         previous = self._previous_run()
@@ -110,7 +113,7 @@ class Session:
 
     @property
     def alive(self) -> bool:
-        return bool(self._thread and self._thread.is_alive())
+        return self._thread is not None and not self._ended.is_set()
 
     @property
     def state(self) -> str:
@@ -120,6 +123,7 @@ class Session:
         if self.alive:
             raise LabError("this session is already running: `stop` it first")
         self.loop = self._prepare_lab()
+        self._ended.clear()
         self._thread = threading.Thread(target=self._main, name="autoresearch-loop", daemon=True)
         self._thread.start()
         return self
@@ -139,9 +143,9 @@ class Session:
             self.loop.resume()
 
     def wait(self, timeout: float | None = None) -> bool:
-        if self._thread:
-            self._thread.join(timeout)
-        return not self.alive
+        if self._thread is None:
+            return True
+        return self._ended.wait(timeout)
 
     def steer(self, text: str) -> None:
         text = " ".join(text.split())
@@ -224,6 +228,7 @@ class Session:
                 self.agent.close()
             finally:
                 self.bus.emit("run_finished", reason=self._message)
+                self._ended.set()
 
     def _setup_data(self) -> dict:
         """Resolve the profile and prepare data in subprocesses, so the kernel imports no torch."""

@@ -263,7 +263,8 @@ class HeuristicAgent(Agent):
         source = context.files.get(TRAIN_FILE)
         if source is None:
             raise ProposalError(f"the heuristic agent edits {TRAIN_FILE}, which this lab does not allow")
-        tried = {r.get("fingerprint") for r in context.history if r.get("fingerprint")}
+        tried = {r.get("fingerprint") for r in context.history if r.get("fingerprint")
+                 and r.get("status") != "interrupted" and r.get("kind") != "interrupted"}
         tried.add(fingerprint(source))
         baseline_values = self._baseline_values(context)
         for move in self.candidates(context):
