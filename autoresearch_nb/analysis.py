@@ -8,38 +8,38 @@ from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .errors import LabError
 from .ledger import read_results_tsv, read_rows
 
-BUNDLE_FORMAT = 1
+RECORD_FORMAT = 1
 STATUS_ORDER = ("keep", "discard", "crash", "rejected", "interrupted")
 NOT_CHANGES = ("baseline", "noise", "confirm")  # roles whose keeps are measurements, not changes
 _TSV_KIND = re.compile(r"\[([a-z_]+)\]\s*$")  # our results.tsv puts the crash kind last: "[oom]"
-RECORD_OPEN, RECORD_CLOSE = 'RECORD = analysis.load_bundle(r"""', '""")'  # an export's data cell
+# how an exported notebook's data cell wraps the record
+RECORD_OPEN, RECORD_CLOSE = 'RECORD = analysis.record_from_json(r"""', '""")'
 _KIND_WORDS = (("oom", ("oom", "out of memory")), ("timeout", ("timeout", "timed out")),
                ("nan", ("nan", "diverge")), ("syntax", ("syntax",)))
 
 
 # ---- loading -------------------------------------------------------------------------------
 
-def load_bundle(text: str) -> dict:
+def record_from_json(text: str) -> dict:
     """The record embedded in an exported notebook (a JSON string)."""
-    bundle = json.loads(text)
-    if not isinstance(bundle, dict) or bundle.get("format") != BUNDLE_FORMAT:
+    record = json.loads(text)
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise ValueError("this is not an autoresearch-nb results record (format 1)")
-    return bundle
+    return record
 
 
 def load(source: str | Path) -> dict:
     """A record from a lab directory, a ledger.jsonl, a bare autoresearch results.tsv or an
-    exported results notebook; the same shape the export embeds (see `bundle_skeleton`)."""
-    from .errors import LabError
-
+    exported results notebook; the same shape the export embeds (see `empty_record`)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise LabError(f"{path} does not exist: give a lab directory, a results.tsv, a "
                        "ledger.jsonl or an exported results notebook")
     if path.is_dir():
-        if (path / ".autoresearch" / "ledger.jsonl").exists():
+        if (path / ".autoresearch").is_dir():
             return lab_record(path)
         if (path / "results.tsv").exists():
             return tsv_record(path / "results.tsv")
@@ -48,15 +48,15 @@ def load(source: str | Path) -> dict:
     if path.suffix == ".ipynb":
         return notebook_record(path)
     if path.suffix == ".jsonl":
-        record = bundle_skeleton(path.stem, "ledger")
+        record = empty_record(path.stem, "ledger")
         record["rows"] = read_rows(path)
         return record
     return tsv_record(path)
 
 
-def bundle_skeleton(name: str, source: str) -> dict:
+def empty_record(name: str, source: str) -> dict:
     """An empty record: what every loader returns and the export fills in."""
-    return {"format": BUNDLE_FORMAT, "lab": name, "source": source,
+    return {"format": RECORD_FORMAT, "lab": name, "source": source,
             "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "config": {}, "run": {}, "charter": "", "rows": [], "inflight": None,
             "diffs": {}, "files": {}, "best_index": None}
@@ -64,7 +64,7 @@ def bundle_skeleton(name: str, source: str) -> dict:
 
 def tsv_record(path: Path) -> dict:
     """A bare autoresearch results.tsv: metric val_bpb, lower is better, no timings or costs."""
-    record = bundle_skeleton(Path(path).parent.name or Path(path).stem, "results.tsv")
+    record = empty_record(Path(path).parent.name or Path(path).stem, "results.tsv")
     rows = read_results_tsv(Path(path))
     for row in rows:
         if row.get("status") == "crash":
@@ -77,7 +77,7 @@ def lab_record(root: Path) -> dict:
     """What a lab directory says about its run, read defensively (a run may be going on)."""
     root = Path(root)
     state = root / ".autoresearch"
-    record = bundle_skeleton(root.name, "lab")
+    record = empty_record(root.name, "lab")
     record["rows"] = read_rows(state / "ledger.jsonl")
     record["config"] = read_json(state / "config.json")
     record["run"] = read_json(state / "run.json")
@@ -94,8 +94,7 @@ def notebook_record(path: Path) -> dict:
         source = "".join(cell.get("source", ""))
         if cell.get("cell_type") == "code" and RECORD_OPEN in source:
             start = source.index(RECORD_OPEN) + len(RECORD_OPEN)
-            return load_bundle(source[start:source.index(RECORD_CLOSE, start)])
-    from .errors import LabError
+            return record_from_json(source[start:source.index(RECORD_CLOSE, start)])
     raise LabError(f"{path} is not an exported results notebook (no embedded record)")
 
 
@@ -411,18 +410,22 @@ def summary_markdown(record: dict) -> str:
     agent = run.get("agent_label") or run.get("agent") or "unknown"
     model = run.get("model")
     budget = run.get("budget") or config.get("budget")
+    budget = (f"{float(budget):g} s of training per experiment" if budget is not None
+              else "unknown" if record.get("source") == "results.tsv"
+              else "the hardware profile's training time per experiment")
     lines = [f"- **Lab**: `{record.get('lab', '')}`"
              + (f", branch `autoresearch/{run['tag']}`" if run.get("tag") else "")
              + f" (source: {record.get('source', 'lab')})",
              f"- **Hardware**: {run.get('device') or 'unknown'}; profile "
              f"`{profile_name(run.get('profile') or config.get('profile')) or 'unknown'}`",
              f"- **Agent**: {agent}" + (f", model `{model}`" if model else ""),
-             f"- **Budget**: {f'{float(budget):g}' if budget is not None else 'unknown'} s of training per "
-             "experiment" + (f"; policy `{run['policy']}`" if run.get("policy") else "")
+             f"- **Budget**: {budget}"
+             + (f"; policy `{run['policy']}`" if run.get("policy") else "")
              + (f"; at most {run['max_experiments']} experiments"
                 if run.get("max_experiments") else ""),
-             f"- **Experiments**: {len(rows)} — "
-             + ", ".join(f"{count} {status}" for status, count in counts.items() if count)]
+             f"- **Experiments**: {len(rows)}"
+             + (" — " + ", ".join(f"{count} {status}" for status, count in counts.items()
+                                  if count) if rows else " (no run yet)")]
     if baseline and best:
         start, end = score_of(baseline, metric), score_of(best, metric)
         gain = start - end if direction == "lower" else end - start
@@ -448,7 +451,7 @@ def progress_note(record: dict) -> str:
     """How far a run that is still going had got."""
     rows, run = record.get("rows") or [], record.get("run") or {}
     inflight = record.get("inflight") or {}
-    done = f"{len(rows)} experiments finished"
+    done = f"{len(rows)} experiment{'' if len(rows) == 1 else 's'} finished"
     if run.get("max_experiments"):
         done += f" of at most {run['max_experiments']}"
     current = inflight.get("index")

@@ -140,7 +140,13 @@ def execute(notebook: nbformat.NotebookNode, cwd: str | Path | None = None) -> N
                                 **local)
         client = NotebookClient(notebook, km=manager, timeout=CELL_TIMEOUT_S,
                                 resources={"metadata": {"path": str(cwd or scratch)}})
-        client.execute()
+        try:
+            # nbclient only cleans up kernels it made itself unless told to: without this
+            # every export would leave a kernel behind (in a long-lived notebook, for good)
+            client.execute(cleanup_kc=True)
+        finally:
+            if manager.has_kernel:
+                manager.shutdown_kernel(now=True)
 
 
 def write_html(notebook: nbformat.NotebookNode, path: Path) -> Path:

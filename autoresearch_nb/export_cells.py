@@ -29,28 +29,32 @@ import os, pathlib, subprocess, sys, tempfile
 REPRODUCE = os.environ.get("AUTORESEARCH_REPRODUCE") == "1"
 run_info, config = RECORD["run"], RECORD["config"]
 best = analysis.best_row(RECORD["rows"], METRIC, DIRECTION) or {}
+profile = analysis.profile_name(run_info.get("profile") or config.get("profile"))
+prepare_args = ["--data", str(config.get("data") or "builtin")] + (
+    ["--profile", profile] if profile else []) + (["--byte-level"] if config.get("byte_level") else [])
 settings = {"AUTORESEARCH_BUDGET": str(run_info.get("budget") or config.get("budget") or ""),
-            "AUTORESEARCH_PROFILE": analysis.profile_name(run_info.get("profile")
-                                                          or config.get("profile")),
-            "AUTORESEARCH_DATA": str(config.get("data") or ""),
+            "AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_DATA": str(config.get("data") or ""),
             "AUTORESEARCH_SEED": str(best.get("seed") if best.get("seed") is not None else ""),
             "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else ""}
 settings = {name: value for name, value in settings.items() if value}
-print("autoresearch-nb init LAB   # then put the final train.py above in LAB/nanochat/train.py")
-print("cd LAB &&", " ".join(f"{name}={value}" for name, value in settings.items()),
-      "python nanochat/train.py")
+print("autoresearch-nb init LAB && cd LAB   # then put the final train.py above in nanochat/train.py")
+print("python nanochat/prepare.py", " ".join(prepare_args))
+print(" ".join(f"{name}={value}" for name, value in settings.items()), "python nanochat/train.py")
+
+
+def step(command, cwd=None):
+    done = subprocess.run(command, cwd=cwd, env={**os.environ, **settings}, text=True,
+                          capture_output=True)
+    print(done.stdout[-3000:] + done.stderr[-3000:])
+    done.check_returncode()
+
+
 if REPRODUCE:
     lab = pathlib.Path(tempfile.mkdtemp(prefix="reproduce-")) / "lab"
-    env = {**os.environ, **settings}
-    subprocess.run([sys.executable, "-m", "autoresearch_nb", "init", str(lab)], check=True)
+    step([sys.executable, "-m", "autoresearch_nb", "init", str(lab)])
     (lab / "nanochat" / "train.py").write_text(RECORD["files"]["nanochat/train.py"])
-    prepare = [sys.executable, "nanochat/prepare.py"] + (
-        ["--data", settings["AUTORESEARCH_DATA"]] if "AUTORESEARCH_DATA" in settings else [])
-    subprocess.run(prepare, cwd=lab, env=env, check=True)
-    run = subprocess.run([sys.executable, "nanochat/train.py"], cwd=lab, env=env, text=True,
-                         capture_output=True)
-    print(run.stdout[-3000:] + run.stderr[-3000:])
-    run.check_returncode()
+    step([sys.executable, "nanochat/prepare.py", *prepare_args], cwd=lab)
+    step([sys.executable, "nanochat/train.py"], cwd=lab)
     print(f"recorded {METRIC}: {best.get(METRIC)}")
 else:
     print("(skipped: set REPRODUCE = True to train it)")'''
@@ -95,8 +99,9 @@ def build_notebook(record: dict) -> nbformat.NotebookNode:
 
 
 def record_cell(record: dict) -> nbformat.NotebookNode:
-    """The embedded record: JSON on one line in a raw string (ASCII-escaped, so it cannot hold
-    three quotes in a row or a stray backslash), collapsed in JupyterLab."""
+    """The embedded record: ASCII JSON on one line in a raw string, collapsed in JupyterLab.
+    JSON writes every quote inside a string as \\" (which never ends a raw string) and never
+    puts three of its own quotes in a row, so any text survives the round trip."""
     text = json.dumps(record, ensure_ascii=True, sort_keys=True, default=str)
     source = ("# The lab's record (ledger rows, config, charter, diffs, final files).\n"
               + RECORD_OPEN + text + RECORD_CLOSE
@@ -107,11 +112,16 @@ def record_cell(record: dict) -> nbformat.NotebookNode:
 
 
 def charter_markdown(charter: str) -> str:
-    """The charter quoted, so its own headings stay inside this section."""
+    """The charter quoted, its headings pushed two levels down so they sit inside this section."""
     if not charter.strip():
         return "### The charter\n\n_(no program.md)_"
-    quoted = "\n".join("> " + line if line.strip() else ">" for line in charter.splitlines())
-    return "### The charter (`program.md`)\n\n" + quoted
+    lines, fenced = [], False
+    for line in charter.splitlines():
+        fenced ^= line.lstrip().startswith("```")
+        if not fenced and line.startswith("#"):
+            line = "##" + line if line.startswith(("# ", "## ", "### ", "#### ")) else line
+        lines.append("> " + line if line.strip() else ">")
+    return "### The charter (`program.md`)\n\n" + "\n".join(lines)
 
 
 def kept_cells(record: dict, metric: str, direction: str) -> list:
