@@ -251,8 +251,8 @@ class ResearchLoop:
                 rejected_in_a_row, outages = 0, 0
 
     def _finish(self, reason: str) -> str:
+        """The session announces the end (run_finished) once the thread is done."""
         self.finish_reason = reason
-        self.bus.emit("run_finished", reason=reason)
         return reason
 
     def _over_budget(self, rows: list[dict]) -> bool:

@@ -4,8 +4,11 @@ from __future__ import annotations
 import argparse
 import atexit
 import difflib
+import json
+import re
 import shlex
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -60,42 +63,46 @@ def frontend_of(shell) -> str:
 
 
 class _Commands:
-    """add_parser with plain argparse formatting (IPython's adds reST markup to usage lines)."""
+    """The subcommands, in order, with plain argparse formatting (IPython's formatter adds
+    reST markup to usage lines, which reads badly in `%autoresearch?`)."""
 
     def __init__(self, subparsers):
         self._subparsers = subparsers
+        self.listed: list[tuple[str, argparse.ArgumentParser, str]] = []
 
-    def add_parser(self, name: str, **kwargs):
-        return self._subparsers.add_parser(name, formatter_class=argparse.HelpFormatter, **kwargs)
+    def add_parser(self, name: str, help: str):
+        parser = self._subparsers.add_parser(name, help=help, formatter_class=argparse.HelpFormatter)
+        self.listed.append((name, parser, help))
+        return parser
 
 
-def build_parser() -> MagicArgumentParser:
+def build_parser() -> tuple[MagicArgumentParser, _Commands]:
     parser = MagicArgumentParser(prog="%autoresearch", formatter_class=argparse.HelpFormatter,
                                  description="Run an autonomous research lab from this notebook.")
     commands = _Commands(parser.add_subparsers(dest="subcommand", metavar="COMMAND"))
     init = commands.add_parser("init", help="create a lab (default ./autoresearch-lab)")
     init.add_argument("dir", nargs="?", metavar="DIR", help="where to create it")
     start = commands.add_parser("start", help="start a run in the background and show the dashboard")
-    start.add_argument("--lab", help="the lab directory (default: the last one used)")
-    start.add_argument("--agent", default="heuristic",
+    start.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
+    start.add_argument("--agent", default="heuristic", metavar="NAME",
                        help="heuristic (offline baseline), claude, openai or command")
-    start.add_argument("--model", help="the agent's model")
-    start.add_argument("--budget", type=float, help="training seconds per experiment")
-    start.add_argument("--max-experiments", type=int, help="stop after this many experiments")
+    start.add_argument("--model", metavar="NAME", help="the agent's model")
+    start.add_argument("--budget", type=float, metavar="S", help="training seconds per experiment")
+    start.add_argument("--max-experiments", type=int, metavar="N", help="stop after this many experiments")
     start.add_argument("--tag", help="names the run's branch autoresearch/<tag>")
     start.add_argument("--policy", choices=("noise", "greedy"), default="noise",
                        help="noise: keep gains that stand clear of seed noise; greedy: any gain")
-    start.add_argument("--max-cost", type=float, help="stop when the agent has spent this many USD")
+    start.add_argument("--max-cost", type=float, metavar="USD", help="stop when the agent has spent this many USD")
     start.add_argument("--resume", action="store_true", help="continue the lab's last run")
-    start.add_argument("--base-url", help="the agent API's base URL")
-    start.add_argument("--command", dest="agent_command", help="the command agent's command line")
+    start.add_argument("--base-url", metavar="URL", help="the agent API's base URL")
+    start.add_argument("--command", dest="agent_command", metavar="CMD", help="the command agent's command line")
     stop = commands.add_parser("stop", help="stop after the current experiment")
     stop.add_argument("--now", action="store_true", help="kill the current experiment (recorded)")
     commands.add_parser("pause", help="hold before the next experiment")
     commands.add_parser("resume", help="go on after a pause")
     commands.add_parser("status", help="show the dashboard (text in a terminal)")
     wait = commands.add_parser("wait", help="block until the run ends")
-    wait.add_argument("--timeout", type=float, help="give up waiting after S seconds")
+    wait.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S seconds")
     show = commands.add_parser("show", help="one experiment: metrics, rationale, diff, log tail")
     show.add_argument("n", type=int, metavar="N")
     diff = commands.add_parser("diff", help="experiment N against its parent, or against M")
@@ -104,15 +111,15 @@ def build_parser() -> MagicArgumentParser:
     apply = commands.add_parser("apply", help="experiment N's file in a new cell")
     apply.add_argument("n", type=int, metavar="N")
     apply.add_argument("--write", action="store_true", help="write it to the lab's working file")
-    apply.add_argument("--file", help="which allowed file (default: the first)")
+    apply.add_argument("--file", metavar="PATH", help="which allowed file (default: the first)")
     commands.add_parser("steer", help="a note the agent reads before its next proposal")
     export = commands.add_parser("export", help="write the results notebook")
     export.add_argument("path", nargs="?", metavar="PATH", help="output .ipynb or directory")
     export.add_argument("--html", action="store_true", help="also write an HTML page")
-    return parser
+    return parser, commands
 
 
-PARSER = build_parser()
+PARSER, COMMANDS = build_parser()
 
 
 def help_text() -> str:
@@ -120,13 +127,16 @@ def help_text() -> str:
              "%%program            the cell becomes the lab's charter (program.md); shows the change",
              "%program             shows the current charter", "",
              "%autoresearch COMMAND [options]:"]
-    for action in PARSER._subparsers._group_actions:
-        for choice in action._choices_actions:
-            usage = action.choices[choice.dest].format_usage().replace("usage: ", "").strip()
-            if choice.dest == "steer":
-                usage += " TEXT"
-            lines.append("  " + " ".join(usage.split()))
-            lines.append(f"      {choice.help}")
+    for name, parser, summary in COMMANDS.listed:
+        usage = parser.format_usage().replace("usage: ", "").strip()
+        if name == "steer":  # its text is taken verbatim, outside the parser
+            usage += " TEXT"
+        # Wrap between options, never inside one ([--max-experiments N] stays whole).
+        options = re.findall(r"\[[^\]]*\]|\S+", " ".join(usage.split()))
+        wrapped = textwrap.wrap(" ".join(o.replace(" ", "\0") for o in options), 96,
+                                break_long_words=False, break_on_hyphens=False,
+                                initial_indent="  ", subsequent_indent="      ")
+        lines += [line.replace("\0", " ") for line in wrapped] + [f"      {summary}"]
     lines += ["",
               "The lab is the last one given to init or start --lab (default ./autoresearch-lab).",
               "One run per kernel; it runs in a background thread and the kernel stays free."]
@@ -211,11 +221,8 @@ class AutoresearchMagics(Magics):
         if old == new:
             print(f"{path} is unchanged.")
             return
-        writer = getattr(lab, "write_charter", None)
-        if writer is not None:
-            writer(new)
-        else:
-            path.write_text(new, encoding="utf-8")
+        # Safe while a run goes on: the loop commits program.md between experiments.
+        path.write_text(new, encoding="utf-8")
         diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True),
                                             "program.md (before)", "program.md"))
         note = " The running agent reads it before its next proposal." if CURRENT.alive else ""
@@ -254,19 +261,25 @@ class AutoresearchMagics(Magics):
                              resume=args.resume, base_url=args.base_url,
                              command=args.agent_command)
         session = Session(options)
-        if CURRENT.unsubscribe is not None:
-            CURRENT.unsubscribe()
-        if CURRENT.dashboard is not None:
-            CURRENT.dashboard.close()
-        CURRENT.session, CURRENT.dashboard, CURRENT.unsubscribe = session, None, None
+        dashboard = unsubscribe = None
         if self.frontend != "terminal":
             dashboard = self._dashboard(session, lab)
-            # Subscribe before start so no event falls between the snapshot and the stream.
-            CURRENT.dashboard, CURRENT.unsubscribe = dashboard, session.subscribe(dashboard.handle)
+            # Subscribed before start, so no event falls between the snapshot and the stream.
+            unsubscribe = session.subscribe(dashboard.handle)
+        try:
             session.start()
+        except BaseException:
+            if unsubscribe is not None:
+                unsubscribe()
+                dashboard.close()
+            raise
+        if CURRENT.unsubscribe is not None:
+            CURRENT.unsubscribe()
+            CURRENT.dashboard.close()
+        CURRENT.session, CURRENT.dashboard, CURRENT.unsubscribe = session, dashboard, unsubscribe
+        if dashboard is not None:
             display(dashboard.widget)
         else:
-            session.start()
             print(f"Started a run in {lab.root} ({args.agent} agent). %autoresearch status to "
                   "look, %autoresearch stop to end it after the current experiment.")
 
@@ -308,7 +321,12 @@ class AutoresearchMagics(Magics):
         if CURRENT.session is None:
             lab = self._lab()
             metric, direction = self._metric(lab)
-            snapshot = {"header": {"lab": str(lab.root)}, "rows": lab.rows(), "state": "idle",
+            try:  # what the lab's last run said about itself: agent, profile, device, limits
+                header = json.loads(lab.run_info_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                header = {}
+            header["lab"] = str(lab.root)
+            snapshot = {"header": header, "rows": lab.rows(), "state": "idle",
                         "message": "no run in this kernel"}
             print(status_text(snapshot, metric, direction))
             return
@@ -324,6 +342,8 @@ class AutoresearchMagics(Magics):
             return
         dashboard.load(CURRENT.session.snapshot())
         dashboard.refresh(resend=True)
+        if dashboard.render_error:
+            print(f"The dashboard failed to draw an update in the background: {dashboard.render_error}")
         if redisplay:
             display(dashboard.widget)
 

@@ -120,6 +120,7 @@ class Dashboard:
         self._loss_drawn_at = 0.0
         self._syncing_thread: int | None = None
         self.renders = 0
+        self.render_error = ""
         self._build()
         self.render()
 
@@ -186,8 +187,8 @@ class Dashboard:
             self._timer = None
         try:
             self.render()
-        except Exception:  # a drawing failure must never reach the loop or kill the timer chain
-            pass
+        except Exception as error:  # never reaches the loop; kept for `status` to show
+            self.render_error = f"{type(error).__name__}: {error}"
 
     # -- rendering ---------------------------------------------------------------------------
     def render(self) -> None:

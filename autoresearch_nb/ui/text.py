@@ -66,8 +66,8 @@ def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: 
     per_hour = done * 3600.0 / working if working >= 60 and done else None
     eta_s = None
     limit = info.get("max_experiments")
-    if limit and per_hour:
-        eta_s = max(0, int(limit) - done) * 3600.0 / per_hour
+    if limit and per_hour and done < int(limit):
+        eta_s = (int(limit) - done) * 3600.0 / per_hour
     return {"agent": info.get("agent_label") or info.get("agent") or "",
             "model": info.get("model"), "profile": info.get("profile"),
             "device": info.get("device"), "done": done, "counts": counts,
@@ -171,6 +171,9 @@ def status_text(snapshot: dict, metric: str = "val_bpb", direction: str = "lower
     rows = snapshot.get("rows") or []
     facts = summarize(rows, header, metric, direction)
     lines = header_lines(facts)
+    if header.get("lab"):
+        tag = f" · run {header['tag']}" if header.get("tag") else ""
+        lines.insert(0, f"lab {header['lab']}{tag}")
     state = snapshot.get("state") or "idle"
     message = snapshot.get("message") or ""
     lines.append(f"state: {state}" + (f" — {message}" if message and message != state else ""))

@@ -1,0 +1,228 @@
+"""The dashboard and the text views, fed a synthetic run through a real EventBus (no kernel needed)."""
+from __future__ import annotations
+
+import threading
+import time
+
+from autoresearch_nb.events import EventBus
+from autoresearch_nb.ui.dashboard import Dashboard, RunView, experiment_html
+from autoresearch_nb.ui.diffview import diff_html, diff_stats
+from autoresearch_nb.ui.loss_curve import loss_curve_png
+from autoresearch_nb.ui.text import experiment_text, status_text, summarize
+
+PNG = b"\x89PNG\r\n\x1a\n"
+DIFF = ("--- a/nanochat/train.py\n+++ b/nanochat/train.py\n@@ -1,2 +1,2 @@\n"
+        "-LEARNING_RATE = 0.02\n+LEARNING_RATE = 0.04  # <faster>\n DEPTH = 4\n")
+
+
+def row(index, status, val, description, role="experiment", **extra):
+    base = {"index": index, "status": status, "val_bpb": val, "description": description,
+            "role": role, "commit": f"{index:07x}", "rationale": f"why {index}",
+            "usage": {"cost_usd": 0.25}}
+    base.update(extra)
+    return base
+
+
+ROWS = [row(0, "keep", 2.000, "baseline", role="baseline"),
+        row(1, "discard", 2.010, "wider mlp"),
+        row(2, "keep", 1.950, "double the learning rate"),
+        row(3, "crash", None, "huge batch", kind="oom"),
+        row(4, "rejected", None, "reads the val split", kind="audit")]
+
+
+def emit_run(bus: EventBus, rows=ROWS, steps=5, finish=True):
+    bus.emit("run_started", lab="/labs/demo", tag="night1", agent="heuristic",
+             agent_label="heuristic baseline", model=None, profile="cpu-tiny", device="cpu",
+             budget=5, max_experiments=len(rows), policy="greedy", max_cost=None)
+    bus.emit("state", state="running", message="")
+    for r in rows:
+        bus.emit("proposing", index=r["index"])
+        bus.emit("experiment_started", index=r["index"], description=r["description"],
+                 role=r["role"], budget=5, commit=r["commit"])
+        for step in range(steps):
+            bus.emit("step", index=r["index"], step=step, loss=4.0 - 0.1 * step, lr=0.02,
+                     tok_s=1000.0, progress=(step + 1) / steps, elapsed=float(step))
+        bus.emit("experiment_finished", row=r)
+    if finish:
+        bus.emit("state", state="finished", message="max experiments reached")
+        bus.emit("run_finished", reason="max experiments reached")
+
+
+def settle(dashboard: Dashboard):
+    """Wait for the pending throttled render, then render once more from this thread."""
+    deadline = time.monotonic() + 30
+    while dashboard._timer is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    dashboard.render()
+
+
+def test_a_run_fills_header_table_chart_and_buttons():
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=0.05)
+    bus.subscribe(dashboard.handle)
+    emit_run(bus)
+    settle(dashboard)
+
+    labels = [label for label, _ in dashboard.table.options]
+    assert [value for _, value in dashboard.table.options] == [4, 3, 2, 1, 0]  # latest first
+    assert "double the learning rate" in labels[2] and "keep" in labels[2]
+    assert "crash:oom" in labels[1] and "rejected:audit" in labels[0]
+    header = dashboard.header.value
+    assert "heuristic baseline" in header and "profile cpu-tiny on cpu" in header
+    assert "2 kept, 1 discarded, 1 crashed, 1 rejected" in header
+    assert "best val_bpb 1.950000" in header and "+0.050000" in header and "+2.50%" in header
+    assert "cost $1.25" in header
+    assert "/labs/demo" in dashboard.title.value and "finished" in dashboard.title.value
+    assert bytes(dashboard.chart.value).startswith(PNG)
+    assert dashboard.stop_button.disabled and dashboard.pause_button.disabled
+    assert "max experiments reached" in dashboard.message.value
+
+
+def test_current_experiment_shows_description_progress_and_loss_curve():
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=0.05)
+    bus.subscribe(dashboard.handle)
+    emit_run(bus, rows=ROWS[:1], finish=False)
+    bus.emit("experiment_started", index=1, description="try rmsnorm eps 1e-6", role="experiment",
+             budget=8, commit="abc")
+    empty_curve = None
+    for step in range(4):
+        bus.emit("step", index=1, step=step, loss=3.5 - 0.2 * step, lr=0.02, tok_s=900.0,
+                 progress=0.5, elapsed=4.0)
+        if step == 0:
+            settle(dashboard)
+            empty_curve = bytes(dashboard.loss.value)
+    time.sleep(2.1)  # the loss curve redraws at most every 2 s; let that window pass
+    settle(dashboard)
+
+    assert "#1" in dashboard.current_title.value
+    assert "try rmsnorm eps 1e-6" in dashboard.current_title.value
+    assert dashboard.progress.value == 0.5
+    assert "50% of the budget" in dashboard.progress_label.value and "/ 8s" in dashboard.progress_label.value
+    assert bytes(dashboard.loss.value).startswith(PNG) and bytes(dashboard.loss.value) != empty_curve
+    assert not dashboard.stop_button.disabled
+
+
+def test_choosing_an_experiment_shows_its_diff_rationale_and_log_and_survives_new_rows():
+    asked = []
+
+    def details(index):
+        asked.append(index)
+        return DIFF, f"step 10 | loss 3.1 (experiment {index})"
+
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=0.05, details=details)
+    bus.subscribe(dashboard.handle)
+    emit_run(bus, rows=ROWS[:3], finish=False)
+    settle(dashboard)
+
+    dashboard.table.value = 2  # what a click in the browser does
+    detail = dashboard.detail.value
+    assert asked == [2]
+    assert "why 2" in detail and "experiment 2" in detail
+    assert "background:#e6ffec" in detail and "LEARNING_RATE = 0.04  # &lt;faster&gt;" in detail
+
+    bus.emit("experiment_finished", row=row(3, "discard", 1.97, "smaller warmup"))
+    settle(dashboard)
+    assert dashboard.table.options[0][1] == 3
+    assert dashboard.table.value == 2, "a new row must not move the person's choice"
+    assert asked == [2], "re-rendering the table must not fetch details again"
+
+
+def test_stop_and_pause_buttons_call_the_session():
+    calls = []
+    dashboard = Dashboard({"state": "running"}, on_stop=lambda: calls.append("stop"),
+                          on_pause=lambda: calls.append("pause"),
+                          on_resume=lambda: calls.append("resume"))
+    dashboard.pause_button.click()
+    assert dashboard.pause_button.description == "Resume"
+    dashboard.pause_button.click()
+    assert dashboard.pause_button.description == "Pause"
+    dashboard.stop_button.click()
+    assert calls == ["pause", "resume", "stop"]
+    assert dashboard.stop_button.disabled and dashboard.stop_button.description == "Stopping…"
+
+    dashboard.handle(_event("state", state="paused", message="paused by you"))
+    settle(dashboard)
+    assert dashboard.pause_button.description == "Resume"
+
+
+def test_renders_are_throttled_and_nothing_is_printed_from_the_loop_thread(capfd):
+    dashboard = Dashboard(min_interval=0.5)
+    bus = EventBus()
+    bus.subscribe(dashboard.handle)
+    before = dashboard.renders
+    started = time.monotonic()
+    worker = threading.Thread(target=emit_run, args=(bus,), kwargs={"steps": 200})
+    worker.start()
+    worker.join()
+    settle(dashboard)
+    elapsed = time.monotonic() - started
+    # ~1000 events; renders are bounded by the interval, whatever the speed of this machine.
+    assert dashboard.renders - before <= 2 + elapsed / 0.5
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+
+
+def test_a_snapshot_seeds_the_view_and_events_continue_it():
+    snapshot = {"header": {"agent_label": "claude", "model": "claude-x", "started_at": time.time(),
+                           "max_experiments": 10},
+                "rows": ROWS[:2], "state": "running", "message": "",
+                "current": {"index": 2, "description": "resumed one", "progress": 0.3,
+                            "losses": [(0, 3.0), (1, 2.9)]}}
+    view = RunView(snapshot)
+    assert view.current["losses"] == [(0, 3.0), (1, 2.9)]
+    changed = view.apply(_event("experiment_finished", row=ROWS[2]))
+    assert changed == {"rows", "current", "header"} and view.current is None
+    assert [r["index"] for r in view.rows] == [0, 1, 2]
+    view.apply(_event("experiment_finished", row=dict(ROWS[2], status="discard")))
+    assert [r["index"] for r in view.rows] == [0, 1, 2], "a re-sent row replaces, never duplicates"
+
+
+def test_summary_pace_and_eta_come_from_the_history():
+    now = 10_000.0
+    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now - 1800))
+    facts = summarize(ROWS, {"started_at": started, "max_experiments": 12}, now=now)
+    assert facts["done"] == 4, "a rejected proposal is not an experiment that ran"
+    assert facts["per_hour"] == 8.0 and facts["eta_s"] == 8 * 450.0  # 8 left, 7.5 min each
+    timed = [dict(r, timings={"total_s": 60.0}) for r in ROWS]
+    assert summarize(timed, {"started_at": started}, now=now)["per_hour"] == 48.0, \
+        "working time, not wall time since a start that may predate a resume"
+    higher = summarize([row(0, "keep", 0.5, "b", role="baseline"), row(1, "keep", 0.6, "x")],
+                       {}, metric="val_bpb", direction="higher")
+    assert higher["best"] == 0.6 and abs(higher["gain"] - 0.1) < 1e-12
+
+
+def test_text_views_hold_what_a_terminal_user_needs():
+    text = status_text({"header": {"agent_label": "heuristic baseline"}, "rows": ROWS,
+                        "state": "running", "message": "",
+                        "current": {"index": 5, "description": "tie embeddings",
+                                    "progress": 0.25, "losses": [(3, 3.25)]}})
+    lines = text.splitlines()
+    assert "state: running" in text and "now: #5 tie embeddings — 25%, loss 3.2500" in text
+    table = lines[lines.index(next(line for line in lines if line.strip().startswith("#"))):]
+    assert table[1].split()[0] == "4" and table[-1].split()[0] == "0"
+    full = experiment_text(ROWS[2], DIFF, "last log line")
+    assert "experiment 2: double the learning rate" in full
+    assert "why 2" in full and "+LEARNING_RATE = 0.04" in full and "last log line" in full
+
+
+def test_diff_html_escapes_and_colours_each_line():
+    page = diff_html(DIFF)
+    assert "<faster>" not in page and "&lt;faster&gt;" in page
+    assert page.count("background:#e6ffec") == 1 and page.count("background:#ffebe9") == 1
+    assert diff_stats(DIFF) == (1, 1)
+    assert "no changes" in diff_html("")
+    crashed = experiment_html(ROWS[3], "", "")
+    assert "crashed" in crashed and "huge batch" in crashed and "no changes" in crashed
+
+
+def test_loss_curve_is_a_png_with_or_without_points():
+    assert loss_curve_png([]).startswith(PNG)
+    assert loss_curve_png([(0, 4.0), (1, 3.5), (2, None)]).startswith(PNG)
+
+
+def _event(kind, **data):
+    from autoresearch_nb.events import Event
+
+    return Event(kind, data)

@@ -1,0 +1,101 @@
+"""The dashboard in a real browser: JupyterLab on loopback, Debian's Chromium driven by Playwright,
+a notebook that starts a short offline run; the chart, the table and the buttons must render."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from notebook_fixtures import REPO, SHORT_RUN, jupyter_lab, notebook  # noqa: F401 (fixture)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = REPO / "artifacts"
+UI_MS = 120_000    # JupyterLab's page and kernel on a loaded machine
+WAIT_MS = 300_000  # the run: first use prepares the data; a loaded CI machine is slow
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                       reason=f"Debian chromium is not installed at {CHROMIUM} (apt-get install chromium)"),
+]
+
+
+def run_all_cells(page) -> None:
+    """JupyterLab's own menu: Run > Run All Cells. A page still settling its kernel may answer
+    with a kernel dialog (accepted: it proposes the notebook's python3) or drop the request,
+    so this tries again until a cell shows it ran or is running."""
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=UI_MS)
+    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=UI_MS)
+    accept = page.locator(".jp-Dialog .jp-mod-accept")
+    started = ("() => Array.from(document.querySelectorAll('.jp-Notebook .jp-InputPrompt'))"
+               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))")
+    deadline = time.monotonic() + UI_MS / 1000
+    while time.monotonic() < deadline and not page.evaluate(started):
+        if accept.count() and accept.first.is_visible():
+            accept.first.click()
+        else:
+            page.click("div.lm-MenuBar-itemLabel:text-is('Run')")
+            page.click("div.lm-Menu-itemLabel:text-is('Run All Cells')")
+        for _ in range(40):
+            if page.evaluate(started) or (accept.count() and accept.first.is_visible()):
+                break
+            page.wait_for_timeout(250)
+
+
+def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
+    from playwright.sync_api import sync_playwright
+
+    root: Path = jupyter_lab.root
+    nbformat.write(notebook("%load_ext autoresearch_nb",
+                            f"%autoresearch start {SHORT_RUN} --max-experiments 2 --tag browser"),
+                   str(root / "dashboard.ipynb"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1300})
+            page.goto(f"{jupyter_lab.url}/lab/tree/dashboard.ipynb?token={jupyter_lab.token}")
+            try:
+                check_dashboard(page)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    assert (root / "autoresearch-lab" / ".autoresearch" / "ledger.jsonl").exists()
+
+
+def check_dashboard(page) -> None:
+    run_all_cells(page)
+
+    dashboard = page.locator(".arnb-dashboard")
+    dashboard.wait_for(timeout=UI_MS)
+    # The table fills in when the baseline experiment finishes.
+    rows = dashboard.locator(".arnb-table select option")
+    rows.first.wait_for(state="attached", timeout=WAIT_MS)
+    assert rows.count() >= 1
+    assert "baseline" in rows.last.inner_text()
+
+    chart = dashboard.locator("img").first
+    chart.wait_for(timeout=WAIT_MS)
+    assert chart.evaluate("img => img.complete && img.naturalWidth > 300")
+    assert dashboard.locator("button:has-text('Stop')").is_visible()
+    assert dashboard.locator("button:has-text('Pause')").is_visible()
+    assert "heuristic baseline" in dashboard.inner_text()
+
+    # Choosing a row shows its change, rationale and log tail.
+    rows.last.evaluate("option => { option.selected = true; "
+                       "option.parentElement.dispatchEvent(new Event('change', {bubbles: true})); }")
+    page.wait_for_selector(".arnb-dashboard :text('Log tail')", timeout=WAIT_MS)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+    # Stop from the browser ends the run; the buttons say so.
+    dashboard.locator("button:has-text('Stop')").click()
+    page.wait_for_selector(".arnb-dashboard i:text-is('finished')", timeout=WAIT_MS)
+    assert dashboard.locator("button:has-text('Stop')").is_disabled()
