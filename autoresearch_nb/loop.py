@@ -127,6 +127,9 @@ class ResearchLoop:
     def record(self, row: dict) -> dict:
         rows = self.rows()
         row.setdefault("finished_at", now_iso())
+        timings = row.setdefault("timings", {})
+        if "total_s" not in timings:  # wall time of the whole step: propose, validate, run, judge, git
+            timings["total_s"] = round(time.monotonic() - getattr(self, "_step_started", time.monotonic()), 3)
         row.setdefault("agent", self.agent.name)
         row.setdefault("model", self.agent.model)
         best = self.best(rows + [row]) if row.get("status") == "keep" else self.best(rows)
@@ -271,6 +274,7 @@ class ResearchLoop:
 
     def step(self, rows: list[dict]) -> dict | None:
         index = len(rows)
+        self._step_started = time.monotonic()
         baseline = next((r for r in rows if r.get("role") == "baseline" and r.get("status") == "keep"), None)
         if baseline is None:
             return self.run_same_code(index, "baseline", "baseline", BASE_SEED + self.options.seed)
@@ -377,6 +381,8 @@ class ResearchLoop:
             row["status"] = "discard"
             self.lab.reset(parent)
         crashpoint("after_judge", index)
+        if confirm_row is not None:  # the confirmation's own row carries its run time
+            row["timings"]["total_s"] = round(time.monotonic() - self._step_started - confirm_row["timings"]["run_s"], 3)
         recorded = self.record(row)
         if confirm_row is not None:
             status = recorded["status"]
@@ -384,6 +390,7 @@ class ResearchLoop:
                 status = "interrupted" if confirm_row.get("kind") == "interrupted" else "crash"
             confirm_row.update(index=index + 1, status=status, judge=recorded["judge"],
                                score=recorded.get("score"))
+            confirm_row["timings"]["total_s"] = confirm_row["timings"].get("run_s", 0.0)
             kept = recorded["status"] == "keep"
             self._write_inflight(index=index + 1, phase="record", role="confirm", parent=commit if kept else parent,
                                  commit=commit, description=confirm_row["description"])
@@ -401,6 +408,7 @@ class ResearchLoop:
         result = self.execute(index + 1, seed)
         confirm_row = self.base_row(index + 1, "confirm", commit, parent, f"confirm: {description}", seed, started)
         confirm_row.update(self.result_fields(result), fingerprint=row.get("fingerprint"))
+        confirm_row["timings"]["run_s"] = round(result.wall_seconds, 3)
         if not result.ok:
             verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"])
             verdict.decision = "discard"
