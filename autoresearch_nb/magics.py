@@ -82,6 +82,10 @@ def build_parser() -> tuple[MagicArgumentParser, _Commands]:
     commands = _Commands(parser.add_subparsers(dest="subcommand", metavar="COMMAND"))
     init = commands.add_parser("init", help="create a lab (default ./autoresearch-lab)")
     init.add_argument("dir", nargs="?", metavar="DIR", help="where to create it")
+    init.add_argument("--profile", default="auto", choices=["auto", "cpu", "mps", "cuda", "tiny"],
+                      help="hardware profile (default: picked from the hardware)")
+    init.add_argument("--data", default="builtin", metavar="SOURCE",
+                      help="builtin, tinystories, fineweb-edu, or a path")
     start = commands.add_parser("start", help="start a run in the background and show the dashboard")
     start.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
     start.add_argument("--agent", default="heuristic", metavar="NAME",
@@ -242,7 +246,7 @@ class AutoresearchMagics(Magics):
     def _do_init(self, args):
         from .lab import init_lab
 
-        lab, created = init_lab(Path(args.dir or CURRENT.lab_dir).expanduser())
+        lab, created = init_lab(Path(args.dir or CURRENT.lab_dir).expanduser(), profile=args.profile, data=args.data)
         CURRENT.lab_dir = Path(lab.root)
         state = "Created a lab" if created else "Using the existing lab"
         print(f"{state} in {lab.root}. Write the charter with %%program, then %autoresearch start.")

@@ -81,7 +81,7 @@ def quickstart_run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("quickstart")
     with pytest.MonkeyPatch.context() as monkeypatch:
         notebook = run_notebook(NOTEBOOKS / "quickstart.ipynb", workdir, monkeypatch,
-                                AUTORESEARCH_AGENT="heuristic", AUTORESEARCH_BUDGET="2",
+                                AUTORESEARCH_AGENT="heuristic", AUTORESEARCH_BUDGET="2", AUTORESEARCH_PROFILE="tiny",
                                 AUTORESEARCH_MAX_EXPERIMENTS="2", AUTORESEARCH_POLICY="greedy")
     return workdir, notebook
 
