@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from .errors import LabError
 from .lab import DEFAULT_DIR, Lab, init_lab, template_dir

@@ -6,22 +6,21 @@ the in-flight note is removed, so a resume neither loses nor repeats a row.
 """
 from __future__ import annotations
 
-import ast
-import json
-import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
 
+from . import inflight
 from .agents.base import Agent, Context, ProposalError
 from .agents.heuristic import fingerprint
-from .audit import audit_source, only_seeds_changed
+from .checks import fixed_exports, validate
+from .context import build_context
 from .errors import LabError
 from .events import EventBus
+from .inflight import crashpoint, now_iso
 from .judge import judge, noise_estimate
 from .lab import Lab
-from .ledger import RAN_STATUSES, append_row, atomic_write, write_results
+from .ledger import RAN_STATUSES, append_row, write_results
 from .runner import RunResult, Runner, clean_environment
 
 BASE_SEED = 42
@@ -43,25 +42,6 @@ class LoopOptions:
     run_info: dict = field(default_factory=dict)
 
 
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def crashpoint(name: str, index: int | None = None) -> None:
-    """Tests name a point here (AUTORESEARCH_CRASHPOINT=name or name:index) to get a real kill -9
-    exactly there."""
-    if os.environ.get("AUTORESEARCH_CRASHPOINT") in (name, f"{name}:{index}"):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _runs_in(pid: int, root) -> bool:
-    """True when process `pid` still exists and works in `root` (not a reused pid)."""
-    try:
-        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == os.path.realpath(root)
-    except OSError:
-        return False
-
-
 def timeout_for(budget: float, profile: str, allowance: float | None = None) -> float:
     """Hard limit of one run: the budget plus start-up (imports, data, compile) and evaluation."""
     if allowance is None:
@@ -81,7 +61,7 @@ class ResearchLoop:
         self.unpaused.set()
         self.runner: Runner | None = None
         self.finish_reason = ""
-        self.fixed_exports = self._fixed_exports()
+        self.fixed_exports = fixed_exports(lab)
 
     # -- control, from any thread -----------------------------------------------------------
     def stop(self, now: bool = False) -> None:
@@ -138,13 +118,13 @@ class ResearchLoop:
         crashpoint("after_append", row.get("index"))
         write_results(self.lab.results_path, rows + [row])
         self._journal(row)
-        self._clear_inflight()
+        inflight.clear(self.lab)
         self.bus.emit("experiment_finished", row=row)
         return row
 
     def _journal(self, row: dict) -> None:
         try:
-            lesson = self.agent.reflect(self._context(row["index"] + 1), row) or ""
+            lesson = self.agent.reflect(self.context(row["index"] + 1), row) or ""
         except Exception:  # a lesson is nice to have; the record is what matters
             lesson = ""
         value = f"{row['val_bpb']:.6f}" if row.get("val_bpb") is not None else "-"
@@ -158,50 +138,9 @@ class ResearchLoop:
         with open(self.lab.journal_path, "a", encoding="utf-8") as handle:
             handle.write(entry)
 
-    def _write_inflight(self, **data) -> None:
-        atomic_write(self.lab.inflight_path, json.dumps(data))
-
-    def _clear_inflight(self) -> None:
-        try:
-            os.unlink(self.lab.inflight_path)
-        except FileNotFoundError:
-            pass
-
-    # -- start and recovery -----------------------------------------------------------------
     def recover(self) -> None:
         """Make the lab consistent after a crash, a kill -9 or a kernel restart."""
-        path = self.lab.inflight_path
-        if not path.exists():
-            return
-        try:
-            inflight = json.loads(path.read_text())
-        except ValueError:
-            inflight = {}
-        pid = inflight.get("pid")
-        if pid and _runs_in(pid, self.lab.root):  # an orphaned experiment must not keep running
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError, OSError):
-                pass
-        rows = self.rows()
-        index = inflight.get("index", len(rows))
-        done = next((r for r in rows if r.get("index") == index), None)
-        if done is not None:  # the row made it to the ledger; only the cleanup was cut short
-            target = done["commit"] if done.get("status") == "keep" and done.get("commit") else inflight.get("parent")
-        else:
-            target = inflight.get("parent")
-            row = {"index": index, "status": "interrupted", "kind": "interrupted", "role": inflight.get("role", "experiment"),
-                   "reason": f"the process stopped during {inflight.get('phase', 'the experiment')}",
-                   "commit": self.lab.short(inflight["commit"]) if inflight.get("commit") else "",
-                   "parent": self.lab.short(target) if target else "", "description": inflight.get("description", ""),
-                   "started_at": inflight.get("started_at"), "log": inflight.get("log"), "val_bpb": None,
-                   "score": None, "fingerprint": None}
-            append_row(self.lab.ledger_path, {**row, "finished_at": now_iso(), "agent": self.agent.name,
-                                              "best": (self.best(rows) or {}).get("score")})
-        if target:
-            self.lab.reset(target)
-        write_results(self.lab.results_path, self.rows())
-        self._clear_inflight()
+        inflight.recover(self.lab, self.agent.name)
 
     def check_lab(self) -> None:
         changed = self.lab.locked_changes()
@@ -287,7 +226,7 @@ class ResearchLoop:
     def run_same_code(self, index: int, role: str, description: str, seed: int) -> dict:
         head = self.lab.head()
         started = now_iso()
-        self._write_inflight(index=index, phase="run", role=role, parent=head, commit=head,
+        inflight.write(self.lab, index=index, phase="run", role=role, parent=head, commit=head,
                              description=description, started_at=started, log=self._log_rel(index))
         self.bus.emit("experiment_started", index=index, description=description, role=role,
                       budget=self.options.budget, commit=self.lab.short(head))
@@ -314,10 +253,10 @@ class ResearchLoop:
         best = self.best(rows)
         parent = self.lab.head()
         started = now_iso()
-        self._write_inflight(index=index, phase="propose", role="experiment", parent=parent, started_at=started)
+        inflight.write(self.lab, index=index, phase="propose", role="experiment", parent=parent, started_at=started)
         self.bus.emit("proposing", index=index)
         t0 = time.monotonic()
-        context = self._context(index, rows)
+        context = self.context(index, rows)
         try:
             proposal = self.agent.propose(context)
         except ProposalError as error:
@@ -333,21 +272,21 @@ class ResearchLoop:
         if self.stop_now.is_set():
             return self._rejected(index, parent, started, "interrupted", "stopped while the agent was proposing",
                                   usage=proposal.usage, propose_s=propose_s, description=proposal.description)
-        problem, kind = self.validate(proposal.files, rows)
+        problem, kind = validate(self.lab, proposal.files, rows, self.fixed_exports, self.options.audit)
         extra = dict(usage=proposal.usage, propose_s=propose_s, description=proposal.description,
                      rationale=proposal.rationale, meta=proposal.meta)
         if problem:
             return self._rejected(index, parent, started, kind, problem, **extra,
                                   fingerprint=fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")))
         description = " ".join((proposal.description or "untitled change").split())[:200]
-        self._write_inflight(index=index, phase="commit", role="experiment", parent=parent, started_at=started,
+        inflight.write(self.lab, index=index, phase="commit", role="experiment", parent=parent, started_at=started,
                              description=description)
         self.lab.write_files(proposal.files)
         crashpoint("after_write", index)
         commit = self.lab.commit(list(proposal.files), f"experiment {index}: {description}")
         self.lab.keep_ref(index, commit)
         crashpoint("after_commit", index)
-        self._write_inflight(index=index, phase="run", role="experiment", parent=parent, commit=commit,
+        inflight.write(self.lab, index=index, phase="run", role="experiment", parent=parent, commit=commit,
                              started_at=started, description=description, log=self._log_rel(index))
         self.bus.emit("experiment_started", index=index, description=description, role="experiment",
                       budget=self.options.budget, commit=self.lab.short(commit))
@@ -392,7 +331,7 @@ class ResearchLoop:
                                score=recorded.get("score"))
             confirm_row["timings"]["total_s"] = confirm_row["timings"].get("run_s", 0.0)
             kept = recorded["status"] == "keep"
-            self._write_inflight(index=index + 1, phase="record", role="confirm", parent=commit if kept else parent,
+            inflight.write(self.lab, index=index + 1, phase="record", role="confirm", parent=commit if kept else parent,
                                  commit=commit, description=confirm_row["description"])
             self.record(confirm_row)
         return recorded
@@ -401,7 +340,7 @@ class ResearchLoop:
         """Re-run a borderline winner with another seed before deciding."""
         seed = BASE_SEED + self.options.seed + 7919 * (index + 1)
         started = now_iso()
-        self._write_inflight(index=index, phase="confirm", role="experiment", parent=parent, commit=commit,
+        inflight.write(self.lab, index=index, phase="confirm", role="experiment", parent=parent, commit=commit,
                              started_at=row["started_at"], description=description, log=self._log_rel(index))
         self.bus.emit("experiment_started", index=index + 1, description=f"confirm: {description}",
                       role="confirm", budget=self.options.budget, commit=self.lab.short(commit))
@@ -419,39 +358,6 @@ class ResearchLoop:
         return confirm_row, verdict
 
     # -- pieces -----------------------------------------------------------------------------
-    def validate(self, files: dict[str, str], rows: list[dict]) -> tuple[str, str]:
-        allowed = self.lab.config["allowed"]
-        outside = [p for p in files if p not in allowed]
-        if outside:
-            return f"changes files the agent may not edit: {', '.join(outside)} (allowed: {', '.join(allowed)})", "validation"
-        changed = {p: t for p, t in files.items() if t != self.lab.read(p)}
-        if not changed:
-            return "the proposal changes nothing", "validation"
-        files.clear()
-        files.update(changed)
-        if self.lab.locked_changes():
-            return "a locked file changed", "validation"
-        for path, text in changed.items():
-            if not path.endswith(".py"):
-                continue
-            try:
-                compile(text, path, "exec")
-            except SyntaxError as error:
-                return f"{path} does not compile: line {error.lineno}: {error.msg}", "validation"
-            if not self.options.audit:
-                continue
-            reasons = audit_source(text, "prepare", self.fixed_exports)
-            if reasons:
-                return f"audit: {'; '.join(reasons[:3])}", "audit"
-            if only_seeds_changed(self.lab.read(path), text):
-                return "changes only random seeds: that measures noise, not an idea", "audit"
-        new_fp = fingerprint(changed.get(allowed[0], self.lab.read(allowed[0])))
-        earlier = next((r for r in rows if r.get("fingerprint") == new_fp and r.get("status") not in ("rejected", "interrupted")
-                        and r.get("kind") != "interrupted"), None)
-        if earlier is not None:
-            return f"already tried: the same change as experiment {earlier['index']} ({earlier.get('description', '')})", "duplicate"
-        return "", ""
-
     def execute(self, index: int, seed: int) -> RunResult:
         config = self.lab.config
         env = clean_environment({
@@ -461,7 +367,7 @@ class ResearchLoop:
         })
         runner = Runner(config["command"], self.lab.root, env, self.lab.log_path(index), self.options.budget,
                         timeout_for(self.options.budget, self.options.profile, config.get("startup_allowance")),
-                        on_step=lambda step: self.bus.emit("step", index=index, **step), on_start=self._note_pid)
+                        on_step=lambda step: self.bus.emit("step", index=index, **step), on_start=lambda pid: inflight.note_pid(self.lab, pid))
         self.runner = runner
         if self.stop_now.is_set():
             runner.stop()
@@ -488,15 +394,6 @@ class ResearchLoop:
             fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], val_bpb=None)
         return {**fields, "run_wall_s": round(result.wall_seconds, 2)}
 
-    def _note_pid(self, pid: int) -> None:
-        """Remember the experiment's process group, so a resume can end an orphaned run."""
-        try:
-            inflight = json.loads(self.lab.inflight_path.read_text())
-        except (OSError, ValueError):
-            return
-        self._write_inflight(**{**inflight, "pid": pid})
-        crashpoint(f"during_{inflight.get('role', 'experiment')}", inflight.get("index"))
-
     def _rejected(self, index, parent, started, kind, reason, usage=None, fatal=False, propose_s=0.0,
                   description="", rationale="", meta=None, fingerprint=None, exhausted=False) -> dict:
         self.lab.reset(parent)
@@ -512,30 +409,10 @@ class ResearchLoop:
             row["exhausted"] = True
         return self.record(row)
 
-    def _context(self, index: int, rows: list[dict] | None = None) -> Context:
+    def context(self, index: int, rows: list[dict] | None = None) -> Context:
         rows = self.rows() if rows is None else rows
-        config = self.lab.config
-        best, baseline = self.best(rows), next((r for r in rows if r.get("role") == "baseline"), None)
-        last_crash = next((r for r in reversed(rows) if r.get("status") == "crash"), None)
-        baseline_files = {}
-        if baseline and baseline.get("commit"):
-            baseline_files = {p: self.lab.file_at_commit(baseline["commit"], p) for p in config["allowed"]}
-        best_diff = ""
-        if best and baseline and best.get("commit") and baseline.get("commit"):
-            best_diff = self.lab.diff_commits(baseline["commit"], best["commit"])
-        steering = []
-        if self.lab.steering_path.exists():
-            steering = [line.strip() for line in self.lab.steering_path.read_text().splitlines() if line.strip()]
-        return Context(
-            index=index, charter=self.lab.charter_path.read_text(encoding="utf-8"),
-            files={p: self.lab.read(p) for p in config["allowed"]}, allowed=list(config["allowed"]),
-            locked=list(config["locked"]), history=rows, best=best.get("score") if best else None,
-            baseline=baseline.get("val_bpb") if baseline else None, metric=config["metric"],
-            direction=config["direction"], profile=dict(self.options.run_info.get("profile_facts") or {}),
-            budget=self.options.budget, best_diff=best_diff,
-            last_failure=(last_crash or {}).get("tail", "") or "",
-            journal=self.lab.journal_path.read_text(encoding="utf-8") if self.lab.journal_path.exists() else "",
-            steering=steering, lab_dir=str(self.lab.root), seed=self.options.seed, baseline_files=baseline_files)
+        return build_context(self.lab, index, rows, self.best(rows), self.best_score(rows), self.options.budget,
+                             self.options.run_info.get("profile_facts") or {}, self.options.seed)
 
     def _diff_stats(self, old: str, new: str) -> dict:
         out = self.lab.repo.git.diff("--numstat", old, new)
@@ -549,13 +426,3 @@ class ResearchLoop:
 
     def _log_rel(self, index: int) -> str:
         return str(self.lab.log_path(index).relative_to(self.lab.root))
-
-    def _fixed_exports(self) -> set[str]:
-        names = set()
-        for locked in self.lab.config.get("locked", []):
-            try:
-                tree = ast.parse(self.lab.read(locked))
-            except (OSError, SyntaxError):
-                continue
-            names |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-        return names

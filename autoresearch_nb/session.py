@@ -16,7 +16,8 @@ from .errors import LabError
 from .events import Event, EventBus
 from .lab import DEFAULT_DIR, Lab
 from .ledger import RAN_STATUSES, atomic_write
-from .loop import LoopOptions, ResearchLoop, now_iso
+from .inflight import now_iso
+from .loop import LoopOptions, ResearchLoop
 from .runner import clean_environment
 
 POLICIES = ("noise", "greedy")
