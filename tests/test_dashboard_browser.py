@@ -65,10 +65,27 @@ def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
             except Exception:
                 page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
                 raise
+            check_exported_notebook(browser, root / "autoresearch-lab")
         finally:
             browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     assert (root / "autoresearch-lab" / ".autoresearch" / "ledger.jsonl").exists()
+
+
+def check_exported_notebook(browser, lab: Path) -> None:
+    """The morning after: the run's results notebook, rendered to HTML, reads in a browser with its
+    chart and table in place."""
+    from autoresearch_nb.export import export_lab
+
+    notebook_path = export_lab(lab, lab.parent / "results.ipynb", html=True)
+    html = notebook_path.with_suffix(".html")
+    assert html.exists()
+    page = browser.new_page(viewport={"width": 1100, "height": 1400})
+    page.goto(html.as_uri())
+    page.wait_for_selector("img", timeout=UI_MS)
+    assert page.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 300")
+    assert "baseline" in page.inner_text("body")
+    page.screenshot(path=str(ARTIFACTS / "export.png"), full_page=False)
 
 
 def check_dashboard(page) -> None:
