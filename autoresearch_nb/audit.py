@@ -18,6 +18,28 @@ ESCAPE_ATTRIBUTES = {"__code__", "__globals__", "__dict__", "__builtins__", "__c
 ESCAPE_MODULES = {"importlib", "builtins", "inspect", "ctypes", "gc", "runpy", "subprocess",
                   "multiprocessing", "signal", "atexit", "imp", "pickle", "marshal", "types"}
 PROTECTED_PATHS = ("results.tsv", "ledger", ".autoresearch", "journal.md", "program.md", "prepare.py")
+# What train.py may import at all; anything else (codecs, tempfile, threading, io, pathlib, ...) is
+# a way around the checks below. Parts of torch that rewrite torch itself are refused too.
+ALLOWED_IMPORTS = {"torch", "numpy", "math", "os", "sys", "time", "functools", "itertools", "collections",
+                   "dataclasses", "typing", "warnings", "copy", "contextlib", "random", "statistics",
+                   "enum", "operator", "__future__"}
+TORCH_INTERNALS = ("torch.library", "torch.overrides", "torch.utils.cpp_extension", "torch.hub", "torch.package",
+                   "torch.multiprocessing", "torch.utils._python_dispatch", "torch._C", "torch.ops")
+# The fixed module's public face for train.py; the rest of it (data, files, cache) is not for training.
+FIXED_API = {"DEVICE", "PROFILE", "SEQ_LEN", "TIME_BUDGET", "TrainingClock", "autocast_context", "fail",
+             "finish", "load_tokenizer", "make_train_loader"}
+# Ending the process (exit code 0 before the summary) or replacing it.
+EXIT_NAMES = {"_exit", "exit", "quit", "SystemExit", "abort", "execl", "execle", "execlp", "execlpe", "execv",
+              "execve", "execvp", "execvpe", "spawnl", "spawnle", "spawnv", "spawnve", "posix_spawn",
+              "posix_spawnp", "fork", "forkpty", "kill", "killpg", "system", "popen"}
+# Ways to rewrite how tensors compute.
+TENSOR_HOOKS = {"as_subclass", "_make_subclass", "TorchFunctionMode", "TorchDispatchMode", "__torch_function__",
+                "__torch_dispatch__", "register_forward_hook", "register_forward_pre_hook"}
+ALLOWED_DUNDERS = {"__init__", "__name__", "__file__", "__qualname__", "__doc__", "__future__"}
+# Reading files: the data is the fixed loader's, nothing else's.
+FILE_READS = {"read_text", "read_bytes", "rglob", "iterdir", "glob", "listdir", "scandir", "walk", "fromfile",
+              "memmap", "loadtxt", "from_file", "home", "expanduser", "open", "load", "genfromtxt"}
+SETTINGS = ("torch.backends.", "torch._dynamo.config.", "torch._inductor.config.")
 SEED_CALLS = {"manual_seed", "seed", "manual_seed_all", "set_rng_state", "default_rng", "Generator"}
 VALIDATION = re.compile(r"(^|[^a-z])(val|valid|validation|eval)([^a-z]|$)", re.IGNORECASE)
 
@@ -94,6 +116,8 @@ class _Auditor(ast.NodeVisitor):
         self.fixed_exports = fixed_exports
         self.modules: set[str] = set()        # names bound to imported modules
         self.fixed_names: set[str] = set()    # names bound to the fixed module or its objects
+        self.fixed_objects: set[str] = set()  # of those, objects made by fixed calls (clock, loader)
+        self.fixed_modules: set[str] = set()  # names bound to the fixed module itself
         self.reasons: list[str] = []
 
     def reject(self, node: ast.AST, reason: str) -> None:
@@ -101,6 +125,16 @@ class _Auditor(ast.NodeVisitor):
         self.reasons.append(f"line {line}: {reason}")
 
     # imports -----------------------------------------------------------------------------
+    def _check_module(self, node, name: str) -> None:
+        top = name.split(".")[0]
+        if top in ESCAPE_MODULES:
+            self.reject(node, f"imports {top}, which can rewrite code at run time")
+        elif top not in ALLOWED_IMPORTS and top != self.fixed_module:
+            self.reject(node, f"imports {top}: train.py may import {', '.join(sorted(ALLOWED_IMPORTS - {'__future__'}))} "
+                              f"and {self.fixed_module}")
+        if any(name == bad or name.startswith(bad + ".") for bad in TORCH_INTERNALS):
+            self.reject(node, f"imports {name}, which rewrites torch itself")
+
     def visit_Import(self, node):
         for alias in node.names:
             top = alias.name.split(".")[0]
@@ -108,18 +142,22 @@ class _Auditor(ast.NodeVisitor):
             self.modules.add(bound)
             if top == self.fixed_module:
                 self.fixed_names.add(bound)
-            if top in ESCAPE_MODULES:
-                self.reject(node, f"imports {top}, which can rewrite code at run time")
+                self.fixed_modules.add(bound)
+            self._check_module(node, alias.name)
 
     def visit_ImportFrom(self, node):
         top = (node.module or "").split(".")[0]
-        if top in ESCAPE_MODULES:
-            self.reject(node, f"imports from {top}, which can rewrite code at run time")
+        self._check_module(node, node.module or "")
         for alias in node.names:
             bound = alias.asname or alias.name
+            if alias.name in EXIT_NAMES or alias.name in TENSOR_HOOKS:
+                self.reject(node, f"imports {alias.name}")
+            if top != self.fixed_module and any(f"{node.module}.{alias.name}" == bad for bad in TORCH_INTERNALS):
+                self.reject(node, f"imports {node.module}.{alias.name}, which rewrites torch itself")
             if top == self.fixed_module:
-                if alias.name == "*" or alias.name.startswith("_"):
-                    self.reject(node, f"imports {alias.name} from {self.fixed_module}: only its public names may be used")
+                if alias.name == "*" or alias.name not in FIXED_API:
+                    self.reject(node, f"imports {alias.name} from {self.fixed_module}: train.py may use only "
+                                      f"{', '.join(sorted(FIXED_API))}")
                 self.fixed_names.add(bound)
                 if alias.name in ("evaluate_bpb", "validation_rows", "check_causal"):
                     self.reject(node, f"imports {alias.name}: the evaluation belongs to {self.fixed_module}.finish")
@@ -133,6 +171,8 @@ class _Auditor(ast.NodeVisitor):
 
     def visit_FunctionDef(self, node):
         self._check_definition(node, node.name)
+        if node.name in TENSOR_HOOKS:
+            self.reject(node, f"defines {node.name}, which rewrites how tensors compute")
         self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_FunctionDef
@@ -157,18 +197,28 @@ class _Auditor(ast.NodeVisitor):
         root = _root_name(target)
         if root in self.fixed_names:
             self.reject(node, f"changes {ast.unparse(target)}: the fixed code may not be patched")
-        elif root in self.modules and not _is_setting(value):
+        elif root in self.modules and not (ast.unparse(target).startswith(SETTINGS) and _is_setting(value)):
             # A library setting (torch.backends...allow_tf32 = True) is fine; swapping a function is not.
             self.reject(node, f"changes {ast.unparse(target)}: patching an imported module is not allowed")
+        elif isinstance(target, ast.Attribute) and target.attr in ("stdout", "stderr", "__stdout__", "__stderr__"):
+            self.reject(node, f"replaces {ast.unparse(target)}: the run's output is the harness's")
 
     def visit_Assign(self, node):
         for target in node.targets:
             self._check_target(target, node, node.value)
+        if not isinstance(node.value, ast.Call) and _root_name(node.value) in self.modules:
+            # functional = F; functional.cross_entropy = ...: an alias is the module itself
+            for target in node.targets:
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        self.modules.add(name.id)
         if _root_name(node.value) in self.fixed_names:  # clock = TrainingClock(): its state is fixed too
             for target in node.targets:
                 for name in ast.walk(target):
                     if isinstance(name, ast.Name):
                         self.fixed_names.add(name.id)
+                        if isinstance(node.value, ast.Call) or _root_name(node.value) in self.fixed_objects:
+                            self.fixed_objects.add(name.id)
         self.generic_visit(node)
 
     def visit_AugAssign(self, node):
@@ -190,11 +240,33 @@ class _Auditor(ast.NodeVisitor):
     def visit_Name(self, node):
         if node.id in ESCAPES:
             self.reject(node, f"uses {node.id}, which can run or rewrite code the audit cannot see")
+        if node.id in EXIT_NAMES:
+            self.reject(node, f"uses {node.id}: a run ends through {self.fixed_module}.finish or fail")
+        if node.id in TENSOR_HOOKS:
+            self.reject(node, f"uses {node.id}, which rewrites how tensors compute")
+        if node.id in ("open", "Path"):
+            self.reject(node, f"uses {node.id}: train.py reads no files (its data comes from make_train_loader)")
 
     def visit_Attribute(self, node):
         if node.attr in ESCAPE_ATTRIBUTES:
             self.reject(node, f"uses .{node.attr}, which reaches into other code's internals")
+        elif node.attr.startswith("__") and node.attr.endswith("__") and node.attr not in ALLOWED_DUNDERS:
+            self.reject(node, f"uses .{node.attr}, which reaches into how objects work")
+        if node.attr in EXIT_NAMES:
+            self.reject(node, f"uses .{node.attr}: a run ends through {self.fixed_module}.finish or fail")
+        if node.attr in TENSOR_HOOKS:
+            self.reject(node, f"uses .{node.attr}, which rewrites how tensors compute")
+        chain = ast.unparse(node)
+        if any(chain == bad or chain.startswith(bad + ".") for bad in TORCH_INTERNALS):
+            self.reject(node, f"uses {chain}, which rewrites torch itself")
         root = _root_name(node)
+        if node.attr in FILE_READS and root in self.modules:
+            self.reject(node, f"uses {chain}: train.py reads no files (its data comes from make_train_loader)")
+        if node.attr in ("items", "values", "keys") and chain.startswith("os.environ"):
+            self.reject(node, "walks os.environ: train.py may read a named variable, not search the environment")
+        if isinstance(node.value, ast.Name) and node.value.id in self.fixed_modules and node.attr not in FIXED_API \
+                and not node.attr.startswith("_"):
+            self.reject(node, f"uses {chain}: train.py may use only {', '.join(sorted(FIXED_API))} of {self.fixed_module}")
         if root in self.fixed_names and node.attr.startswith("_"):
             self.reject(node, f"uses {ast.unparse(node)}: the fixed module's private parts are off limits")
         if root in self.fixed_names and node.attr in ("evaluate_bpb", "validation_rows", "check_causal"):
@@ -212,6 +284,12 @@ class _Auditor(ast.NodeVisitor):
                 self.reject(node, f"uses {name} on the fixed module: use its public names directly")
             elif len(node.args) > 1 and not isinstance(node.args[1], ast.Constant):
                 self.reject(node, f"uses {name} with a computed name, which the audit cannot follow")
+            elif len(node.args) > 1 and str(node.args[1].value) in EXIT_NAMES | TENSOR_HOOKS | FILE_READS:
+                self.reject(node, f"uses {name} to reach {node.args[1].value}")
+            elif len(node.args) > 1 and str(node.args[1].value).startswith("__"):
+                self.reject(node, f"uses {name} to reach {node.args[1].value}")
+        if name == "type" and isinstance(node.func, ast.Name) and len(node.args) == 1:
+            self.reject(node, "uses type(obj): classes of the harness's objects may not be reached or patched")
         if name in SEED_CALLS:
             self.reject(node, f"calls {name}: the harness owns random seeds (identical code with "
                               "another seed measures noise, not progress)")
@@ -223,8 +301,10 @@ class _Auditor(ast.NodeVisitor):
         self.generic_visit(node)
 
 
-def audit_source(source: str, fixed_module: str = "prepare", fixed_exports: set[str] | None = None) -> list[str]:
-    """Reasons to reject `source` (empty when it passes). A syntax error is reported as such."""
+def audit_source(source: str, fixed_module: str = "prepare", fixed_exports: set[str] | None = None,
+                 ending: str | None = "finish") -> list[str]:
+    """Reasons to reject `source` (empty when it passes). A syntax error is reported as such.
+    `ending`: the fixed function the file must end by calling (None: no such rule)."""
     try:
         tree = ast.parse(source)
     except SyntaxError as error:
@@ -232,6 +312,8 @@ def audit_source(source: str, fixed_module: str = "prepare", fixed_exports: set[
     exports = set(fixed_exports or ()) | {"finish", "evaluate_bpb", "TrainingClock", "check_causal", "fail"}
     auditor = _Auditor(fixed_module, exports)
     auditor.visit(tree)
+    if ending:
+        _check_ending(tree, auditor, ending)
     for node, text in _strings(tree):
         lowered = text.lower()
         if "val_bpb" in lowered or any(re.search(rf"(^|\W){name}\s*:", text) for name in METRIC_NAMES):
@@ -245,6 +327,26 @@ def audit_source(source: str, fixed_module: str = "prepare", fixed_exports: set[
         if VALIDATION.search(text) and len(text) < 40 and not text.strip().startswith(("#", "step")):
             auditor.reject(node, f"refers to the validation split ({text!r}): training may only read training data")
     return _dedupe(auditor.reasons)
+
+
+def _called(node: ast.AST) -> str:
+    if isinstance(node, ast.Call):
+        return node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+    return ""
+
+
+def _check_ending(tree: ast.Module, auditor: _Auditor, ending: str) -> None:
+    """The run ends with one top-level finish(...) call: the only way a summary is printed."""
+    last = tree.body[-1] if tree.body else None
+    if not (isinstance(last, ast.Expr) and _called(last.value) == ending):
+        auditor.reject(last or tree, f"train.py must end with a top-level call {ending}(...), "
+                                     "the only way a run reports its result")
+    mentions = [n for n in ast.walk(tree) if (isinstance(n, ast.Name) and n.id == ending)
+                or (isinstance(n, ast.Attribute) and n.attr == ending)]
+    calls = [n for n in ast.walk(tree) if _called(n) == ending]
+    if len(calls) != 1 or len(mentions) != 1:
+        auditor.reject(calls[1] if len(calls) > 1 else tree.body[0] if tree.body else tree,
+                       f"{ending} is used other than by the one call at the end of train.py")
 
 
 def _dedupe(reasons: list[str]) -> list[str]:
@@ -267,11 +369,6 @@ class _SeedEraser(ast.NodeTransformer):
 
     def visit_Call(self, node):
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
-        if name in ("getattr", "hasattr") and isinstance(node.func, ast.Name) and node.args:
-            if _root_name(node.args[0]) in self.fixed_names:
-                self.reject(node, f"uses {name} on the fixed module: use its public names directly")
-            elif len(node.args) > 1 and not isinstance(node.args[1], ast.Constant):
-                self.reject(node, f"uses {name} with a computed name, which the audit cannot follow")
         if name in SEED_CALLS:
             node.args = [ast.Constant(value=None) for _ in node.args]
             node.keywords = []

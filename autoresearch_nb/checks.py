@@ -44,7 +44,7 @@ def validate(lab: Lab, files: dict[str, str], rows: list[dict], exports: set[str
             return f"{path} does not compile: line {error.lineno}: {error.msg}", "validation"
         if not audit:
             continue
-        reasons = audit_source(text, "prepare", exports)
+        reasons = audit_source(text, "prepare", exports, ending=lab.config.get("ends_with", "finish"))
         if reasons:
             return f"audit: {'; '.join(reasons[:3])}", "audit"
         if only_seeds_changed(lab.read(path), text):

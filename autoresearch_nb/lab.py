@@ -48,6 +48,7 @@ def default_config(profile: str = "auto", data: str = "builtin", budget: float |
         "data": data,
         "budget": budget,            # None: the profile's own budget
         "startup_allowance": None,   # None: chosen from the profile (see runner.timeout_for)
+        "ends_with": "finish",       # the fixed call the agent's file must end with (None: no rule)
         "hashes": {},
     }
 

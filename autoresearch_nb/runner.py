@@ -17,6 +17,7 @@ SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")
 SUMMARY_LINE = re.compile(r"^([a-zA-Z_]+):\s+(-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)\s*$")
 SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                 "total_tokens_M", "num_steps", "num_params_M", "depth")
+JUDGED_KEYS = ("val_bpb", "training_seconds")
 STEP_LINE = re.compile(r"^step\s+(\d+)\s*\|")
 
 
@@ -63,18 +64,52 @@ def parse_step(line: str) -> dict | None:
     return values
 
 
+class SummaryReader:
+    """Reads the summary block as the lines stream by, over the whole output (not a tail), so no
+    line can be pushed out of sight. Trusted only as one block: a `---` line, then the summary
+    fields once each, in their fixed order; a judged metric line anywhere else is a forgery."""
+
+    def __init__(self):
+        self.summary: dict = {}
+        self.problems: list[str] = []
+        self.blocks = 0
+        self._expect: int | None = None  # position in SUMMARY_KEYS while inside a block
+
+    def feed(self, line: str) -> None:
+        text = line.strip()
+        if text == "---":
+            self.blocks += 1
+            self._expect = 0
+            return
+        match = SUMMARY_LINE.match(text)
+        key = match.group(1) if match else text.split(":", 1)[0].strip()
+        if key not in SUMMARY_KEYS:
+            self._expect = None
+            return
+        position = SUMMARY_KEYS.index(key)
+        if self._expect is None or position < self._expect or not match:
+            if key in JUDGED_KEYS:  # a harmless "depth: 6" printed by train.py is no forgery
+                self.problems.append(f"a stray {key} line outside the summary block")
+            self._expect = None
+            return
+        if key in self.summary:
+            self.problems.append(f"{key} was printed more than once")
+        self.summary[key] = float(match.group(2))
+        self._expect = position + 1  # fields come in the fixed order; a target may print fewer
+
+    def result(self) -> tuple[dict, list[str]]:
+        problems = list(self.problems)
+        if self.summary and self.blocks != 1:
+            problems.append("the summary block was printed more than once")
+        return self.summary, problems
+
+
 def parse_summary(lines: list[str]) -> tuple[dict, list[str]]:
-    """The summary block's values, and any problems (a metric printed more than once)."""
-    summary, problems = {}, []
+    """The summary block's values, and any problems (see SummaryReader)."""
+    reader = SummaryReader()
     for line in lines:
-        match = SUMMARY_LINE.match(line.strip())
-        if not match or match.group(1) not in SUMMARY_KEYS:
-            continue
-        key, value = match.group(1), float(match.group(2))
-        if key in summary:
-            problems.append(f"{key} was printed more than once")
-        summary[key] = value
-    return summary, problems
+        reader.feed(line)
+    return reader.result()
 
 
 def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool) -> tuple[str, str]:
@@ -156,6 +191,7 @@ class Runner:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         tail: list[str] = []
+        reader = SummaryReader()
         with open(self.log_path, "w", encoding="utf-8") as log:
             log.write(f"$ {' '.join(self.command)}\n")
             log.flush()
@@ -177,6 +213,7 @@ class Runner:
                 log.flush()
                 line = line.rstrip("\n")
                 tail.append(line)
+                reader.feed(line)
                 if len(tail) > 400:
                     del tail[:200]
                 step = parse_step(line)
@@ -188,7 +225,7 @@ class Runner:
             log.write(f"\n[autoresearch-nb] exit code {returncode}, wall {wall:.1f}s\n")
         tail_text = "\n".join(tail[-40:])
         stopped = self._stop.is_set() and not self._timed_out
-        summary, problems = parse_summary(tail)
+        summary, problems = reader.result()
         if returncode == 0 and "val_bpb" in summary and not problems and not stopped:
             if summary.get("training_seconds", 0.0) > budget_limit(self.budget, summary):
                 return RunResult(False, "budget", f"trained {summary['training_seconds']:.1f}s against a "

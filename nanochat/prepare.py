@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 PROCESS_START = time.time()
+STDOUT_FILE = os.fstat(1)  # the summary goes to this file and no other (see finish)
 CACHE_DIR = Path(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch-nb").expanduser()
 HF_ENDPOINT = os.environ.get("AUTORESEARCH_HF_ENDPOINT", "https://huggingface.co")
 BOS = "<|bos|>"
@@ -375,6 +376,20 @@ def _row_starts(tokens: np.ndarray, bos_id: int, row_len: int) -> np.ndarray:
     return starts[starts + row_len <= tokens.size]
 
 
+_LOADER = {"before_clock": 0, "finishing": False}
+BATCHES_BEFORE_CLOCK = 2  # a compile warm-up and the first step's batch; training counts on the clock
+
+
+def _count_batch() -> None:
+    """Training data is only for time on the clock: not before it starts, not during evaluation."""
+    if _LOADER["finishing"]:
+        fail("training data was read during evaluation")
+    if not _CLOCK_STARTS:
+        _LOADER["before_clock"] += 1
+        if _LOADER["before_clock"] > BATCHES_BEFORE_CLOCK:
+            fail(f"more than {BATCHES_BEFORE_CLOCK} training batches were read before the training clock started")
+
+
 def make_train_loader(batch_size: int, seq_len: int = SEQ_LEN, device: str = DEVICE):
     """Endless (x, y) batches: each row starts at a document's BOS and runs on through the next
     documents (BOS-aligned packing, no padding)."""
@@ -386,6 +401,7 @@ def make_train_loader(batch_size: int, seq_len: int = SEQ_LEN, device: str = DEV
     rng = np.random.default_rng(SEED)
     pin = device == "cuda"
     while True:
+        _count_batch()
         picks = rng.choice(starts, size=batch_size)
         rows = np.stack([tokens[s:s + seq_len + 1] for s in picks]).astype(np.int64)
         batch = torch.from_numpy(rows)
@@ -452,7 +468,7 @@ def evaluate_bpb(model, batch_size: int = 16, seq_len: int = SEQ_LEN,
         batch = rows[i:i + batch_size].to(device)
         x, y = batch[:, :-1], batch[:, 1:]
         with autocast_context(device):
-            logits = model(x).float()
+            logits = _plain(model(x)).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
         nbytes = token_bytes[y.reshape(-1)]
         nats += (loss * (nbytes > 0)).double().sum()
@@ -467,11 +483,18 @@ def evaluate_bpb(model, batch_size: int = 16, seq_len: int = SEQ_LEN,
     drift = 0.0
     if checks and seen is not None:
         with autocast_context(device):
-            again = model(seen[0]).float() @ projection
+            again = _plain(model(seen[0])).float() @ projection
         drift = _relative_change(seen[1], again)
     model.train(was_training)
     bpb = float(nats / (math.log(2) * total_bytes.clamp(min=1)))
     return (bpb, leak, drift) if checks else bpb
+
+
+def _plain(logits) -> torch.Tensor:
+    """The evaluator does its own arithmetic on a plain tensor: a Tensor subclass could rewrite it."""
+    if type(logits) is not torch.Tensor:
+        fail(f"the model returned a {type(logits).__name__}, not a plain torch.Tensor of logits")
+    return logits
 
 
 def _relative_change(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
@@ -491,7 +514,7 @@ def _future_leak(model, x, signature, projection, chooser) -> float:
     noise = torch.randint_like(x, 0, int(x.max()) + 1)
     changed[after] = noise[after]
     with autocast_context(x.device.type):
-        other = model(changed).float() @ projection
+        other = _plain(model(changed)).float() @ projection
     return _relative_change(signature, other, mask=~after)
 
 
@@ -503,7 +526,7 @@ def check_causal(model, seq_len: int = SEQ_LEN, device: str = DEVICE) -> float:
     model.eval()
     chooser = random.SystemRandom()
     with autocast_context(device):
-        logits = model(x).float()
+        logits = _plain(model(x)).float()
     projection = torch.randn(logits.size(-1), device=device)
     leak = _future_leak(model, x, logits @ projection, projection, chooser)
     model.train(was_training)
@@ -569,6 +592,7 @@ def fail(cause: str) -> None:
 def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
            flops_per_token: float | None = None) -> float:
     """Evaluate and print the summary block. train.py calls this once, at the end."""
+    _LOADER["finishing"] = True
     true_start = _CLOCK_STARTS.get(id(clock))
     if type(clock) is not TrainingClock or true_start is None or clock.started != true_start \
             or clock.budget != float(TIME_BUDGET):
@@ -591,10 +615,12 @@ def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
                   total_seconds=f"{time.time() - PROCESS_START:.1f}", peak_vram_mb=f"{vram:.1f}",
                   mfu_percent=f"{mfu:.2f}", total_tokens_M=f"{tokens / 1e6:.1f}", num_steps=str(steps),
                   num_params_M=f"{num_params / 1e6:.1f}", depth=str(depth))
-    print("---")
-    for name in SUMMARY_FIELDS:
-        print(f"{name + ':':<18}{values[name]}")
+    block = "---\n" + "".join(f"{name + ':':<18}{values[name]}\n" for name in SUMMARY_FIELDS)
     sys.stdout.flush()
+    now = os.fstat(1)
+    if (now.st_dev, now.st_ino) != (STDOUT_FILE.st_dev, STDOUT_FILE.st_ino):
+        fail("standard output was redirected: the summary goes where the run started")
+    os.write(1, block.encode())  # below sys.stdout, so a replaced sys.stdout cannot catch it
     return val_bpb
 
 

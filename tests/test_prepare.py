@@ -123,6 +123,7 @@ def test_check_causal_catches_a_model_that_sees_the_future(prepare_module):
 
 
 def test_train_loader_rows_start_at_documents(prepare_module):
+    prepare_module.TrainingClock().start()  # training data is for time on the clock
     loader = prepare_module.make_train_loader(4, seq_len=32, device="cpu")
     bos = prepare_module.load_tokenizer().bos_id
     for _ in range(3):

@@ -172,6 +172,13 @@ def test_stop_before_the_process_starts_still_stops_it(tmp_path):
 def test_a_metric_printed_twice_is_not_a_result(tmp_path):
     result, _, _ = run_script(tmp_path, SUMMARY.format(seconds=5.0) + 'print("val_bpb:          0.100000")\n')
     assert not result.ok
+    assert "stray val_bpb" in result.reason
+
+
+def test_a_second_block_hidden_behind_many_lines_is_still_seen(tmp_path):
+    padding = 'for i in range(1000):\n    print("filler", i)\n'
+    result, _, _ = run_script(tmp_path, SUMMARY.format(seconds=5.0) + padding + SUMMARY.format(seconds=5.0))
+    assert not result.ok
     assert "more than once" in result.reason
 
 
