@@ -7,6 +7,14 @@ MAX_TABLE_ROWS = 60
 MAX_DIFF_CHARS = 8_000
 MAX_FAILURE_CHARS = 4_000
 MAX_JOURNAL_CHARS = 6_000
+# What the audit holds nanochat/train.py to (autoresearch_nb/audit.py), said up front.
+NANOCHAT_RULES = """
+- In nanochat/train.py: use prepare's DEVICE, PROFILE, SEQ_LEN, TIME_BUDGET, TrainingClock,
+  autocast_context, fail, finish, load_tokenizer and make_train_loader only; import only torch,
+  numpy and the standard modules math, os, sys, time, functools, itertools, collections,
+  dataclasses, typing, warnings, copy, contextlib, random, statistics, enum, operator; read no
+  files; set no seeds (the harness does); the model returns a plain tensor of logits from
+  model(x); the file ends with its one call finish(model, clock, ...)."""
 TOOLS_FINISH = ("Edit with the text editor tool (paths relative to the lab, as listed above), "
                 "then call submit_experiment once with a one-line description and your rationale.")
 
@@ -20,6 +28,7 @@ def system_prompt(context: Context, finish: str = "") -> str:
     allowed = ", ".join(context.allowed) or "(none)"
     locked = ", ".join(context.locked) or "(none)"
     profile = "".join(f"\n- {key}: {value}" for key, value in sorted(context.profile.items()))
+    nanochat_rules = NANOCHAT_RULES if "nanochat/train.py" in context.allowed else ""
     return f"""You are the researcher in an autonomous research lab. Each round you propose one
 experiment: a change to the training code that you expect to improve the metric. The harness
 then trains with your code for a fixed wall-clock budget, measures {context.metric} with fixed
@@ -36,7 +45,7 @@ and reverts it otherwise.
 - Training runs for a fixed budget of {context.budget:g} seconds; the budget, the data, the
   evaluation and the printed summary belong to the harness. A change that prints its own metric
   line, patches or redefines the evaluator, reads the validation split, changes the time budget
-  or writes results files is rejected before it runs.
+  or writes results files is rejected before it runs.{nanochat_rules}
 - One idea per experiment, so the result says something. Keep the code simple: a tiny gain that
   adds a lot of code is not worth keeping; an equal result from deleting code is a win.
 - An idea already tried (the same change) is rejected without running: read the history.
