@@ -118,6 +118,8 @@ class _Auditor(ast.NodeVisitor):
         self.fixed_names: set[str] = set()    # names bound to the fixed module or its objects
         self.fixed_objects: set[str] = set()  # of those, objects made by fixed calls (clock, loader)
         self.fixed_modules: set[str] = set()  # names bound to the fixed module itself
+        self._direct_calls: set[int] = set()  # getattr/hasattr names that are called directly
+        self.made_here: set[str] = set()      # names bound to objects train.py created with a call
         self.reasons: list[str] = []
 
     def reject(self, node: ast.AST, reason: str) -> None:
@@ -169,6 +171,12 @@ class _Auditor(ast.NodeVisitor):
         if name in self.fixed_exports:
             self.reject(node, f"defines {name}, which would replace {self.fixed_module}'s fixed {name}")
 
+    def visit_For(self, node):
+        # for block in model.blocks: block.x = ... works on what train.py made; [torch.Tensor] does not
+        if _root_name(node.iter) in self.made_here:
+            self.made_here.update(n.id for n in ast.walk(node.target) if isinstance(n, ast.Name))
+        self.generic_visit(node)
+
     def visit_FunctionDef(self, node):
         self._check_definition(node, node.name)
         if node.name in TENSOR_HOOKS:
@@ -202,10 +210,18 @@ class _Auditor(ast.NodeVisitor):
             self.reject(node, f"changes {ast.unparse(target)}: patching an imported module is not allowed")
         elif isinstance(target, ast.Attribute) and target.attr in ("stdout", "stderr", "__stdout__", "__stderr__"):
             self.reject(node, f"replaces {ast.unparse(target)}: the run's output is the harness's")
+        elif isinstance(target, ast.Attribute) and root != "self" and root not in self.made_here \
+                and not ast.unparse(target).startswith(SETTINGS):
+            # Attributes are set on what train.py made (model, optimizer, self), never on a module or
+            # class reached some other way (a list element, a loop variable, a parameter).
+            self.reject(node, f"sets {ast.unparse(target)}: attributes may be set only on objects train.py made")
 
     def visit_Assign(self, node):
         for target in node.targets:
             self._check_target(target, node, node.value)
+        if isinstance(node.value, ast.Call) and _root_name(node.value) not in self.fixed_names:
+            for target in node.targets:  # model = GPT(...), opt = torch.optim.AdamW(...)
+                self.made_here.update(n.id for n in ast.walk(target) if isinstance(n, ast.Name))
         if not isinstance(node.value, ast.Call) and _root_name(node.value) in self.modules:
             # functional = F; functional.cross_entropy = ...: an alias is the module itself
             for target in node.targets:
@@ -237,7 +253,14 @@ class _Auditor(ast.NodeVisitor):
         self.generic_visit(node)
 
     # names, attributes, calls -------------------------------------------------------------
+    def visit_Call(self, node):
+        if isinstance(node.func, ast.Name) and node.func.id in ("getattr", "hasattr"):
+            self._direct_calls.add(id(node.func))
+        self._visit_call(node)
+
     def visit_Name(self, node):
+        if node.id in ("getattr", "hasattr") and id(node) not in self._direct_calls:
+            self.reject(node, f"passes {node.id} around as a value: it may only be called, with a constant name")
         if node.id in ESCAPES:
             self.reject(node, f"uses {node.id}, which can run or rewrite code the audit cannot see")
         if node.id in EXIT_NAMES:
@@ -260,6 +283,11 @@ class _Auditor(ast.NodeVisitor):
         if any(chain == bad or chain.startswith(bad + ".") for bad in TORCH_INTERNALS):
             self.reject(node, f"uses {chain}, which rewrites torch itself")
         root = _root_name(node)
+        if node.attr.startswith("_") and not node.attr.startswith("__") and root in self.modules \
+                and not any(chain.startswith(prefix.rstrip(".")) or prefix.startswith(chain + ".") for prefix in SETTINGS):
+            self.reject(node, f"uses {chain}: a module's private parts (frames, internals) are off limits")
+        if node.attr in ("attrgetter", "methodcaller"):
+            self.reject(node, f"uses {chain}: attribute names as strings are beyond the audit")
         if node.attr in FILE_READS and root in self.modules:
             self.reject(node, f"uses {chain}: train.py reads no files (its data comes from make_train_loader)")
         if node.attr in ("items", "values", "keys") and chain.startswith("os.environ"):
@@ -277,7 +305,7 @@ class _Auditor(ast.NodeVisitor):
             self.reject(node, "changes os.environ")
         self.generic_visit(node)
 
-    def visit_Call(self, node):
+    def _visit_call(self, node):
         name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
         if name in ("getattr", "hasattr") and isinstance(node.func, ast.Name) and node.args:
             if _root_name(node.args[0]) in self.fixed_names:

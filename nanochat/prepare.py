@@ -549,6 +549,8 @@ class TrainingClock:
         self.stopped = None
 
     def start(self):
+        if _CLOCK_STARTS and id(self) not in _CLOCK_STARTS:
+            fail("a second training clock was started: a run has one clock, the one finish() reads")
         if self.started is None:
             self.started = time.perf_counter()
             _CLOCK_STARTS[id(self)] = self.started

@@ -246,7 +246,7 @@ def test_a_proposal_using_getattr_does_not_crash_the_seed_check():
     assert only_seeds_changed(TRAIN, edited) is False
 
 
-# --- open: found against the hardened audit (each accepted; honest 2.58-3.11 at the time) ---------
+# --- found against the first hardened audit (each accepted then; refused since) -------------------
 REACH_ROUND = {
     # a module reached without a name alias: 1.27, 1.34, 1.37, 1.30
     "a module in a list": GENTLE_CE + "holders = [F]\nholders[0].cross_entropy = gentle_ce\n",
@@ -265,13 +265,11 @@ REACH_ROUND = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=open_hole("R1/R2: attribute stores and reach-ins the audit "
-                                                                  "does not follow")) for n in REACH_ROUND])
+@pytest.mark.parametrize("name", list(REACH_ROUND))
 def test_reaching_the_evaluator_round_the_audit_is_refused(name):
     assert audit(before_finish(REACH_ROUND[name]))
 
 
-@open_hole("R2: sys._getframe and attribute names as strings reach the evaluator's locals")
 def test_the_evaluators_locals_reached_through_frames_are_refused():
     # From inside forward(), the evaluator's token_bytes tensor multiplied by 4 in place: 0.63.
     assert audit(in_forward("""
@@ -398,7 +396,7 @@ RUN_ATTACKS = {
     # a throwaway clock opens the loader; accepted, 40 s before the judged clock started
     "training before the clock behind a decoy clock": (
         lambda: variant((CLOCK, "decoy = TrainingClock()\ndecoy.start()\n" + PRETRAIN + CLOCK), NO_DIVERGENCE),
-        open_hole("R4: any started clock opens the loader")),
+        None),
     # fd 1 swapped before prepare records it; __del__ relays the block at exit halved: 1.27 vs 2.58
     "stdout swapped before prepare is imported": (
         lambda: variant((PREPARE_PATH, RELAY + PREPARE_PATH)),
