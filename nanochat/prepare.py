@@ -36,7 +36,7 @@ SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb"
 
 PROFILES = {
     "cpu": dict(time_budget=60, seq_len=256, vocab_size=2048, eval_tokens=2**15, depth=4,
-                n_embd=128, device_batch=8, total_batch=2**11, dtype="float32"),
+                n_embd=128, device_batch=16, total_batch=2**12, dtype="float32"),
     "mps": dict(time_budget=120, seq_len=512, vocab_size=4096, eval_tokens=2**18, depth=6,
                 n_embd=384, device_batch=16, total_batch=2**14, dtype="float32"),
     # tiny: for tests and smoke checks of the harness; it learns little, but it learns.

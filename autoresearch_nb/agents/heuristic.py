@@ -119,7 +119,7 @@ def constant_moves(values: dict, profile: dict) -> list[list[Move]]:
         half = Move("BATCH:down", {"DEVICE_BATCH": device_batch // 2, "TOTAL_BATCH": total // 2},
                     f"batch {total} -> {total // 2} tokens", "smaller batches: twice the steps in the budget")
         if total // 2 >= (device_batch // 2) * seq:
-            tiers[1].append(half)
+            tiers.insert(0, [half])  # a fixed time budget rewards more steps: the first thing to try
         tiers[2].append(Move("BATCH:up", {"TOTAL_BATCH": total * 2}, f"batch {total} -> {total * 2} tokens (accumulated)",
                              "larger batches: less gradient noise per step"))
     return [[m for m in tier if m is not None] for tier in tiers]
