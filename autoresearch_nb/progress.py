@@ -82,7 +82,8 @@ class TerminalProgress:
         counts = header.get("counts", {})
         best, base = header.get("best"), header.get("baseline")
         gain = f", best {best:.6f} (baseline {base:.6f}, {best - base:+.6f})" if best is not None and base is not None else ""
-        return (f"done: {header.get('done', 0)} runs — {counts.get('keep', 0)} kept, {counts.get('discard', 0)} discarded, "
+        changes = sum(1 for r in snapshot.get("rows", []) if r.get("role") == "experiment" and r.get("status") == "keep")
+        return (f"done: {header.get('done', 0)} runs — {changes} changes kept, {counts.get('discard', 0)} discarded, "
                 f"{counts.get('crash', 0)} crashed, {counts.get('rejected', 0)} rejected{gain}. {snapshot.get('message', '')}")
 
 
