@@ -5,6 +5,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from test_export import outputs_text
 
 from autoresearch_nb.export import execute
 
@@ -31,16 +32,6 @@ def run_notebook(path: Path, cwd: Path, monkeypatch, **env) -> nbformat.Notebook
     execute(notebook, cwd=cwd)
     nbformat.validate(notebook)
     return notebook
-
-
-def outputs_text(notebook) -> str:
-    parts = []
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            parts.append(output.get("text", ""))
-            data = output.get("data", {})
-            parts += [data.get(mime, "") for mime in ("text/plain", "text/markdown")]
-    return "\n".join(parts)
 
 
 def has_image(notebook) -> bool:
