@@ -6,6 +6,7 @@ it, before any training time is spent. The fixed module is named by `fixed_modul
 from __future__ import annotations
 
 import ast
+import hashlib
 import re
 
 METRIC_NAMES = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
@@ -412,6 +413,15 @@ def normalized(source: str, erase_seeds: bool = False) -> str:
     if erase_seeds:
         tree = _SeedEraser().visit(tree)
     return ast.dump(tree, annotate_fields=False)
+
+
+def fingerprint(source: str) -> str:
+    """Identifies a change by the code's shape: the same idea reformatted is the same experiment."""
+    try:
+        shape = normalized(source)
+    except SyntaxError:
+        shape = source
+    return hashlib.sha1(shape.encode()).hexdigest()[:12]
 
 
 def only_seeds_changed(old: str, new: str) -> bool:

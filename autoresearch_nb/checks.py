@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import ast
 
-from .agents.heuristic import fingerprint
-from .audit import audit_source, only_seeds_changed
+from .audit import audit_source, fingerprint, only_seeds_changed
 from .lab import Lab
 
 

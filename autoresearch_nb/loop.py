@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from . import inflight
 from .agents.base import Agent, Context, ProposalError
-from .agents.heuristic import fingerprint
+from .audit import fingerprint
 from .checks import fixed_exports, validate
 from .context import build_context
 from .errors import LabError

@@ -8,11 +8,10 @@ kept, and keeps the model within what the profile's hardware can run.
 from __future__ import annotations
 
 import ast
-import hashlib
 import random
 from dataclasses import dataclass
 
-from ..audit import normalized
+from ..audit import fingerprint
 from .base import Agent, Context, Proposal, ProposalError
 
 TRAIN_FILE = "nanochat/train.py"
@@ -25,14 +24,6 @@ class Move:
     description: str
     rationale: str
     transform: str | None = None   # name of a structural switch
-
-
-def fingerprint(source: str) -> str:
-    try:
-        shape = normalized(source)
-    except SyntaxError:
-        shape = source
-    return hashlib.sha1(shape.encode()).hexdigest()[:12]
 
 
 def constants(tree: ast.Module, profile: dict) -> dict:
