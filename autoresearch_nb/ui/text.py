@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+
+from ..analysis import timestamp
+from ..ledger import RAN_STATUSES
 
 STATUSES = ("keep", "discard", "crash", "rejected", "interrupted")
-RAN_STATUSES = ("keep", "discard", "crash", "interrupted")
 STATUS_WORDS = {"keep": "kept", "discard": "discarded", "crash": "crashed",
                 "rejected": "rejected", "interrupted": "interrupted"}
 
@@ -20,18 +21,6 @@ def metric_of(row: dict, metric: str = "val_bpb") -> float | None:
     except (TypeError, ValueError):
         return None
     return value if value > 0 else None
-
-
-def timestamp(value) -> float | None:
-    """Epoch seconds from an epoch number or an ISO time (the ledger and run.json write ISO)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        return datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return None
 
 
 def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: str = "lower",
