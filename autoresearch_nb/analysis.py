@@ -1,19 +1,18 @@
 """Reading a finished (or running) lab's record, and the figures the results notebooks show."""
 from __future__ import annotations
 
-import html
 import json
 import re
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import facts
 from .errors import LabError
 from .ledger import read_results_tsv, read_rows
 
 RECORD_FORMAT = 1
-STATUS_ORDER = ("keep", "discard", "crash", "rejected", "interrupted")
-NOT_CHANGES = ("baseline", "noise", "confirm")  # roles whose keeps are measurements, not changes
+STATUS_ORDER = facts.STATUSES
 _TSV_KIND = re.compile(r"\[([a-z_]+)\]\s*$")  # our results.tsv puts the crash kind last: "[oom]"
 # how an exported notebook's data cell wraps the record
 RECORD_OPEN, RECORD_CLOSE = 'RECORD = analysis.record_from_json(r"""', '""")'
@@ -116,15 +115,8 @@ def metric_of(record: dict) -> tuple[str, str]:
 
 
 def value_of(row: dict, metric: str) -> float | None:
-    """The row's metric if it produced one (crash rows in results.tsv carry 0.000000)."""
-    if row.get("status") not in ("keep", "discard"):
-        return None
-    value = row.get(metric)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 else None
+    """The row's metric if it is a clean run (crash rows in results.tsv carry 0.000000)."""
+    return facts.value(row, metric)
 
 
 def status_counts(rows: list[dict]) -> dict[str, int]:
@@ -143,41 +135,23 @@ def baseline_row(rows: list[dict], metric: str = "val_bpb") -> dict | None:
                  and value_of(row, metric) is not None), None)
 
 
-def score_of(row: dict, metric: str = "val_bpb") -> float | None:
-    """What the judge compared for a kept row: its score (the mean of two runs when a
-    borderline gain was confirmed), else its metric."""
-    value = value_of(row, metric)
-    score = row.get("score")
-    if value is not None and isinstance(score, (int, float)) and score > 0:
-        return float(score)
-    return value
-
-
 def best_row(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> dict | None:
-    """The best so far: the last kept row, since a keep must beat the best before it (this is
-    the commit the branch holds, which a lucky lower single run elsewhere is not)."""
-    return next((row for row in reversed(rows) if row.get("status") == "keep"
-                 and row.get("role") != "confirm" and score_of(row, metric) is not None), None)
+    """The row that made the current best (the commit the branch holds); see facts.best_row."""
+    return facts.best_row(rows)
 
 
 def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> list[dict]:
-    """Each kept change in order, with the best before it and its gain (positive = better).
-    The baseline and confirmation re-runs are measurements, not changes."""
-    changes, best = [], None
-    baseline = baseline_row(rows, metric)
-    for row in rows:
-        value = score_of(row, metric)
-        if row.get("status") != "keep" or value is None:
-            continue
-        if row is baseline or row.get("role") in NOT_CHANGES:
-            best = value if row.get("role") != "confirm" else best
-            continue
-        gain = None if best is None else (best - value if direction == "lower" else value - best)
-        changes.append({"index": row.get("index"), "description": row.get("description", ""),
-                        "rationale": row.get("rationale", ""), "commit": row.get("commit", ""),
-                        "value": value, "before": best, "gain": gain, "judge": row.get("judge"),
-                        "gain_pct": None if not gain or not best else 100.0 * gain / best})
-        best = value
+    """Each kept change in order: the mean of its code's runs and of its parent's, the gain
+    between them with its interval (facts.kept_changes), as plain dicts a notebook can show."""
+    changes = []
+    for change in facts.kept_changes(rows, metric, direction):
+        record = change.record()
+        before = record["before"]["mean"] if record["before"] else None
+        record.update(value=record["value"]["mean"], value_runs=record["value"]["runs"],
+                      value_half_width=record["value"]["half_width"], before=before,
+                      before_runs=record["before"]["runs"] if record["before"] else None,
+                      gain_pct=None if not change.gain or not before else 100.0 * change.gain / before)
+        changes.append(record)
     return changes
 
 
@@ -312,152 +286,7 @@ def progress_png(record: dict) -> bytes:
     return progress_chart_png(record.get("rows") or [], metric=metric, direction=direction)
 
 
-# ---- rendering -----------------------------------------------------------------------------
+# ---- rendering: report.py, re-exported so notebooks keep calling analysis.<name> ----------------
 
-def rich(html_text: str, plain: str) -> dict:
-    """A display bundle with HTML for notebooks and plain text for everything else."""
-    return {"text/html": html_text, "text/plain": plain}
-
-
-def diff_display(diff: str) -> dict:
-    """A unified diff highlighted as the dashboard shows it (inline styles survive GitHub,
-    nbviewer and Colab), with the plain diff for everything else."""
-    from .ui.diffview import diff_html
-
-    return rich(diff_html(diff or "", max_height="none"), diff or "no changes")
-
-
-def table_display(headers: list[str], cells: list[list[str]]) -> dict:
-    """A plain table as HTML and as aligned text."""
-    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
-                                     for c in row) + "</tr>" for row in cells)
-    widths = [max([len(h)] + [len(str(row[i])) for row in cells]) for i, h in enumerate(headers)]
-    text = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    text += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in cells]
-    return rich(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
-                "\n".join(text))
-
-
-def number(value, digits: int = 6) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
-
-
-def experiments_table(record: dict) -> dict:
-    """Every experiment: index, status, metric, Δ against the best before it, description."""
-    metric, _ = metric_of(record)
-    cells, best = [], None
-    for position, row in enumerate(record.get("rows") or []):
-        value = value_of(row, metric)
-        delta = "" if value is None or best is None else f"{value - best:+.6f}"
-        if row.get("status") == "keep" and row.get("role") != "confirm" and value is not None:
-            best = score_of(row, metric)      # each keep beat the best before it
-        usage, seconds = row.get("usage") or {}, row_seconds(row)
-        cells.append([row.get("index", position), row.get("status", ""), number(value), delta,
-                      row.get("memory_gb", "") or "", row.get("kind") or "",
-                      "" if seconds is None else f"{float(seconds):.0f}",
-                      f"{float(usage['cost_usd']):.4f}" if usage.get("cost_usd") else "",
-                      row.get("description", "")])
-    return table_display(["#", "status", metric, "Δ vs best", "memory_gb", "kind", "seconds",
-                          "cost $", "description"], cells)
-
-
-def kept_table(changes: list[dict]) -> dict:
-    return table_display(["#", "gain", "gain %", "before", "after", "description"],
-                         [[c["index"], number(c["gain"]),
-                           "" if c["gain_pct"] is None else f"{c['gain_pct']:.2f}",
-                           number(c["before"]), number(c["value"]), c["description"]]
-                          for c in changes])
-
-
-def crash_table(groups: list[dict]) -> dict:
-    return table_display(["status", "kind", "count", "experiments", "last reason"],
-                         [[g["status"], g["kind"], g["count"],
-                           ", ".join(str(i) for i in g["indexes"]), g["example"][:100]]
-                          for g in groups])
-
-
-def time_table(spent: dict, kept: int = 0) -> dict:
-    """Seconds by phase and by outcome, with shares of the total, then tokens and dollars."""
-    phases = [("agent proposing", spent["propose_s"]), ("training and evaluation", spent["run_s"]),
-              ("judging", spent["judge_s"])]
-    total = max(spent["total_s"], sum(seconds for _, seconds in phases)) or 1.0
-    phases.append(("the harness (git, checks, records)",
-                   max(0.0, total - sum(seconds for _, seconds in phases))))
-
-    def share(seconds: float) -> str:
-        return f"{100 * seconds / total:.0f}%"
-
-    lines = [[f"phase: {name}", duration(seconds), share(seconds)] for name, seconds in phases]
-    lines += [[f"outcome: {status}", duration(seconds), share(seconds)]
-              for status, seconds in sorted(spent["by_status"].items(), key=lambda i: -i[1])]
-    tokens = spent["tokens"]
-    lines.append(["tokens in / out", f"{tokens['input_tokens']:,} / {tokens['output_tokens']:,}",
-                  ""])
-    lines.append(["cost", f"${spent['cost_usd']:.4f}",
-                  f"${spent['cost_usd'] / kept:.4f} per kept change" if kept else ""])
-    return table_display(["where", "spent", "share"], lines)
-
-
-def summary_markdown(record: dict) -> str:
-    """The results at a glance, as Markdown."""
-    rows = record.get("rows") or []
-    metric, direction = metric_of(record)
-    run, config = record.get("run") or {}, record.get("config") or {}
-    counts = status_counts(rows)
-    baseline, best = baseline_row(rows, metric), best_row(rows, metric, direction)
-    money = time_and_money(rows)
-    agent = run.get("agent_label") or run.get("agent") or "unknown"
-    model = run.get("model")
-    budget = run.get("budget") or config.get("budget")
-    budget = (f"{float(budget):g} s of training per experiment" if budget is not None
-              else "unknown" if record.get("source") == "results.tsv"
-              else "the hardware profile's training time per experiment")
-    lines = [f"- **Lab**: `{record.get('lab', '')}`"
-             + (f", branch `autoresearch/{run['tag']}`" if run.get("tag") else "")
-             + f" (source: {record.get('source', 'lab')})",
-             f"- **Hardware**: {run.get('device') or 'unknown'}; profile "
-             f"`{profile_name(run.get('profile') or config.get('profile')) or 'unknown'}`",
-             f"- **Agent**: {agent}" + (f", model `{model}`" if model else ""),
-             f"- **Budget**: {budget}"
-             + (f"; policy `{run['policy']}`" if run.get("policy") else "")
-             + (f"; at most {run['max_experiments']} experiments"
-                if run.get("max_experiments") else ""),
-             f"- **Experiments**: {len(rows)}"
-             + (" — " + ", ".join(f"{count} {status}" for status, count in counts.items()
-                                  if count) if rows else " (no run yet)")]
-    if baseline and best:
-        start, end = score_of(baseline, metric), score_of(best, metric)
-        gain = start - end if direction == "lower" else end - start
-        lines.append(f"- **{metric}** ({direction} is better): baseline {start:.6f} → best "
-                     f"{end:.6f} (#{best.get('index')}), gain {gain:+.6f}"
-                     + (f" ({100 * gain / start:.2f}%)" if start else ""))
-    else:
-        lines.append(f"- **{metric}**: no successful run yet")
-    lines.append(f"- **Wall time**: {duration(wall_time(record))}")
-    cost = money["cost_usd"]
-    lines.append(f"- **Cost**: ${cost:.2f}" if cost >= 1 or not cost else f"- **Cost**: ${cost:.4f}"
-                 + (f" ({money['tokens']['input_tokens']:,} input / "
-                    f"{money['tokens']['output_tokens']:,} output tokens)"
-                    if money["tokens"]["input_tokens"] else ""))
-    inflight = record.get("inflight")
-    if inflight:
-        lines.append(f"- **Still running** at export ({record.get('exported_at')}): "
-                     f"{progress_note(record)}")
-    return "\n".join(lines)
-
-
-def progress_note(record: dict) -> str:
-    """How far a run that is still going had got."""
-    rows, run = record.get("rows") or [], record.get("run") or {}
-    inflight = record.get("inflight") or {}
-    done = f"{len(rows)} experiment{'' if len(rows) == 1 else 's'} finished"
-    if run.get("max_experiments"):
-        done += f" of at most {run['max_experiments']}"
-    current = inflight.get("index")
-    if current is None:
-        return done
-    what = inflight.get("description") or inflight.get("role") or ""
-    phase = f" ({inflight['phase']} phase)" if inflight.get("phase") else ""
-    return (done + f"; experiment #{current} was under way{phase}"
-            + (f": {what}" if what else ""))
+from .report import (ablation_display, diff_display, experiments_table, kept_table, crash_table,  # noqa: E402,F401
+                     number, progress_note, rich, summary_markdown, table_display, time_table)

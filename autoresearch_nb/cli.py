@@ -8,7 +8,9 @@ import sys
 import time
 
 from .errors import LabError
+from .analysis import read_json
 from .lab import DEFAULT_DIR, Lab, init_lab, template_dir
+from .ui.text import ablation_text, status_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run the research loop")
     add_run_options(p)
+
+    p = sub.add_parser("ablate", help="measure each kept change's own contribution to the best")
+    p.add_argument("--lab", default=DEFAULT_DIR)
+    p.add_argument("--repeats", type=int, default=2, help="clean runs of the best without each change")
+    p.add_argument("--rebaseline", action="store_true", help="conditions changed: measure the best again first")
 
     p = sub.add_parser("status", help="the experiments so far, the best result, counts by status")
     p.add_argument("--lab", default=DEFAULT_DIR)
@@ -62,6 +69,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-cost", type=float, default=None, help="stop before spending more USD on the agent")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the lab's run after a stop or a crash")
+    p.add_argument("--rebaseline", action="store_true",
+                   help="resume under other conditions (budget, data, device...): measure the best again "
+                        "and start a new comparison segment")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,16 +115,34 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .progress import TerminalProgress
     from .session import RunOptions, Session
 
     options = RunOptions(lab=args.lab, agent=args.agent, model=args.model, budget=args.budget,
                          max_experiments=args.max_experiments, tag=args.tag, policy=args.policy,
                          max_cost=args.max_cost, resume=args.resume, base_url=args.base_url,
-                         command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed)
-    session = Session(options)
+                         command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed,
+                         rebaseline=args.rebaseline)
+    return drive(Session(options))
+
+
+def cmd_ablate(args) -> int:
+    from .session import RunOptions, Session
+
+    options = RunOptions(lab=args.lab, ablate=args.repeats, rebaseline=args.rebaseline)
+    code = drive(Session(options))
+    if code == 0:
+        lab = Lab.open(args.lab)
+        print(ablation_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")))
+    return code
+
+
+def drive(session) -> int:
+    """Run a session in the foreground: progress lines, Ctrl-C stops it cleanly."""
+    from .progress import TerminalProgress
+
     progress = TerminalProgress(sys.stdout)
-    progress.best = session.snapshot()["header"].get("best")  # a resumed run compares with its best so far
+    # a resumed run's first lines compare with its best so far
+    progress.best = next((r["best"] for r in reversed(session.snapshot()["rows"]) if r.get("best") is not None), None)
     session.subscribe(progress.handle)
     interrupted = []
 
@@ -132,29 +160,27 @@ def cmd_run(args) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     progress.close()
-    snapshot = session.snapshot()
-    print(progress.final_line(snapshot))
+    print(progress.final_line(session.snapshot()))
     if session.error:
         print(f"autoresearch-nb: {session.error}", file=sys.stderr)
-        return 1
+        return 2 if session.usage_error else 1
     return 130 if interrupted else 0
 
 
 def cmd_status(args) -> int:
-    from .session import summarize
-    from .progress import status_text
 
     lab = Lab.open(args.lab)
-    rows = lab.rows()
-    info = {}
-    if lab.run_info_path.exists():
-        import json
-
-        info = json.loads(lab.run_info_path.read_text())
-    header = {**info, **summarize(rows, info, info.get("max_experiments"))}
-    if lab.inflight_path.exists():
-        header["inflight"] = True
-    print(status_text(header, rows))
+    header = read_json(lab.run_info_path)
+    header["lab"] = str(lab.root)
+    state = "interrupted" if lab.inflight_path.exists() else "idle"
+    message = ("an experiment was in flight when the run stopped: `run --resume` records it"
+               if lab.inflight_path.exists() else "")
+    snapshot = {"header": header, "rows": lab.rows(), "state": state, "message": message}
+    print(status_text(snapshot, lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower"),
+                      limit=None))
+    table = ablation_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower"))
+    if table:
+        print("\n" + table)
     return 0
 
 
@@ -178,7 +204,7 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "run": cmd_run, "status": cmd_status,
+COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "run": cmd_run, "ablate": cmd_ablate, "status": cmd_status,
             "steer": cmd_steer, "export": cmd_export}
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,7 @@ import sys
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from . import __version__
+from . import __version__, facts
 from .analysis import (RECORD_CLOSE, RECORD_OPEN, best_row, kept_changes, metric_of, number,
                        progress_note)
 
@@ -83,11 +83,18 @@ def build_notebook(record: dict) -> nbformat.NotebookNode:
              new_code_cell("display(Markdown(analysis.summary_markdown(RECORD)))"),
              new_markdown_cell(charter_markdown(record.get("charter", ""))),
              new_markdown_cell("## Progress\n\nThe dashboard's chart: discarded grey, kept "
-                               "green, the running best as a step line, crashes as red ticks."),
+                               "green, disturbed runs (run again) hollow orange, the value to beat "
+                               "(the mean of the best code's runs) as a step line, crashes as red "
+                               "ticks, comparison segments dashed."),
              new_code_cell("display(Image(analysis.progress_png(RECORD)))"),
              new_markdown_cell("## All experiments"),
              new_code_cell("display(analysis.experiments_table(RECORD), raw=True)")]
     cells += kept_cells(record, metric, direction)
+    if facts.ablation_table(rows, metric, direction):
+        cells += [new_markdown_cell("## Ablation\n\nThe best without each kept change, measured with "
+                                    "repeats beside the best itself: a change's contribution now is "
+                                    f"{metric} without it minus with it, signed so positive means it helps."),
+                  new_code_cell("display(analysis.ablation_display(RECORD), raw=True)")]
     cells += final_cells(record, best)
     notebook = new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -127,8 +134,8 @@ def charter_markdown(charter: str) -> str:
 def kept_cells(record: dict, metric: str, direction: str) -> list:
     changes = kept_changes(record.get("rows") or [], metric, direction)
     cells = [new_markdown_cell("## Kept changes\n\nEach change the judge kept, in order, with "
-                               f"its gain in {metric} over the best before it "
-                               "(positive is better)."),
+                               f"its gain in {metric} over the best before it (positive is better): "
+                               "the difference of the means of both codes' runs, ± a 95% interval."),
              new_code_cell("CHANGES = analysis.kept_changes(RECORD['rows'], METRIC, DIRECTION)\n"
                            "display(analysis.kept_table(CHANGES), raw=True)")]
     if not changes:
@@ -138,15 +145,19 @@ def kept_cells(record: dict, metric: str, direction: str) -> list:
         text = [f"### #{index}: {change['description']}", ""]
         if change.get("rationale"):
             text += [change["rationale"], ""]
-        text.append(f"{metric} {number(change['before'])} → {number(change['value'])}, "
-                    f"gain **{number(change['gain'])}**"
+        spread = f" ± {number(change['half_width'])}" if change.get("half_width") is not None else ""
+        text.append(f"{metric} {number(change['before'])} ({change.get('before_runs') or '?'} runs) → "
+                    f"{number(change['value'])} ({change.get('value_runs')} runs), "
+                    f"gain **{number(change['gain'])}**{spread}"
                     + (f" ({change['gain_pct']:.2f}%)" if change["gain_pct"] is not None else ""))
         verdict = change.get("judge") or {}
-        if verdict.get("threshold"):
-            text[-1] += (f"; kept by the `{verdict.get('policy')}` rule: gain "
-                         f"{verdict.get('delta')} ≥ threshold {verdict.get('threshold')}"
-                         + (f" (run-to-run noise {verdict['noise']})"
-                            if verdict.get("noise") else ""))
+        if verdict.get("z") is not None:
+            text[-1] += (f"; kept by the `{verdict.get('policy')}` rule at {verdict['z']:.1f} standard "
+                         f"errors (needed {verdict.get('threshold')}) after {verdict.get('runs')} run(s)")
+        elif verdict.get("policy") == "greedy":
+            text[-1] += "; kept by the `greedy` rule (any improvement of the mean)"
+        if change.get("holds") is False:
+            text[-1] += ". With every run of both codes so far, the gain no longer stands clear of the noise."
         cells.append(new_markdown_cell("\n".join(text)))
         cells.append(new_code_cell(
             f"display(analysis.diff_display(RECORD['diffs'].get('{index}', '')), raw=True)"))

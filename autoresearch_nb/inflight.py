@@ -63,7 +63,12 @@ def runs_in(pid: int, root) -> bool:
 
 
 def recover(lab: Lab, agent_name: str) -> None:
-    """Make the lab consistent after a crash, a kill -9 or a kernel restart."""
+    """Make the lab consistent after a crash, a kill -9 or a kernel restart.
+
+    The note's `pending` rows are runs that finished but were not yet in the ledger. In the
+    "record" phase they carry their verdict and are appended as they are; before it, the verdict
+    was never made, so their clean runs are recorded as interrupted (their values kept) and the
+    run that was going on when the process stopped gets an interrupted row of its own."""
     if not lab.inflight_path.exists():
         return
     note = read(lab)
@@ -74,22 +79,37 @@ def recover(lab: Lab, agent_name: str) -> None:
         except (ProcessLookupError, PermissionError, OSError):
             pass
     rows = read_rows(lab.ledger_path)
+    have = {r.get("index") for r in rows}
+    final = note.get("phase") == "record"
+    for row in note.get("pending") or []:
+        if row.get("index") in have:
+            continue
+        if not final and row.get("status") in (None, "keep", "discard"):
+            row = {**row, "status": "interrupted", "kind": "interrupted",
+                   "reason": "the process stopped before the verdict on this change"}
+        _append(lab, rows, row)
+        have.add(row.get("index"))
     index = note.get("index", len(rows))
-    done = next((r for r in rows if r.get("index") == index), None)
-    if done is not None:  # the row made it to the ledger; only the cleanup was cut short
-        target = done["commit"] if done.get("status") == "keep" and done.get("commit") else note.get("parent")
-    else:
-        target = note.get("parent")
-        kept = [r for r in rows if r.get("status") == "keep"]
-        append_row(lab.ledger_path, {
+    if not final and index not in have:
+        _append(lab, rows, {
             "index": index, "status": "interrupted", "kind": "interrupted", "role": note.get("role", "experiment"),
             "reason": f"the process stopped during {note.get('phase', 'the experiment')}",
             "commit": lab.short(note["commit"]) if note.get("commit") else "",
-            "parent": lab.short(target) if target else "", "description": note.get("description", ""),
-            "started_at": note.get("started_at"), "log": note.get("log"), "val_bpb": None, "score": None,
-            "fingerprint": None, "finished_at": now_iso(), "agent": agent_name,
-            "best": kept[-1].get("score") if kept else None})
+            "parent": lab.short(note["parent"]) if note.get("parent") else "",
+            "description": note.get("description", ""), "started_at": note.get("started_at"),
+            "log": note.get("log"), "val_bpb": None, "fingerprint": None, "finished_at": now_iso(),
+            "agent": agent_name, "segment": note.get("segment", 0)})
+    target = note.get("commit") if final and note.get("kept") else note.get("parent")
     if target:
         lab.reset(target)
     write_results(lab.results_path, read_rows(lab.ledger_path))
     clear(lab)
+
+
+def _append(lab: Lab, rows: list[dict], row: dict) -> None:
+    from .facts import value_to_beat
+
+    best = value_to_beat(rows + [row])
+    row["best"] = round(best.mean, 6) if best else None
+    append_row(lab.ledger_path, row)
+    rows.append(row)

@@ -1,14 +1,17 @@
 """The ledger (.autoresearch/ledger.jsonl, the source of truth) and results.tsv, rebuilt from it.
 
-One JSON object per experiment, appended with fsync. Fields of a row:
-  index, commit, parent, status (keep|discard|crash|rejected|interrupted), kind (crash kind,
-  or rejected: validation|audit|duplicate|agent; else null), reason, role (baseline|noise|
-  experiment|confirm), val_bpb and every other summary field (training_seconds, total_seconds,
-  peak_vram_mb, mfu_percent, total_tokens_M, num_steps, num_params_M, depth), memory_gb,
+One JSON object per run (or rejected proposal), appended with fsync. Fields of a row:
+  index, commit, parent, status (keep|discard|crash|rejected|interrupted|disturbed), kind (crash
+  kind, disturbed, or rejected: validation|audit|duplicate|agent; else null), reason, role
+  (baseline|noise|remeasure|experiment|confirm|ablation), segment (comparison segment),
+  conditions (what it was measured under), disturbance (when the step log showed one),
+  val_bpb and every other summary field (training_seconds, total_seconds, peak_vram_mb,
+  mfu_percent, total_tokens_M, num_steps, num_params_M, depth), memory_gb,
   description, rationale, agent, model, seed, timings {propose_s, run_s, judge_s, total_s},
   usage {input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd},
   diff {files, added, removed}, log (path relative to the lab), best (best metric after this
-  row), judge {policy, noise, threshold, delta, decision}, started_at, finished_at.
+  row: the mean of the best code's runs), judge (the verdict: policy, decision, gain, z,
+  threshold, runs, against, noise), started_at, finished_at.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import os
 from pathlib import Path
 
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-RAN_STATUSES = ("keep", "discard", "crash", "interrupted")
+RAN_STATUSES = ("keep", "discard", "crash", "interrupted", "disturbed")  # used training time
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -68,7 +71,10 @@ def results_line(row: dict) -> str | None:
     if status not in RAN_STATUSES:
         return None
     description = " ".join(str(row.get("description", "")).split())
-    if status in ("crash", "interrupted") or row.get("val_bpb") is None:
+    if status == "disturbed" and row.get("val_bpb") is not None:  # autoresearch knows three statuses
+        return (f"{row.get('commit', '')}\t{float(row['val_bpb']):.6f}\t{float(row.get('memory_gb') or 0.0):.1f}"
+                f"\tdiscard\t{description} [disturbed: run again]")
+    if status in ("crash", "interrupted", "disturbed") or row.get("val_bpb") is None:
         kind = row.get("kind") or status
         return f"{row.get('commit', '')}\t0.000000\t0.0\tcrash\t{description} [{kind}]"
     val = row.get("val_bpb")

@@ -1,8 +1,11 @@
-"""The research loop: propose -> validate -> commit -> run -> judge -> keep | revert -> record.
+"""The research loop: propose -> validate -> commit -> run until the judge can decide -> keep | revert -> record.
 
-Every state change survives `kill -9`: before anything touches the tree, .autoresearch/inflight.json
-says what is under way and which commit to return to; the ledger row is appended (fsync) before
-the in-flight note is removed, so a resume neither loses nor repeats a row.
+Before each proposal the loop measures what plan.py says is due (the baseline, its repeats, the
+best again). A candidate runs once, and again while the judge asks for more; a run disturbed
+from outside (disturbance.py) is recorded and run again instead of judged. Every state change
+survives `kill -9`: before anything touches the tree, .autoresearch/inflight.json says what is
+under way, which commit to return to and the runs finished so far; rows are appended (fsync)
+before the note is removed, so a resume neither loses nor repeats a row (inflight.py).
 """
 from __future__ import annotations
 
@@ -10,22 +13,26 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import inflight
+from . import facts, inflight, plan
 from .agents.base import Agent, Context, ProposalError
 from .audit import fingerprint
 from .checks import fixed_exports, validate
 from .context import build_context
+from .disturbance import detect
 from .errors import LabError
 from .events import EventBus
 from .inflight import crashpoint, now_iso
-from .judge import judge, noise_estimate
+from .judge import decide
 from .lab import Lab
-from .ledger import RAN_STATUSES, append_row, write_results
+from .ledger import append_row, write_results
 from .runner import RunResult, Runner, clean_environment
 
 BASE_SEED = 42
 MAX_REJECTED_IN_A_ROW = 10
+MAX_BASELINE_FAILURES = 3
 AGENT_OUTAGE_WAITS = (30.0, 60.0, 120.0)
+SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
+                  "total_tokens_M", "num_steps", "num_params_M", "depth")
 
 
 @dataclass
@@ -40,6 +47,8 @@ class LoopOptions:
     outage_waits: tuple = AGENT_OUTAGE_WAITS
     audit: bool = True          # off only in the false-keeps benchmark, which must change seeds
     run_info: dict = field(default_factory=dict)
+    segment: int = 0            # the comparison segment new rows belong to (session.py decides)
+    conditions: dict = field(default_factory=dict)   # what every row records it was measured under
 
 
 def timeout_for(budget: float, profile: str, allowance: float | None = None) -> float:
@@ -62,6 +71,7 @@ class ResearchLoop:
         self.runner: Runner | None = None
         self.finish_reason = ""
         self.fixed_exports = fixed_exports(lab)
+        self.metric, self.direction = lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")
 
     # -- control, from any thread -----------------------------------------------------------
     def stop(self, now: bool = False) -> None:
@@ -85,49 +95,41 @@ class ResearchLoop:
     def rows(self) -> list[dict]:
         return self.lab.rows()
 
-    def ran(self, rows: list[dict]) -> int:
-        return sum(1 for r in rows if r.get("status") in RAN_STATUSES)
-
-    def best(self, rows: list[dict]) -> dict | None:
-        kept = [r for r in rows if r.get("status") == "keep"]
-        return kept[-1] if kept else None
-
-    def best_score(self, rows: list[dict]) -> float | None:
-        """The value to beat. While the baseline is best, the mean of its repeats: one lucky
-        baseline run would otherwise make every later change look worse than it is."""
-        best = self.best(rows)
-        if best is None:
-            return None
-        if best.get("role") == "baseline":
-            values = [best["val_bpb"]] + [r["val_bpb"] for r in rows if r.get("role") == "noise"
-                                          and r.get("status") == "discard" and r.get("val_bpb") is not None]
-            return sum(values) / len(values)
-        return best.get("score", best.get("val_bpb"))
-
-    def record(self, row: dict) -> dict:
-        rows = self.rows()
+    def record(self, row: dict, rows: list[dict] | None = None) -> dict:
+        """Append one row (fsync), rebuild results.tsv, add to the journal, tell the front ends."""
+        rows = self.rows() if rows is None else rows
         row.setdefault("finished_at", now_iso())
-        timings = row.setdefault("timings", {})
-        if "total_s" not in timings:  # wall time of the whole step: propose, validate, run, judge, git
-            timings["total_s"] = round(time.monotonic() - getattr(self, "_step_started", time.monotonic()), 3)
         row.setdefault("agent", self.agent.name)
         row.setdefault("model", self.agent.model)
-        best = self.best(rows + [row]) if row.get("status") == "keep" else self.best(rows)
-        row["best"] = best.get("score") if best else None
+        best = facts.value_to_beat(rows + [row], self.metric)
+        row["best"] = round(best.mean, 6) if best else None
         append_row(self.lab.ledger_path, row)
         crashpoint("after_append", row.get("index"))
         write_results(self.lab.results_path, rows + [row])
         self._journal(row)
-        inflight.clear(self.lab)
         self.bus.emit("experiment_finished", row=row)
         return row
 
+    def record_all(self, pending: list[dict], kept: bool, commit: str, parent: str) -> list[dict]:
+        """Record the runs of one step in order; the note says what they are, so a kill between
+        two appends is repaired on resume with the verdict intact."""
+        note = inflight.read(self.lab)
+        inflight.write(self.lab, **{**note, "phase": "record", "pending": pending, "kept": kept,
+                                    "commit": commit, "parent": parent})
+        rows = self.rows()
+        for row in pending:
+            rows.append(self.record(row, rows))
+        inflight.clear(self.lab)
+        return pending
+
     def _journal(self, row: dict) -> None:
+        if row.get("role") not in ("experiment", None) and row.get("status") != "crash":
+            return  # measurements of code already judged teach nothing new
         try:
             lesson = self.agent.reflect(self.context(row["index"] + 1), row) or ""
         except Exception:  # a lesson is nice to have; the record is what matters
             lesson = ""
-        value = f"{row['val_bpb']:.6f}" if row.get("val_bpb") is not None else "-"
+        value = f"{row[self.metric]:.6f}" if row.get(self.metric) is not None else "-"
         entry = f"\n## {row['index']}: {row.get('status')} ({value}) {row.get('description', '')}\n"
         if row.get("reason"):
             entry += f"- {row.get('kind') or 'reason'}: {row['reason']}\n"
@@ -160,7 +162,7 @@ class ResearchLoop:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> str:
-        rejected_in_a_row, outages = 0, 0
+        rejected_in_a_row, outages, baseline_failures = 0, 0, 0
         self.bus.emit("state", state="running", message="running")
         while True:
             if self.stop_requested.is_set():
@@ -169,14 +171,22 @@ class ResearchLoop:
                 self.unpaused.wait()
                 continue
             rows = self.rows()
-            if self.options.max_experiments is not None and self.ran(rows) >= self.options.max_experiments:
+            if self.options.max_experiments is not None and facts.ran(rows) >= self.options.max_experiments:
                 return self._finish(f"reached --max-experiments {self.options.max_experiments}")
+            self.commit_charter()
+            due = plan.next_measurement(rows, self.options.segment, self.options.policy,
+                                        self.options.noise_runs, metric=self.metric)
+            if due is not None:
+                last = self.measure(due, rows)[-1]
+                failed = due.role == "baseline" and last.get("status") == "crash"
+                baseline_failures = baseline_failures + 1 if failed else 0
+                if baseline_failures >= MAX_BASELINE_FAILURES:
+                    return self._finish(f"the baseline itself failed {baseline_failures} times "
+                                        f"({last.get('kind')}: {last.get('reason')}); see its log with `show {last['index']}`")
+                continue
             if self._over_budget(rows):
                 return self._finish(f"the next proposal would pass --max-cost ${self.options.max_cost:.2f}")
-            self.commit_charter()
-            row = self.step(rows)
-            if row is None:
-                continue
+            row = self.experiment(rows)
             if row.get("status") == "rejected":
                 rejected_in_a_row += 1
                 if row.get("fatal"):
@@ -211,49 +221,43 @@ class ResearchLoop:
                 pass
         return spent + estimate > self.options.max_cost
 
-    def step(self, rows: list[dict]) -> dict | None:
+    # -- measuring code that is already on the branch ---------------------------------------
+    def measure(self, due: plan.Measurement, rows: list[dict]) -> list[dict]:
+        """Run the best code again (baseline, repeat, re-measurement), re-running disturbed runs."""
+        head = self.lab.head()
+        index = len(rows)
+        seed = BASE_SEED + self.options.seed
+        if due.role == "noise":
+            seed += 1000 * (1 + sum(1 for r in rows if r.get("role") == "noise"))
+        elif due.role == "remeasure":
+            seed = self.seed_for(index)
+        before = facts.value_to_beat(rows, self.metric) if due.role == "remeasure" else None
+        pending = self.runs(index, due.role, head, head, due.description, seed, step_started=time.monotonic())
+        last = pending[-1]  # a clean run, a crash, or an interruption: never a disturbed re-run
+        if last.get("status") is None:
+            last["status"] = "keep" if due.role == "baseline" else "discard"
+            self._note_drift(last, before)
+        return self.record_all(pending, True, head, head)
+
+    def _note_drift(self, row: dict, before) -> None:
+        """A re-measurement far from the best's mean says the conditions may have moved."""
+        value = row.get(self.metric)
+        if before is None or value is None or before.half_width is None or before.runs < 2:
+            return
+        spread = before.half_width * before.runs ** 0.5  # back to a single run's Z95 spread
+        if abs(value - before.mean) > 1.5 * spread:
+            row["drift"] = round(value - before.mean, 6)
+            self.bus.emit("message", level="warning", text=(
+                f"the best measured {value:.6f} now against {before.text()} before: conditions may "
+                "have drifted (other load, thermal limits); the mean takes it in"))
+
+    # -- one proposal -----------------------------------------------------------------------
+    def experiment(self, rows: list[dict]) -> dict:
         index = len(rows)
         self._step_started = time.monotonic()
-        baseline = next((r for r in rows if r.get("role") == "baseline" and r.get("status") == "keep"), None)
-        if baseline is None:
-            return self.run_same_code(index, "baseline", "baseline", BASE_SEED + self.options.seed)
-        repeats = [r for r in rows if r.get("role") == "noise" and r.get("status") in ("keep", "discard")]
-        if self.options.policy == "noise" and len(repeats) < self.options.noise_runs:
-            seed = BASE_SEED + self.options.seed + 1000 * (len(repeats) + 1)
-            return self.run_same_code(index, "noise", f"baseline repeat, seed {seed} (noise estimate)", seed)
-        return self.experiment(index, rows)
-
-    def run_same_code(self, index: int, role: str, description: str, seed: int) -> dict:
-        head = self.lab.head()
-        started = now_iso()
-        inflight.write(self.lab, index=index, phase="run", role=role, parent=head, commit=head,
-                             description=description, started_at=started, log=self._log_rel(index))
-        self.bus.emit("experiment_started", index=index, description=description, role=role,
-                      budget=self.options.budget, commit=self.lab.short(head))
-        result = self.execute(index, seed)
-        row = self.base_row(index, role, head, head, description, seed, started)
-        source = self.lab.read(self.lab.config["allowed"][0])
-        row["fingerprint"] = fingerprint(source)
-        row.update(self.result_fields(result))
-        row["timings"]["run_s"] = round(result.wall_seconds, 3)
-        if not result.ok:
-            row.update(status="crash" if result.kind != "interrupted" else "interrupted")
-            return self.record(row)
-        if role == "baseline":
-            row.update(status="keep", score=result.summary["val_bpb"])
-        else:
-            row.update(status="discard")
-            baseline = next(r for r in self.rows() if r.get("role") == "baseline" and r.get("status") == "keep")
-            row["judge"] = {"policy": self.options.policy, "decision": "noise estimate",
-                            "noise": noise_estimate(self.rows() + [row])}
-            row["baseline_value"] = baseline.get("val_bpb")
-        return self.record(row)
-
-    def experiment(self, index: int, rows: list[dict]) -> dict | None:
-        best = self.best(rows)
         parent = self.lab.head()
         started = now_iso()
-        inflight.write(self.lab, index=index, phase="propose", role="experiment", parent=parent, started_at=started)
+        self._note(index=index, phase="propose", role="experiment", parent=parent, started_at=started)
         self.bus.emit("proposing", index=index)
         t0 = time.monotonic()
         context = self.context(index, rows)
@@ -279,83 +283,112 @@ class ResearchLoop:
             return self._rejected(index, parent, started, kind, problem, **extra,
                                   fingerprint=fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")))
         description = " ".join((proposal.description or "untitled change").split())[:200]
-        inflight.write(self.lab, index=index, phase="commit", role="experiment", parent=parent, started_at=started,
-                             description=description)
+        self._note(index=index, phase="commit", role="experiment", parent=parent, started_at=started,
+                       description=description)
         self.lab.write_files(proposal.files)
         crashpoint("after_write", index)
         commit = self.lab.commit(list(proposal.files), f"experiment {index}: {description}")
         self.lab.keep_ref(index, commit)
         crashpoint("after_commit", index)
-        inflight.write(self.lab, index=index, phase="run", role="experiment", parent=parent, commit=commit,
-                             started_at=started, description=description, log=self._log_rel(index))
-        self.bus.emit("experiment_started", index=index, description=description, role="experiment",
-                      budget=self.options.budget, commit=self.lab.short(commit))
-        seed = BASE_SEED + self.options.seed
-        result = self.execute(index, seed)
-        row = self.base_row(index, "experiment", commit, parent, description, seed, started)
-        row.update(self.result_fields(result), rationale=proposal.rationale, usage=proposal.usage,
-                   fingerprint=fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")),
-                   diff=self._diff_stats(parent, commit), **proposal.meta)
-        row["timings"].update(propose_s=round(propose_s, 3), run_s=round(result.wall_seconds, 3))
-        if not result.ok:
-            self.lab.reset(parent)
-            row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
-            return self.record(row)
-        t1 = time.monotonic()
-        value = result.summary["val_bpb"]
-        best_score = self.best_score(rows) if best else value
-        verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"])
-        confirm_row = None
-        room = self.options.max_experiments is None or self.ran(rows) + 2 <= self.options.max_experiments
-        if verdict.decision == "confirm" and room and not self.stop_now.is_set():
-            confirm_row, verdict = self.confirm(index, commit, parent, description, value, best_score, rows, row)
-        elif verdict.decision == "confirm":
-            verdict.decision = "discard"
-        row["judge"] = verdict.record()
-        row["timings"]["judge_s"] = round(time.monotonic() - t1, 3)
-        if verdict.decision == "keep":
-            row["status"] = "keep"
-            row["score"] = (value + confirm_row["val_bpb"]) / 2 if confirm_row else value
-        else:
-            row["status"] = "discard"
+        first = {"rationale": proposal.rationale, "usage": proposal.usage, **proposal.meta,
+                 "timings": {"propose_s": round(propose_s, 3)}}
+        shared = {"fingerprint": fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")),
+                  "diff": self._diff_stats(parent, commit)}
+        pending = self.runs(index, "experiment", commit, parent, description, BASE_SEED + self.options.seed,
+                            step_started=self._step_started, started=started, candidate=True, first=first,
+                            shared=shared)
+        kept = pending[-1].get("status") == "keep"
+        if not kept:
             self.lab.reset(parent)
         crashpoint("after_judge", index)
-        if confirm_row is not None:  # the confirmation's own row carries its run time
-            row["timings"]["total_s"] = round(time.monotonic() - self._step_started - confirm_row["timings"]["run_s"], 3)
-        recorded = self.record(row)
-        if confirm_row is not None:
-            status = recorded["status"]
-            if confirm_row.get("val_bpb") is None:  # the re-run itself crashed or was stopped
-                status = "interrupted" if confirm_row.get("kind") == "interrupted" else "crash"
-            confirm_row.update(index=index + 1, status=status, judge=recorded["judge"],
-                               score=recorded.get("score"))
-            confirm_row["timings"]["total_s"] = confirm_row["timings"].get("run_s", 0.0)
-            kept = recorded["status"] == "keep"
-            inflight.write(self.lab, index=index + 1, phase="record", role="confirm", parent=commit if kept else parent,
-                                 commit=commit, description=confirm_row["description"])
-            self.record(confirm_row)
-        return recorded
+        self.record_all(pending, kept, commit, parent)
+        return next((r for r in pending if r.get("role") == "experiment"), pending[0])
 
-    def confirm(self, index, commit, parent, description, value, best_score, rows, row):
-        """Re-run a borderline winner with another seed before deciding."""
-        seed = BASE_SEED + self.options.seed + 7919 * (index + 1)
-        started = now_iso()
-        inflight.write(self.lab, index=index, phase="confirm", role="experiment", parent=parent, commit=commit,
-                             started_at=row["started_at"], description=description, log=self._log_rel(index))
-        self.bus.emit("experiment_started", index=index + 1, description=f"confirm: {description}",
-                      role="confirm", budget=self.options.budget, commit=self.lab.short(commit))
-        result = self.execute(index + 1, seed)
-        confirm_row = self.base_row(index + 1, "confirm", commit, parent, f"confirm: {description}", seed, started)
-        confirm_row.update(self.result_fields(result), fingerprint=row.get("fingerprint"))
-        confirm_row["timings"]["run_s"] = round(result.wall_seconds, 3)
-        if not result.ok:
-            verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"])
-            verdict.decision = "discard"
-            confirm_row["kind"] = result.kind
-            return confirm_row, verdict
-        verdict = judge(value, best_score, rows, self.options.policy, self.lab.config["direction"],
-                        confirmation=result.summary["val_bpb"])
-        return confirm_row, verdict
+    # -- running code until it has a clean run (or the judge its verdict) --------------------
+    def runs(self, index: int, role: str, commit: str, parent: str, description: str, seed: int,
+             step_started: float, started: str | None = None, candidate: bool = False,
+             first: dict | None = None, shared: dict | None = None) -> list[dict]:
+        """Run `commit` until a measurement has a clean run or a candidate a verdict. Returns the
+        rows still to record, in order; a candidate's carry their final status and the verdict.
+        A disturbed run with nothing before it awaiting a verdict is recorded at once, so the
+        ledger and the front ends see it while its re-run goes on."""
+        pending, values, disturbed_streak, verdict = [], [], 0, None
+        number, run_role, run_seed = index, role, seed
+        while True:
+            started = started or now_iso()
+            self._note(index=number, phase="run", role=run_role, parent=parent, commit=commit,
+                       started_at=started, description=description, log=self._log_rel(number), pending=pending)
+            shown = description if run_role != "confirm" else f"confirm: {description}"
+            self.bus.emit("experiment_started", index=number, description=shown, role=run_role,
+                          budget=self.options.budget, commit=self.lab.short(commit))
+            run_started = time.monotonic()
+            result = self.execute(number, run_seed)
+            row = self.base_row(number, run_role, commit, parent, shown, run_seed, started)
+            row["finished_at"] = now_iso()
+            row.update(self.result_fields(result), **(shared or {}))
+            if number == index and first:
+                row.update({k: v for k, v in first.items() if k != "timings"})
+                row["timings"].update(first.get("timings", {}))
+            row["timings"]["run_s"] = round(result.wall_seconds, 3)
+            row["timings"]["total_s"] = round(time.monotonic() - (step_started if number == index else run_started), 3)
+            started, number = None, number + 1
+            if not result.ok:
+                row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
+                pending.append(row)
+                if candidate:
+                    self._settle(pending, "interrupted" if result.kind == "interrupted" else "discard", verdict)
+                return pending
+            disturbance = detect(result.steps)
+            if disturbance is not None:
+                row["disturbance"] = disturbance.record()
+                if disturbed_streak < plan.MAX_DISTURBED_RERUNS:
+                    disturbed_streak += 1
+                    row.update(status="disturbed", kind="disturbed", reason=disturbance.reason() + "; run again")
+                    self.bus.emit("message", level="warning", text=f"#{row['index']} {disturbance.reason()}: running it again")
+                    if pending:
+                        pending.append(row)
+                    else:
+                        self.record(row)
+                    continue
+                row["reason"] = disturbance.reason() + f"; judged anyway after {disturbed_streak} re-runs"
+            disturbed_streak = 0
+            pending.append(row)
+            if not candidate:
+                return pending
+            values.append(result.summary[self.metric])
+            verdict = plan.verdict(self.rows(), self.options.segment, values, self.options.policy,
+                                   self.direction, self.metric)
+            if verdict.decision == "more" and not self._room_for_another(len(pending)):
+                verdict = decide(values, self._best_values(), verdict.noise, self.options.policy,
+                                 self.direction, max_runs=len(values))
+            if verdict.decision != "more":
+                self._settle(pending, verdict.decision, verdict)
+                return pending
+            run_role, run_seed = "confirm", self.seed_for(number)
+
+    def seed_for(self, index: int) -> int:
+        """The seed of a repeated run of judged code: its own, so repeats measure the noise."""
+        return BASE_SEED + self.options.seed + 7919 * index
+
+    def _room_for_another(self, pending: int) -> bool:
+        if self.stop_requested.is_set():
+            return False
+        limit = self.options.max_experiments
+        return limit is None or facts.ran(self.rows()) + pending + 1 <= limit
+
+    def _best_values(self) -> list[float]:
+        rows = self.rows()
+        best = facts.best_row(rows)
+        return facts.code_runs(rows, self.options.segment, self.metric).get(facts.code_of(best), [])
+
+    def _settle(self, pending: list[dict], decision: str, verdict) -> None:
+        """Give a candidate's runs their final status: the verdict's, or what became of each run."""
+        record = verdict.record() if verdict is not None else None
+        for row in pending:
+            if row.get("status") in (None, "keep", "discard"):
+                row["status"] = decision
+            if record is not None and row.get("status") in ("keep", "discard", "interrupted"):
+                row["judge"] = record
 
     # -- pieces -----------------------------------------------------------------------------
     def execute(self, index: int, seed: int) -> RunResult:
@@ -367,7 +400,8 @@ class ResearchLoop:
         })
         runner = Runner(config["command"], self.lab.root, env, self.lab.log_path(index), self.options.budget,
                         timeout_for(self.options.budget, self.options.profile, config.get("startup_allowance")),
-                        on_step=lambda step: self.bus.emit("step", index=index, **step), on_start=lambda pid: inflight.note_pid(self.lab, pid))
+                        on_step=lambda step: self.bus.emit("step", index=index, **step),
+                        on_start=lambda pid: inflight.note_pid(self.lab, pid))
         self.runner = runner
         if self.stop_now.is_set():
             runner.stop()
@@ -383,12 +417,11 @@ class ResearchLoop:
                 "description": description, "seed": seed, "started_at": started, "kind": None, "reason": None,
                 "rationale": "", "usage": {}, "diff": {"files": 0, "added": 0, "removed": 0},
                 "log": self._log_rel(index), "timings": {"propose_s": 0.0, "run_s": 0.0, "judge_s": 0.0},
-                "agent": self.agent.name, "model": self.agent.model}
+                "agent": self.agent.name, "model": self.agent.model, "segment": self.options.segment,
+                "conditions": self.options.conditions, "policy": self.options.policy}
 
     def result_fields(self, result: RunResult) -> dict:
-        fields = {k: result.summary.get(k) for k in ("val_bpb", "training_seconds", "total_seconds",
-                                                     "peak_vram_mb", "mfu_percent", "total_tokens_M",
-                                                     "num_steps", "num_params_M", "depth")}
+        fields = {k: result.summary.get(k) for k in SUMMARY_FIELDS}
         fields["memory_gb"] = round((result.summary.get("peak_vram_mb") or 0.0) / 1024, 1)
         if not result.ok:
             fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], val_bpb=None)
@@ -403,16 +436,20 @@ class ResearchLoop:
                    **(meta or {}))
         row["log"] = None
         row["timings"]["propose_s"] = round(propose_s, 3)
+        row["timings"]["total_s"] = round(time.monotonic() - getattr(self, "_step_started", time.monotonic()), 3)
         if fatal:
             row["fatal"] = True
         if exhausted:
             row["exhausted"] = True
-        return self.record(row)
+        row = self.record(row)
+        inflight.clear(self.lab)
+        return row
 
     def context(self, index: int, rows: list[dict] | None = None) -> Context:
         rows = self.rows() if rows is None else rows
-        return build_context(self.lab, index, rows, self.best(rows), self.best_score(rows), self.options.budget,
-                             self.options.run_info.get("profile_facts") or {}, self.options.seed)
+        best = facts.value_to_beat(rows, self.metric)
+        return build_context(self.lab, index, rows, facts.best_row(rows), best.mean if best else None,
+                             self.options.budget, self.options.run_info.get("profile_facts") or {}, self.options.seed)
 
     def _diff_stats(self, old: str, new: str) -> dict:
         out = self.lab.repo.git.diff("--numstat", old, new)
@@ -423,6 +460,9 @@ class ResearchLoop:
             added += int(a) if a.isdigit() else 0
             removed += int(r) if r.isdigit() else 0
         return {"files": files, "added": added, "removed": removed}
+
+    def _note(self, **data) -> None:
+        inflight.write(self.lab, segment=self.options.segment, **data)
 
     def _log_rel(self, index: int) -> str:
         return str(self.lab.log_path(index).relative_to(self.lab.root))

@@ -48,6 +48,12 @@ def build_parser() -> tuple[MagicArgumentParser, _Commands]:
     start.add_argument("--resume", action="store_true", help="continue the lab's last run")
     start.add_argument("--base-url", metavar="URL", help="the agent API's base URL")
     start.add_argument("--command", dest="agent_command", metavar="CMD", help="the command agent's command line")
+    start.add_argument("--rebaseline", action="store_true",
+                       help="resume under other conditions: measure the best again, start a new segment")
+    ablate = commands.add_parser("ablate", help="measure each kept change's own contribution to the best")
+    ablate.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
+    ablate.add_argument("--repeats", type=int, default=2, metavar="N", help="clean runs without each change")
+    ablate.add_argument("--rebaseline", action="store_true", help="conditions changed: measure the best again first")
     stop = commands.add_parser("stop", help="stop after the current experiment")
     stop.add_argument("--now", action="store_true", help="kill the current experiment (recorded)")
     commands.add_parser("pause", help="hold before the next experiment")

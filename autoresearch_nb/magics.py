@@ -15,7 +15,7 @@ from IPython.display import HTML, Markdown, display
 from .errors import LabError
 from .magic_args import help_text, parse
 from .ui.diffview import diff_html
-from .ui.text import experiment_text, header_lines, status_text, summarize
+from .ui.text import ablation_text, experiment_text, header_lines, status_text, summarize
 
 DEFAULT_LAB = "autoresearch-lab"
 SHUTDOWN_WAIT_S = 3.0   # jupyter_client kills a kernel that has not exited 5 s after shutdown
@@ -155,8 +155,22 @@ class AutoresearchMagics(Magics):
                              budget=args.budget, max_experiments=args.max_experiments,
                              tag=args.tag, policy=args.policy, max_cost=args.max_cost,
                              resume=args.resume, base_url=args.base_url,
-                             command=args.agent_command)
-        session = Session(options)
+                             command=args.agent_command, rebaseline=args.rebaseline)
+        self._launch(Session(options), lab, f"Started a run in {lab.root} ({args.agent} agent).")
+
+    def _do_ablate(self, args):
+        from .session import RunOptions, Session
+
+        if CURRENT.alive:
+            raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
+                             "then ablate")
+        lab = self._lab(args.lab)
+        options = RunOptions(lab=str(lab.root), ablate=args.repeats, rebaseline=args.rebaseline)
+        self._launch(Session(options), lab, f"Ablating the best of {lab.root} ({args.repeats} runs per change); "
+                                            "%autoresearch status shows the table when it is done.")
+
+    def _launch(self, session, lab, started: str) -> None:
+        """Start a session in the background and show its dashboard (text in a terminal)."""
         dashboard = unsubscribe = None
         if self.frontend != "terminal":
             dashboard = self._dashboard(session, lab)
@@ -176,8 +190,8 @@ class AutoresearchMagics(Magics):
         if dashboard is not None:
             display(dashboard.widget)
         else:
-            print(f"Started a run in {lab.root} ({args.agent} agent). %autoresearch status to "
-                  "look, %autoresearch stop to end it after the current experiment.")
+            print(f"{started} %autoresearch status to look, %autoresearch stop to end it after the "
+                  "current experiment.")
 
     def _dashboard(self, session, lab):
         from .ui.dashboard import Dashboard
@@ -225,6 +239,9 @@ class AutoresearchMagics(Magics):
             snapshot = {"header": header, "rows": lab.rows(), "state": "idle",
                         "message": "no run in this kernel"}
             print(status_text(snapshot, metric, direction))
+            table = ablation_text(snapshot["rows"], metric, direction)
+            if table:
+                print("\n" + table)
             return
         self._render_run(redisplay=True)
 

@@ -1,4 +1,4 @@
-"""Terminal front end: a bar through the running experiment's budget, a line per result, the status table."""
+"""Terminal front end: a bar through the running experiment's budget, a line per result, the final line."""
 from __future__ import annotations
 
 import sys
@@ -6,9 +6,10 @@ import sys
 from tqdm import tqdm
 
 from .events import Event
+from .facts import summary
 
 STATUS_MARK = {"keep": "keep   ", "discard": "discard", "crash": "crash  ", "rejected": "reject ",
-               "interrupted": "interr."}
+               "interrupted": "interr.", "disturbed": "disturb"}
 
 
 def result_line(row: dict, best_before: float | None) -> str:
@@ -19,7 +20,9 @@ def result_line(row: dict, best_before: float | None) -> str:
     if value is not None and best_before is not None:
         delta = f"{value - best_before:+.6f}"
     text = row.get("description", "")
-    if row.get("status") in ("crash", "rejected", "interrupted") and row.get("reason"):
+    if row.get("role") not in (None, "experiment"):
+        text = f"[{row['role']}] {text}"
+    if row.get("status") in ("crash", "rejected", "interrupted", "disturbed") and row.get("reason"):
         text += f"  [{row.get('kind') or ''}: {str(row['reason'])[:90]}]"
     return f"{row.get('index', 0):>4}  {STATUS_MARK.get(row.get('status'), row.get('status', '')):<7}  {shown}  {delta:>10}  {text}"
 
@@ -78,35 +81,15 @@ class TerminalProgress:
         self._close_bar()
 
     def final_line(self, snapshot: dict) -> str:
-        header = snapshot["header"]
-        counts = header.get("counts", {})
-        best, base = header.get("best"), header.get("baseline")
-        gain = f", best {best:.6f} (baseline {base:.6f}, {best - base:+.6f})" if best is not None and base is not None else ""
-        changes = sum(1 for r in snapshot.get("rows", []) if r.get("role") == "experiment" and r.get("status") == "keep")
-        return (f"done: {header.get('done', 0)} runs — {changes} changes kept, {counts.get('discard', 0)} discarded, "
-                f"{counts.get('crash', 0)} crashed, {counts.get('rejected', 0)} rejected{gain}. {snapshot.get('message', '')}")
-
-
-def status_text(header: dict, rows: list[dict]) -> str:
-    """The status table for `autoresearch-nb status`."""
-    lines = []
-    if header.get("tag"):
-        lines.append(f"run {header['tag']} (agent {header.get('agent_label', header.get('agent'))}, "
-                     f"profile {header.get('profile')}, budget {header.get('budget')}s, policy {header.get('policy')})")
-    lines.append(f"{'exp':>4}  {'status':<7}  {'val_bpb':<8}  {'vs best':>10}  description")
-    best = None
-    for row in rows:
-        lines.append(result_line(row, best))
-        if row.get("best") is not None:
-            best = row["best"]
-    counts = header.get("counts", {})
-    lines.append("")
-    lines.append("counts: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-    if header.get("best") is not None:
-        base = header.get("baseline")
-        lines.append(f"best val_bpb {header['best']:.6f}" + (f" (baseline {base:.6f}, gain {base - header['best']:.6f})" if base else ""))
-    if header.get("cost_usd"):
-        lines.append(f"agent cost ${header['cost_usd']:.4f}")
-    if header.get("inflight"):
-        lines.append("an experiment is in flight (or was, when the run stopped): `run --resume` records it")
-    return "\n".join(lines)
+        rows = snapshot.get("rows", [])
+        found = summary(rows, snapshot.get("header") or {})
+        counts = found["counts"]
+        best, base = found["best"], found["baseline"]
+        gain = ""
+        if best is not None and base is not None and found["gain"] is not None:
+            spread = f" ± {found['gain_half_width']:.4f}" if found["gain_half_width"] is not None else ""
+            gain = f", best {best.text()} (baseline {base.text()}, gain {found['gain']:+.4f}{spread})"
+        disturbed = f", {counts['disturbed']} disturbed and run again" if counts.get("disturbed") else ""
+        return (f"done: {found['done']} runs — {found['changes']} changes kept, {counts.get('discard', 0)} discarded, "
+                f"{counts.get('crash', 0)} crashed, {counts.get('rejected', 0)} rejected{disturbed}{gain}. "
+                f"{snapshot.get('message', '')}")

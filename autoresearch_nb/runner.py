@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .procstat import StepSampler
+
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")
 SUMMARY_LINE = re.compile(r"^([a-zA-Z_]+):\s+(-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)\s*$")
@@ -30,6 +32,7 @@ class RunResult:
     returncode: int | None = None
     wall_seconds: float = 0.0
     tail: str = ""
+    steps: list = field(default_factory=list)   # step lines as the runner saw them (procstat.StepSampler)
 
 
 def clean_environment(extra: dict | None = None) -> dict:
@@ -208,6 +211,7 @@ class Runner:
                 self._kill()
             watchdog = threading.Thread(target=self._watchdog, args=(started + self.timeout,), daemon=True)
             watchdog.start()
+            sampler = StepSampler(self.process.pid, started)
             for line in self.process.stdout:
                 log.write(line)
                 log.flush()
@@ -217,12 +221,19 @@ class Runner:
                 if len(tail) > 400:
                     del tail[:200]
                 step = parse_step(line)
-                if step and self.on_step:
-                    self.on_step(step)
+                if step:
+                    step["wall"] = sampler.step(step, time.monotonic())
+                    if self.on_step:
+                        self.on_step(step)
             returncode = self.process.wait()
             watchdog.join(timeout=1)
             wall = time.monotonic() - started
             log.write(f"\n[autoresearch-nb] exit code {returncode}, wall {wall:.1f}s\n")
+        result = self._outcome(returncode, reader, tail, wall)
+        result.steps = sampler.samples
+        return result
+
+    def _outcome(self, returncode: int, reader: "SummaryReader", tail: list[str], wall: float) -> RunResult:
         tail_text = "\n".join(tail[-40:])
         stopped = self._stop.is_set() and not self._timed_out
         summary, problems = reader.result()

@@ -11,11 +11,12 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from . import ablation, conditions, facts
 from .agents import AGENTS, make_agent
 from .errors import LabError
 from .events import Event, EventBus
 from .lab import DEFAULT_DIR, Lab
-from .ledger import RAN_STATUSES, atomic_write
+from .ledger import atomic_write
 from .inflight import now_iso
 from .loop import LoopOptions, ResearchLoop
 from .runner import clean_environment
@@ -40,6 +41,8 @@ class RunOptions:
     noise_runs: int = 2
     seed: int = 0
     agent_timeout: float | None = None
+    rebaseline: bool = False     # other conditions than the rows continued: measure the best again
+    ablate: int | None = None    # instead of research: ablate the best, this many runs per change
 
 
 def default_tag() -> str:
@@ -56,6 +59,8 @@ def check_options(options: RunOptions) -> None:
         raise LabError(f"unknown --policy {options.policy!r}: choose noise (the default) or greedy")
     if options.max_cost is not None and options.max_cost <= 0:
         raise LabError(f"--max-cost must be a positive number of dollars (got {options.max_cost:g})")
+    if options.ablate is not None and options.ablate < 1:
+        raise LabError(f"--repeats must be at least 1 (got {options.ablate})")
     if options.noise_runs < 1:
         raise LabError("--noise-runs must be at least 1: the noise policy needs repeats of the baseline")
     if options.agent not in AGENTS:
@@ -95,14 +100,19 @@ class Session:
         self._ended = threading.Event()
         self.loop: ResearchLoop | None = None
         self.error: str | None = None
+        self.usage_error = False    # the error is the person's to fix (a LabError), not a bug
         previous = self._previous_run()
+        if options.ablate:  # an ablation continues the lab's run with its settings
+            if not self._rows:
+                raise LabError(f"{self.lab.root} has no run to ablate yet: start one first")
+            options.resume = True
         if self._rows and not options.resume:
             raise LabError(f"{self.lab.root} already holds run '{previous.get('tag', '?')}' with "
                            f"{len(self._rows)} experiments: continue it with --resume, or make a new lab "
                            f"with `autoresearch-nb init NEWDIR`")
         self.tag = options.tag or previous.get("tag") or default_tag()
         if options.resume:  # settings not given again are those of the run being resumed
-            for key in ("budget", "policy", "max_experiments", "max_cost"):
+            for key in ("budget", "policy", "max_experiments", "max_cost", "noise_runs"):
                 if getattr(options, key) in (None, RunOptions.__dataclass_fields__[key].default) and previous.get(key) is not None:
                     setattr(options, key, previous[key])
         self.agent = agent or make_agent(options.agent, **agent_options(options))
@@ -163,7 +173,6 @@ class Session:
             header = dict(self._header)
             current = copy.deepcopy(self._current)
             state, message = self._state, self._message
-        header.update(summarize(rows, header, self.options.max_experiments))
         return {"header": header, "rows": rows, "current": current, "state": state, "message": message}
 
     # -- set-up (main thread, before the loop thread exists) -----------------------------
@@ -199,25 +208,32 @@ class Session:
     # -- the loop thread --------------------------------------------------------------------
     def _main(self) -> None:
         try:
-            facts = self._setup_data()
+            probe = self._setup_data()
             loop = self.loop
-            loop.options.profile = facts["name"]
-            loop.options.budget = float(self.options.budget or self.lab.config.get("budget") or facts["time_budget"])
-            loop.options.run_info = {"profile_facts": facts}
+            loop.options.profile = probe["name"]
+            loop.options.budget = float(self.options.budget or self.lab.config.get("budget") or probe["time_budget"])
+            loop.options.run_info = {"profile_facts": probe}
+            segment, reason = self._settle_conditions(loop, probe)
             info = {"lab": str(self.lab.root), "tag": self.tag, "branch": f"autoresearch/{self.tag}",
                     "agent": self.agent.name, "agent_label": self.agent.label or self.agent.name,
-                    "model": self.agent.model, "profile": facts["name"], "device": facts.get("device_name", facts["device"]),
+                    "model": self.agent.model, "profile": probe["name"], "device": probe.get("device_name", probe["device"]),
                     "budget": loop.options.budget, "policy": self.options.policy,
                     "max_experiments": self.options.max_experiments, "max_cost": self.options.max_cost,
+                    "noise_runs": self.options.noise_runs, "conditions": loop.options.conditions,
+                    "segment": segment, "segment_reason": reason,
                     "started_at": self._previous_run().get("started_at") if self.options.resume else None}
             info["started_at"] = info["started_at"] or now_iso()
             info["resumed_at"] = now_iso() if self.options.resume else None
             atomic_write(self.lab.run_info_path, json.dumps(info, indent=2))
             self.bus.emit("run_started", **info)
-            loop.run()
+            if self.options.ablate:
+                loop.finish_reason = ablation.run(loop, self.options.ablate)
+            else:
+                loop.run()
             self._set_state("finished", loop.finish_reason)
         except LabError as error:
             self.error = str(error)
+            self.usage_error = True
             self._set_state("error", str(error))
         except Exception as error:  # recorded for the person; the lab stays consistent
             self.error = f"{type(error).__name__}: {error}"
@@ -231,11 +247,31 @@ class Session:
                 self.bus.emit("run_finished", reason=self._message)
                 self._ended.set()
 
+    def _settle_conditions(self, loop: ResearchLoop, probe: dict) -> tuple[int, str]:
+        """This session's conditions against the rows it continues: the same segment, a new one
+        (--rebaseline), or a refusal that says how to go on."""
+        now = conditions.of(probe, loop.options.budget, self.lab.config)
+        rows = self.lab.rows()
+        segment = facts.current_segment(rows)
+        changed = conditions.differences(conditions.last_recorded(rows), now)
+        reason = ""
+        if rows and self.options.rebaseline:
+            segment += 1
+            reason = "; ".join(changed) or "re-baseline asked for"
+            self.bus.emit("message", level="info", text=f"new comparison segment {segment} ({reason}): "
+                                                         "the best is measured again before any experiment")
+        elif changed:
+            raise LabError(conditions.refusal(changed))
+        loop.options.segment, loop.options.conditions = segment, now
+        return segment, reason
+
     def _setup_data(self) -> dict:
         """Resolve the profile and prepare data in subprocesses, so the kernel imports no torch."""
         self._set_state("preparing", "preparing data and tokenizer (cached after the first time)")
         config = self.lab.config
-        env = clean_environment({"AUTORESEARCH_PROFILE": config.get("profile") or "auto"})
+        env = clean_environment({"AUTORESEARCH_PROFILE": config.get("profile") or "auto",
+                                 "AUTORESEARCH_DATA": config.get("data", "builtin"),
+                                 "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None})
         env.pop("AUTORESEARCH_BUDGET", None)
         cmd = [sys.executable, "nanochat/prepare.py", "--data", config.get("data", "builtin")]
         if config.get("profile") not in (None, "auto"):
@@ -249,8 +285,12 @@ class Session:
         if done.returncode != 0:
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
             raise LabError(f"preparing the data failed: {tail[0]} (full log: {log})")
-        probe = ("import json, torch, prepare as p; f = dict(p.PROFILE); "
+        probe = ("import hashlib, json, os, torch, prepare as p; f = dict(p.PROFILE); s = p.settings(); "
                  "f['device_name'] = torch.cuda.get_device_name(0) if p.DEVICE == 'cuda' else p.DEVICE; "
+                 "f['torch'] = torch.__version__; f['cpu_count'] = os.cpu_count(); f['profile'] = f['name']; "
+                 "f['data_key'] = p.source_key(s['data']); "
+                 "t = p.prepare(s['data'], byte_level=s['byte_level'], quiet=True) / 'tokenizer.json'; "
+                 "f['tokenizer'] = hashlib.sha256(t.read_bytes()).hexdigest()[:16] if t.exists() else 'bytes'; "
                  "print(json.dumps(f))")
         out = subprocess.run([sys.executable, "-c", probe], cwd=self.lab.root / "nanochat", env=env,
                              capture_output=True, text=True)
@@ -282,24 +322,3 @@ class Session:
                 self._state, self._message = event.data["state"], event.data.get("message", "")
             elif event.kind == "message":
                 self._message = event.data.get("text", "")
-
-
-def summarize(rows: list[dict], header: dict, max_experiments: int | None) -> dict:
-    """Counts, best, rate, cost and ETA for headers (dashboard, CLI, export)."""
-    counts = {s: 0 for s in ("keep", "discard", "crash", "rejected", "interrupted")}
-    for row in rows:
-        counts[row.get("status", "rejected")] = counts.get(row.get("status", "rejected"), 0) + 1
-    kept = [r for r in rows if r.get("status") == "keep"]
-    baseline = next((r.get("val_bpb") for r in rows if r.get("role") == "baseline" and r.get("status") == "keep"), None)
-    best = kept[-1].get("score", kept[-1].get("val_bpb")) if kept else None
-    done = sum(1 for r in rows if r.get("status") in RAN_STATUSES)
-    cost = sum(float((r.get("usage") or {}).get("cost_usd") or 0.0) for r in rows)
-    run_seconds = sum(float((r.get("timings") or {}).get("run_s") or 0.0) +
-                      float((r.get("timings") or {}).get("propose_s") or 0.0) for r in rows)
-    per_hour = done / (run_seconds / 3600) if run_seconds > 0 else 0.0
-    eta = None
-    if max_experiments and done and per_hour:
-        eta = max(0, max_experiments - done) * 3600 / per_hour
-    return {"counts": counts, "baseline": baseline, "best": best, "done": done, "cost_usd": round(cost, 4),
-            "per_hour": round(per_hour, 1), "eta_s": eta,
-            "gain": (baseline - best) if baseline is not None and best is not None else None}

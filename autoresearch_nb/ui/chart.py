@@ -6,57 +6,63 @@ import io
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .. import facts
+
 KEPT = "#2ca02c"
 DISCARDED = "#b0b0b0"
 CRASHED = "#d62728"
-
-
-def _better(a: float, b: float, direction: str) -> bool:
-    return a < b if direction == "lower" else a > b
+DISTURBED = "#e08a2c"
 
 
 def progress_points(rows: list[dict], metric: str = "val_bpb", direction: str = "lower"):
-    """(index, value, status, description) for every row that produced the metric, plus the
-    running best as a list of (index, best)."""
-    points, best_line, best = [], [], None
+    """(index, value, status, description, role) for every run that produced the metric (disturbed ones
+    too: shown, not judged), and the running best: the value to beat after each row (facts.py)."""
+    points = []
     for position, row in enumerate(rows):
-        value = row.get(metric)
+        value = facts.value(row, metric)
         status = row.get("status")
-        if value is None or status not in ("keep", "discard") or float(value) <= 0:
+        if value is None and status == "disturbed" and isinstance(row.get(metric), (int, float)):
+            value = float(row[metric])
+        if value is None:
             continue
-        value = float(value)
-        x = row.get("index", position)
-        points.append((x, value, status, str(row.get("description", ""))))
-        if status == "keep" and (best is None or _better(value, best, direction)):
-            best = value
-        if best is not None:
-            best_line.append((x, best))
-    return points, best_line
+        points.append((row.get("index", position), value, status, str(row.get("description", "")),
+                       row.get("role", "experiment")))
+    return points, facts.running_best(rows, metric)
 
 
 def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str = "lower",
                        width: float = 9.0, height: float = 4.0, dpi: int = 90,
                        title: str | None = None) -> bytes:
-    """PNG bytes of the chart: discarded grey, kept green, the running best as a step line,
-    kept changes labelled, crashes as red ticks on the x axis."""
+    """PNG bytes of the chart: discarded grey, kept green, disturbed hollow orange, the value to
+    beat as a step line, kept changes labelled, crashes as red ticks, segment starts dashed."""
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     points, best_line = progress_points(rows, metric, direction)
-    discarded = [(x, y) for x, y, s, _ in points if s == "discard"]
-    kept = [(x, y, d) for x, y, s, d in points if s == "keep"]
+    discarded = [(x, y) for x, y, s, _, _ in points if s == "discard"]
+    disturbed = [(x, y) for x, y, s, _, _ in points if s == "disturbed"]
+    kept = [(x, y, d if r == "experiment" else "") for x, y, s, d, r in points if s == "keep"]
     if discarded:
         ax.scatter(*zip(*discarded), s=18, color=DISCARDED, label="discarded", zorder=2)
+    if disturbed:
+        ax.scatter(*zip(*disturbed), s=22, facecolors="none", edgecolors=DISTURBED,
+                   label="disturbed (run again)", zorder=2)
     if kept:
         ax.scatter([x for x, _, _ in kept], [y for _, y, _ in kept], s=30, color=KEPT,
                    label="kept", zorder=3)
         for x, y, description in kept:
+            if not description:
+                continue
             label = description if len(description) <= 32 else description[:31] + "…"
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 6),
                         fontsize=7, color="#1d6b1d", rotation=20)
     if best_line:
         xs, ys = zip(*best_line)
-        ax.step(xs, ys, where="post", color=KEPT, linewidth=1.5, label="running best", zorder=1)
+        ax.step(xs, ys, where="post", color=KEPT, linewidth=1.5, label="best (mean of its runs)", zorder=1)
+    for start in facts.segment_starts(rows)[1:]:
+        ax.axvline(start["index"] - 0.5, color="#8250df", linestyle="--", linewidth=1)
+        ax.annotate(f"segment {start['segment']}", (start["index"] - 0.5, 1.0), xycoords=("data", "axes fraction"),
+                    fontsize=7, color="#8250df", xytext=(2, -10), textcoords="offset points")
     crashes = [row.get("index", i) for i, row in enumerate(rows)
                if row.get("status") in ("crash", "interrupted")]
     if crashes:
@@ -64,7 +70,8 @@ def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str
                 color=CRASHED, label="crashed", transform=ax.get_xaxis_transform(), clip_on=False)
     ax.set_xlabel("experiment")
     ax.set_ylabel(f"{metric} ({direction} is better)")
-    ax.set_title(title or f"{len(rows)} experiments, {len(kept)} kept", fontsize=10)
+    changes = sum(1 for _, _, d in kept if d)
+    ax.set_title(title or f"{len(rows)} runs, {changes} changes kept", fontsize=10)
     ax.grid(True, alpha=0.3)
     if points:
         ax.legend(loc="upper right", fontsize=8)

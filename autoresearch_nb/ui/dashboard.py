@@ -16,11 +16,11 @@ import ipywidgets as widgets
 from .chart import progress_chart_png
 from .diffview import diff_html
 from .loss_curve import loss_curve_png
-from .text import STATUS_WORDS, duration, header_lines, row_cells, summarize, table_line
+from .text import STATUS_WORDS, ablation_text, duration, header_lines, row_cells, summarize, table_line, verdict_text
 
 ENDED_STATES = ("stopped", "finished", "error")
 STATUS_COLOURS = {"keep": "#1a7f37", "discard": "#57606a", "crash": "#cf222e",
-                  "rejected": "#9a6700", "interrupted": "#cf222e"}
+                  "rejected": "#9a6700", "interrupted": "#cf222e", "disturbed": "#bc4c00"}
 # Monospace rows make the Select read as a table; a style tag is the one way to reach a
 # core widget's inner <select> without a custom widget (which Colab would not load).
 TABLE_STYLE = ("<style>.arnb-table select{font-family:ui-monospace,Menlo,Consolas,monospace;"
@@ -148,12 +148,13 @@ class Dashboard:
         self.table_header = widgets.HTML()
         self.detail = widgets.HTML(value=self._placeholder("Choose an experiment to see its "
                                                            "change, rationale and log."))
+        self.ablation = widgets.HTML()
         current = widgets.VBox([self.current_title, self.progress, self.progress_label, self.loss],
                                layout=widgets.Layout(min_width="330px"))
         self.widget = widgets.VBox(
             [self.title, self.header, widgets.HBox([self.chart, current]),
              widgets.HBox([self.stop_button, self.pause_button, self.message]),
-             widgets.HTML(TABLE_STYLE), self.table_header, self.table, self.detail])
+             widgets.HTML(TABLE_STYLE), self.table_header, self.table, self.ablation, self.detail])
         self.widget.add_class("arnb-dashboard")
 
     @staticmethod
@@ -213,12 +214,12 @@ class Dashboard:
                 self._render_state(state, message)
 
     def _render_header(self, rows: list[dict], info: dict, state: str) -> None:
-        facts = summarize(rows, info, self.metric, self.direction)
+        found = summarize(rows, info, self.metric, self.direction)
         lab = html.escape(str(info.get("lab") or ""))
         tag = html.escape(str(info.get("tag") or ""))
         title = "<b>autoresearch</b>" + (f" · {lab}" if lab else "") + (f" · {tag}" if tag else "")
         self.title.value = f'<div style="font-size:14px;">{title} · <i>{html.escape(state)}</i></div>'
-        lines = [html.escape(line) for line in header_lines(facts)]
+        lines = [html.escape(line) for line in header_lines(found)]
         self.header.value = '<div style="font-size:13px;line-height:1.5;">' + "<br>".join(lines) + "</div>"
 
     def _render_rows(self, rows: list[dict]) -> None:
@@ -235,9 +236,12 @@ class Dashboard:
             self.table.value = chosen if chosen in values else None
         finally:
             self._syncing_thread = None
-        kept = sum(1 for row in rows if row.get("status") == "keep")
+        table = ablation_text(rows, self.metric, self.direction)
+        self.ablation.value = (f'<pre style="font-size:12px;margin:4px 0;">{html.escape(table)}</pre>'
+                               if table else "")
+        kept = sum(1 for row in rows if row.get("status") == "keep" and row.get("role") == "experiment")
         self.table_header.value = (f'<div style="font-size:13px;margin-top:6px;"><b>Experiments</b>'
-                                   f' ({len(rows)}, {kept} kept) — latest first; choose one for its '
+                                   f' ({len(rows)} runs, {kept} changes kept) — latest first; choose one for its '
                                    f'diff, rationale and log</div>')
 
     def _render_current(self, current: dict | None, state: str) -> None:
@@ -354,10 +358,9 @@ def experiment_html(row: dict, diff: str, log_tail: str, metric: str = "val_bpb"
              f' · {html.escape(metric)} {html.escape(value)} · {html.escape(description)}</div>']
     if row.get("reason"):
         parts.append(f'<div style="font-size:12px;color:#57606a;">{html.escape(str(row["reason"]))}</div>')
-    judge = row.get("judge") or {}
-    if judge.get("decision"):
-        parts.append(f'<div style="font-size:12px;color:#57606a;">judge ({html.escape(str(judge.get("policy", "?")))}): '
-                     f'{html.escape(str(judge["decision"]))}</div>')
+    verdict = verdict_text(row.get("judge"))
+    if verdict:
+        parts.append(f'<div style="font-size:12px;color:#57606a;">{html.escape(verdict)}</div>')
     if row.get("rationale"):
         parts.append('<div style="font-size:12px;margin-top:4px;"><b>Rationale</b><br>'
                      + html.escape(str(row["rationale"])).replace("\n", "<br>") + "</div>")

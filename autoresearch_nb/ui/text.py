@@ -1,69 +1,24 @@
 """Plain-text views of a run (terminal IPython, `status`) and the header facts the dashboard shares."""
 from __future__ import annotations
 
-import time
+from .. import facts
+from ..facts import STATUSES
 
-from ..analysis import timestamp
-from ..ledger import RAN_STATUSES
-
-STATUSES = ("keep", "discard", "crash", "rejected", "interrupted")
 STATUS_WORDS = {"keep": "kept", "discard": "discarded", "crash": "crashed",
-                "rejected": "rejected", "interrupted": "interrupted"}
+                "rejected": "rejected", "interrupted": "interrupted", "disturbed": "disturbed"}
 
 
 def metric_of(row: dict, metric: str = "val_bpb") -> float | None:
     """The row's metric, or None when the experiment produced none (crash, rejected, 0.0)."""
-    value = row.get(metric)
-    if value is None or row.get("status") not in ("keep", "discard"):
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if value > 0 else None
+    return facts.value(row, metric)
 
 
-def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: str = "lower",
-              now: float | None = None) -> dict:
-    """Header facts from the ledger rows and the run_started data: counts, best, gain, pace."""
-    now = time.time() if now is None else now
-    counts = {status: 0 for status in STATUSES}
-    for row in rows:
-        if row.get("status") in counts:
-            counts[row["status"]] += 1
-    baseline = None
-    for row in rows:
-        if row.get("role") == "baseline" and metric_of(row, metric) is not None:
-            baseline = metric_of(row, metric)
-            break
-    # The loop's own rule: the latest kept row is the best (its score averages any confirm run).
-    kept = [row for row in rows if row.get("status") == "keep" and metric_of(row, metric) is not None]
-    best_row = kept[-1] if kept else None
-    best = float(best_row.get("score") or metric_of(best_row, metric)) if best_row else None
-    gain = gain_pct = None
-    if best is not None and baseline is not None:
-        gain = (baseline - best) if direction == "lower" else (best - baseline)
-        gain_pct = 100.0 * gain / baseline if baseline else None
-    cost = sum(float((row.get("usage") or {}).get("cost_usd") or 0.0) for row in rows)
-    # --max-experiments counts experiments that ran; rejected proposals cost no training time.
-    done = sum(1 for row in rows if row.get("status") in RAN_STATUSES)
-    working = sum(float((row.get("timings") or {}).get("total_s") or 0.0) for row in rows)
-    if not working:
-        started_at = timestamp(info.get("started_at"))
-        working = (now - started_at) if started_at else 0.0
-    # Under a minute of history the rate is noise, not a pace.
-    per_hour = done * 3600.0 / working if working >= 60 and done else None
-    eta_s = None
-    limit = info.get("max_experiments")
-    if limit and per_hour and done < int(limit):
-        eta_s = (int(limit) - done) * 3600.0 / per_hour
-    return {"agent": info.get("agent_label") or info.get("agent") or "",
-            "model": info.get("model"), "profile": info.get("profile"),
-            "device": info.get("device"), "done": done, "counts": counts,
-            "baseline": baseline, "best": best, "best_row": best_row, "gain": gain,
-            "gain_pct": gain_pct, "cost_usd": cost, "per_hour": per_hour, "eta_s": eta_s,
-            "metric": metric, "direction": direction, "max_experiments": limit,
-            "max_cost": info.get("max_cost")}
+def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: str = "lower") -> dict:
+    """The header's figures (facts.summary, computed once for every front end) and who runs on what."""
+    found = facts.summary(rows, info, metric, direction)
+    found.update(agent=info.get("agent_label") or info.get("agent") or "", model=info.get("model"),
+                 profile=info.get("profile"), device=info.get("device"), sandbox=info.get("sandbox"))
+    return found
 
 
 def duration(seconds: float | None) -> str:
@@ -83,44 +38,59 @@ def _profile_name(profile) -> str:
     return str(profile or "")
 
 
-def header_lines(facts: dict) -> list[str]:
-    """Three short lines: who runs on what, the tally, the best result and the pace."""
-    who = facts["agent"] or "agent"
-    if facts.get("model"):
-        who += f" ({facts['model']})"
-    profile, device = _profile_name(facts.get("profile")), str(facts.get("device") or "")
+def header_lines(found: dict) -> list[str]:
+    """Short lines: who runs on what, the tally, the values with their intervals, the pace."""
+    who = found["agent"] or "agent"
+    if found.get("model"):
+        who += f" ({found['model']})"
+    profile, device = _profile_name(found.get("profile")), str(found.get("device") or "")
     where = f"profile {profile}" if profile else ""
     if device and device != profile:
         where = f"{where} on {device}" if where else device
-    counts = facts["counts"]
+    if found.get("sandbox"):
+        where += f" · sandbox: {found['sandbox']}"
+    counts = found["counts"]
     tally = ", ".join(f"{counts[s]} {STATUS_WORDS[s]}" for s in STATUSES
-                      if counts[s] or s in ("keep", "discard", "crash"))
-    of_limit = f"/{facts['max_experiments']}" if facts.get("max_experiments") else ""
-    metric = facts["metric"]
-    if facts["best"] is None:
-        best = f"best {metric}: -"
+                      if counts.get(s) or s in ("keep", "discard", "crash"))
+    of_limit = f"/{found['max_experiments']}" if found.get("max_experiments") else ""
+    lines = [f"{who}" + (f" · {where}" if where else ""),
+             f"{found['done']}{of_limit} runs, {found['changes']} changes kept: {tally}"]
+    metric, best, base = found["metric"], found["best"], found["baseline"]
+    if best is None:
+        lines.append(f"best {metric}: -")
     else:
-        best = f"best {metric} {facts['best']:.6f}"
-        if facts["gain"] is not None and facts["baseline"] is not None:
-            pct = f", {facts['gain_pct']:+.2f}%" if facts["gain_pct"] is not None else ""
-            best += f" (gain {facts['gain']:+.6f}{pct} over baseline {facts['baseline']:.6f})"
+        line = f"best {metric} {best.text()}"
+        if found["gain"] is not None and base is not None:
+            spread = f" ± {found['gain_half_width']:.4f}" if found.get("gain_half_width") is not None else ""
+            pct = f", {found['gain_pct']:+.2f}%" if found["gain_pct"] is not None else ""
+            line += f" · gain {found['gain']:+.4f}{spread}{pct} over baseline {base.text()}"
+        lines.append(line)
     pace = []
-    if facts["per_hour"] is not None:
-        pace.append(f"{facts['per_hour']:.1f} experiments/h")
-    pace.append(f"cost ${facts['cost_usd']:.2f}")
-    if facts["eta_s"] is not None:
-        pace.append(f"ETA {duration(facts['eta_s'])}")
-    return [f"{who}" + (f" · {where}" if where else ""),
-            f"{facts['done']}{of_limit} experiments: {tally}",
-            f"{best} · " + " · ".join(pace)]
+    noise = found.get("noise")
+    if noise is not None and noise.usable is not None:
+        pace.append(f"noise σ {noise.usable:.4f} ({noise.pairs} pairs)")
+    if found["per_hour"] is not None:
+        pace.append(f"{found['per_hour']:.1f} runs/h")
+    pace.append(f"cost ${found['cost_usd']:.2f}")
+    if found["eta_s"] is not None:
+        pace.append(f"ETA {duration(found['eta_s'])}")
+    if found.get("segments", 1) > 1:
+        pace.append(f"segment {found['segment']} since #{found['segment_start']} (earlier numbers not compared)")
+    lines.append(" · ".join(pace))
+    return lines
 
 
 def row_cells(row: dict, metric: str = "val_bpb") -> tuple[str, str, str, str]:
-    """(number, status, metric, description) as the table shows them."""
+    """(number, status, metric, description) as the table shows them; a disturbed run shows its
+    number, which was not judged."""
     value = metric_of(row, metric)
     status = row.get("status", "?")
+    if status == "disturbed" and isinstance(row.get(metric), (int, float)):
+        value = float(row[metric])
     if status in ("crash", "rejected") and row.get("kind"):
         status = f"{status}:{row['kind']}"
+    elif row.get("role") not in (None, "experiment") and status in ("keep", "discard"):
+        status = f"{status}:{row['role']}"
     shown = f"{value:.6f}" if value is not None else "-"
     description = " ".join(str(row.get("description", "")).split())
     return str(row.get("index", "?")), status, shown, description
@@ -137,7 +107,13 @@ def table_lines(rows: list[dict], metric: str = "val_bpb", limit: int | None = 2
     latest = list(reversed(rows))
     shown = latest if limit is None else latest[:limit]
     lines = [f"{'#':>4}  {'status':<18} {metric:>10}  description"]
-    lines += [table_line(row, metric) for row in shown]
+    starts = {start["index"]: start for start in facts.segment_starts(rows) if start["segment"]}
+    for row in shown:
+        lines.append(table_line(row, metric))
+        if row.get("index") in starts:  # latest first: a segment's start line goes below its first row
+            start = starts[row["index"]]
+            lines.append(f"  ── segment {start['segment']} starts (conditions changed: "
+                         f"{start['reason'] or 'see the rows'}); earlier numbers are not compared ──")
     if limit is not None and len(latest) > limit:
         lines.append(f"  … {len(latest) - limit} earlier experiments")
     return lines
@@ -158,8 +134,7 @@ def status_text(snapshot: dict, metric: str = "val_bpb", direction: str = "lower
     """The whole run as text: header, state, current experiment, table."""
     header = snapshot.get("header") or {}
     rows = snapshot.get("rows") or []
-    facts = summarize(rows, header, metric, direction)
-    lines = header_lines(facts)
+    lines = header_lines(summarize(rows, header, metric, direction))
     if header.get("lab"):
         tag = f" · run {header['tag']}" if header.get("tag") else ""
         lines.insert(0, f"lab {header['lab']}{tag}")
@@ -181,19 +156,52 @@ def experiment_text(row: dict, diff: str = "", log_tail: str = "", metric: str =
              f" · commit {str(row.get('commit') or '-')[:10]}"]
     if row.get("reason"):
         lines.append(f"reason: {row['reason']}")
-    judge = row.get("judge") or {}
-    if judge.get("decision"):
-        lines.append(f"judge ({judge.get('policy', '?')}): {judge['decision']}"
-                     + (f", delta {judge['delta']:+.6f}" if isinstance(judge.get("delta"), (int, float)) else "")
-                     + (f", noise {judge['noise']:.6f}" if isinstance(judge.get("noise"), (int, float)) else ""))
-    facts = [f"{key} {row[key]}" for key in ("training_seconds", "num_steps", "memory_gb",
-                                             "num_params_M") if row.get(key) is not None]
-    if facts:
-        lines.append(" · ".join(facts))
+    verdict = verdict_text(row.get("judge"))
+    if verdict:
+        lines.append(verdict)
+    measured = [f"{key} {row[key]}" for key in ("training_seconds", "num_steps", "memory_gb",
+                                                "num_params_M") if row.get(key) is not None]
+    if measured:
+        lines.append(" · ".join(measured))
     if row.get("rationale"):
         lines += ["", "rationale:", str(row["rationale"]).strip()]
     if diff:
         lines += ["", "diff:", diff.rstrip()]
     if log_tail:
         lines += ["", "log tail:", log_tail.rstrip()]
+    return "\n".join(lines)
+
+
+def verdict_text(judge: dict | None) -> str:
+    """A verdict as one line: decision, the gain of the means, how clear it was, on what runs."""
+    judge = judge or {}
+    if not judge.get("decision"):
+        return ""
+    parts = [f"judge ({judge.get('policy', '?')}): {judge['decision']}"]
+    if isinstance(judge.get("gain"), (int, float)):
+        parts.append(f"gain {judge['gain']:+.6f}")
+    if isinstance(judge.get("z"), (int, float)):
+        parts.append(f"{judge['z']:.1f} standard errors (keep at {judge.get('threshold')})")
+    if judge.get("runs"):
+        parts.append(f"{judge['runs']} run(s) against {judge.get('against')} of the best")
+    noise = judge.get("noise") or {}
+    if isinstance(noise, dict) and isinstance(noise.get("usable"), (int, float)):
+        parts.append(f"noise σ {noise['usable']:.6f}")
+    return ", ".join(parts)
+
+
+def ablation_text(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> str:
+    """The ablation table (facts.ablation_table) as text; "" when there is none."""
+    table = facts.ablation_table(rows, metric, direction)
+    if not table:
+        return ""
+    lines = [f"ablation: the best without each kept change (contribution = {metric} without it - "
+             "with it, signed so positive means it helps)"]
+    for entry in table:
+        head = f"  #{entry['index']:<4} {entry['description'][:48]:<48}"
+        if entry["contribution"] is None:
+            lines.append(f"{head}  {entry['verdict']}")
+            continue
+        spread = f" ± {entry['half_width']:.4f}" if entry["half_width"] is not None else ""
+        lines.append(f"{head}  {entry['contribution']:+.4f}{spread} ({entry['without']['runs']} runs)  {entry['verdict']}")
     return "\n".join(lines)

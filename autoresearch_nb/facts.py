@@ -1,0 +1,302 @@
+"""What the ledger's rows mean: baseline, best, value to beat, gains with intervals, counts, pace.
+
+The one home of these facts: the loop, the session, the CLI, the dashboard, the chart, the
+export and the analysis notebook all read them from here, so they never disagree.
+
+Rows are grouped by comparison segment (a change of conditions starts a new one; numbers from
+different segments are never compared) and, inside a segment, by code (the commit that ran).
+A clean run is one that produced the metric and was judged: status keep or discard. A code's
+value is the mean of its clean runs in the segment, with an interval (see judge.py).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .judge import Estimate, Noise, estimate, estimate_noise, gain_interval
+from .ledger import RAN_STATUSES
+
+CLEAN_STATUSES = ("keep", "discard")
+STATUSES = ("keep", "discard", "crash", "rejected", "interrupted", "disturbed")
+MEASUREMENT_ROLES = ("baseline", "noise", "confirm", "remeasure", "ablation")
+MIN_PACE_SECONDS = 60.0   # under a minute of history a rate is noise, not a pace
+
+
+def value(row: dict, metric: str = "val_bpb") -> float | None:
+    """The row's metric if it is a clean run (crash rows in results.tsv carry 0.000000)."""
+    if row.get("status") not in CLEAN_STATUSES:
+        return None
+    raw = row.get(metric)
+    try:
+        number = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return number if number == number and number != 0.0 else None
+
+
+def segment_of(row: dict) -> int:
+    return int(row.get("segment") or 0)
+
+
+def current_segment(rows: list[dict]) -> int:
+    return max((segment_of(r) for r in rows), default=0)
+
+
+def code_of(row: dict) -> str:
+    """What identifies the code a row ran: its commit (a row without one is code of its own)."""
+    return str(row.get("commit") or f"row@{id(row)}")
+
+
+def code_runs(rows: list[dict], segment: int, metric: str = "val_bpb") -> dict[str, list[float]]:
+    """Clean values of each code in a segment, in order."""
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        number = value(row, metric)
+        if number is not None and segment_of(row) == segment:
+            groups.setdefault(code_of(row), []).append(number)
+    return groups
+
+
+def noise(rows: list[dict], segment: int | None = None, metric: str = "val_bpb",
+          pending: list[float] | None = None) -> Noise:
+    """The single-run spread of identical code in a segment (the current one by default);
+    `pending`: the runs of a candidate still being judged, not yet in the ledger."""
+    segment = current_segment(rows) if segment is None else segment
+    groups = list(code_runs(rows, segment, metric).values()) + ([pending] if pending else [])
+    scale = groups[0][0] if groups else None  # the floor is relative to the metric's size
+    return estimate_noise(groups, scale)
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The row that made the current best: the last kept baseline or change (the branch's head)."""
+    return next((r for r in reversed(rows) if r.get("status") == "keep"
+                 and r.get("role", "experiment") in ("baseline", "experiment")), None)
+
+
+def code_value(rows: list[dict], code: str, segment: int | None = None, metric: str = "val_bpb",
+               upto: int | None = None) -> Estimate | None:
+    """A code's value in a segment: the mean of its clean runs (rows before `upto` only)."""
+    segment = current_segment(rows) if segment is None else segment
+    shown = rows if upto is None else [r for r in rows if (r.get("index") or 0) < upto]
+    values = code_runs(shown, segment, metric).get(code, [])
+    return estimate(values, noise(shown, segment, metric))
+
+
+def value_to_beat(rows: list[dict], metric: str = "val_bpb") -> Estimate | None:
+    """The current best code's value in the current segment (None until it has a clean run)."""
+    best = best_row(rows)
+    if best is None:
+        return None
+    return code_value(rows, code_of(best), None, metric)
+
+
+def baseline(rows: list[dict], segment: int | None = None, metric: str = "val_bpb") -> Estimate | None:
+    """The value of the code a segment started from (experiment 0's code for the first one)."""
+    segment = current_segment(rows) if segment is None else segment
+    first = next((r for r in rows if segment_of(r) == segment and value(r, metric) is not None
+                  and r.get("role", "baseline") == "baseline"), None)
+    if first is None:
+        first = next((r for r in rows if segment_of(r) == segment and value(r, metric) is not None), None)
+    return code_value(rows, code_of(first), segment, metric) if first else None
+
+
+def segment_starts(rows: list[dict]) -> list[dict]:
+    """Where each segment starts: {segment, index, conditions, reason}."""
+    starts, seen = [], set()
+    for row in rows:
+        segment = segment_of(row)
+        if segment not in seen:
+            seen.add(segment)
+            starts.append({"segment": segment, "index": row.get("index"),
+                           "conditions": row.get("conditions") or {}, "reason": row.get("segment_reason", "")})
+    return starts
+
+
+@dataclass
+class Change:
+    """A kept change: its value and its parent's, both in the segment it was judged in."""
+
+    index: int
+    description: str
+    rationale: str
+    commit: str
+    parent: str
+    segment: int
+    value: Estimate
+    before: Estimate | None
+    gain: float | None
+    half_width: float | None
+    verdict: dict
+
+    @property
+    def holds(self) -> bool | None:
+        """Does the gain's interval stand clear of zero (None: unknown noise)?"""
+        if self.gain is None or self.half_width is None:
+            return None
+        return self.gain - self.half_width > 0
+
+    def record(self) -> dict:
+        return {"index": self.index, "description": self.description, "rationale": self.rationale,
+                "commit": self.commit, "parent": self.parent, "segment": self.segment,
+                "value": self.value.record(), "before": self.before.record() if self.before else None,
+                "gain": None if self.gain is None else round(self.gain, 6),
+                "half_width": None if self.half_width is None else round(self.half_width, 6),
+                "holds": self.holds, "judge": self.verdict}
+
+
+def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> list[Change]:
+    """Each kept change in order, its gain the difference of the means of its code and its parent's."""
+    changes = []
+    first = next((r for r in rows if value(r, metric) is not None), None)
+    for position, row in enumerate(rows):
+        if row.get("status") != "keep" or value(row, metric) is None:
+            continue
+        if row.get("role", "baseline" if row is first else "experiment") != "experiment":
+            continue  # the baseline and re-runs of judged code are measurements, not changes
+        segment = segment_of(row)
+        groups = code_runs(rows, segment, metric)
+        mine = groups.get(code_of(row), [])
+        parent = _parent_code(rows, position)
+        theirs = groups.get(parent, []) if parent else []
+        spread = noise(rows, segment, metric)
+        gain = half = None
+        if theirs:
+            gain, half = gain_interval(mine, theirs, spread, direction)
+        changes.append(Change(row.get("index", position), row.get("description", ""), row.get("rationale", ""),
+                              code_of(row), parent or "", segment, estimate(mine, spread),
+                              estimate(theirs, spread), gain, half, row.get("judge") or {}))
+    return changes
+
+
+def _parent_code(rows: list[dict], position: int) -> str | None:
+    """The code a change was judged against: its recorded parent, else the best before it."""
+    row = rows[position]
+    if row.get("parent"):
+        return str(row["parent"])
+    before = best_row(rows[:position])
+    return code_of(before) if before else None
+
+
+def counts(rows: list[dict]) -> dict[str, int]:
+    tally = {status: 0 for status in STATUSES}
+    for row in rows:
+        status = row.get("status", "rejected")
+        tally[status] = tally.get(status, 0) + 1
+    return tally
+
+
+def ran(rows: list[dict]) -> int:
+    """Rows that used training time: what --max-experiments counts."""
+    return sum(1 for r in rows if r.get("status") in RAN_STATUSES)
+
+
+def active_seconds(rows: list[dict]) -> float:
+    """Wall time the run was working: the union of its rows' [started, finished] spans, so
+    stops between sessions do not count and runs that overlap are not counted twice."""
+    from .analysis import timestamp
+
+    spans = []
+    for row in rows:
+        start, end = timestamp(row.get("started_at")), timestamp(row.get("finished_at"))
+        if start is not None and end is not None and end >= start:
+            spans.append((start, end))
+    total, reach = 0.0, None
+    for start, end in sorted(spans):
+        if reach is None or start > reach:
+            total += end - start
+            reach = end
+        elif end > reach:
+            total += end - reach
+            reach = end
+    return total
+
+
+def pace(rows: list[dict], max_experiments: int | None = None) -> tuple[float | None, float | None]:
+    """(experiments per hour, seconds left until --max-experiments) from the active time."""
+    done, working = ran(rows), active_seconds(rows)
+    if working < MIN_PACE_SECONDS or not done:
+        return None, None
+    per_hour = done * 3600.0 / working
+    eta = (max_experiments - done) * 3600.0 / per_hour if max_experiments and done < max_experiments else None
+    return per_hour, eta
+
+
+def running_best(rows: list[dict], metric: str = "val_bpb") -> list[tuple[int, float]]:
+    """(index, value to beat) after each row that had one: the chart's running best."""
+    points, seen = [], []
+    for row in rows:
+        seen.append(row)
+        if row.get("status") not in RAN_STATUSES:
+            continue
+        current = value_to_beat(seen, metric)
+        if current is not None:
+            points.append((row.get("index"), current.mean))
+    return points
+
+
+def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb", direction: str = "lower") -> dict:
+    """Every figure a header shows, computed once: counts, baseline, best, gain, pace, cost."""
+    info = info or {}
+    segment = current_segment(rows)
+    start, best = baseline(rows, segment, metric), value_to_beat(rows, metric)
+    gain = half = None
+    if start is not None and best is not None:
+        groups = code_runs(rows, segment, metric)
+        first = next((r for r in rows if segment_of(r) == segment and value(r, metric) is not None
+                      and r.get("role", "baseline") == "baseline"), None)
+        base_values = groups.get(code_of(first), []) if first else []
+        best_values = groups.get(code_of(best_row(rows)), [])
+        if base_values and best_values:
+            gain, half = gain_interval(best_values, base_values, noise(rows, segment, metric), direction)
+    per_hour, eta = pace(rows, info.get("max_experiments"))
+    cost = sum(float((r.get("usage") or {}).get("cost_usd") or 0.0) for r in rows)
+    spread = noise(rows, segment, metric)
+    starts = segment_starts(rows)
+    return {"metric": metric, "direction": direction, "counts": counts(rows), "done": ran(rows),
+            "baseline": start, "best": best, "best_row": best_row(rows), "gain": gain, "gain_half_width": half,
+            "gain_pct": 100.0 * gain / start.mean if gain is not None and start and start.mean else None,
+            "noise": spread, "segment": segment, "segment_start": starts[-1]["index"] if starts else None,
+            "segments": len(starts), "per_hour": per_hour, "eta_s": eta, "cost_usd": cost,
+            "max_experiments": info.get("max_experiments"), "max_cost": info.get("max_cost"),
+            "changes": sum(1 for r in rows if r.get("status") == "keep" and r.get("role", "experiment") == "experiment"),
+            "now": time.time()}
+
+
+def ablation_table(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> list[dict]:
+    """For each kept change with ablation runs in the current segment: the best without it, and
+    its contribution now, mean(without) - mean(best) signed so positive means it still helps."""
+    segment = current_segment(rows)
+    groups = code_runs(rows, segment, metric)
+    best = best_row(rows)
+    best_values = groups.get(code_of(best), []) if best else []
+    spread = noise(rows, segment, metric)
+    table = []
+    for change in rows:
+        if change.get("status") != "keep" or change.get("role") != "experiment":
+            continue
+        runs = [r for r in rows if r.get("role") == "ablation" and r.get("ablates") == change.get("index")
+                and segment_of(r) == segment]
+        if not runs:
+            continue
+        entry = {"index": change.get("index"), "description": change.get("description", ""),
+                 "without": None, "contribution": None, "half_width": None, "verdict": ""}
+        refused = next((r for r in runs if r.get("kind") == "no_revert"), None)
+        values = [v for r in runs if (v := value(r, metric)) is not None]
+        if refused is not None:
+            entry["verdict"] = refused.get("reason", "does not revert cleanly")
+        elif values and best_values:
+            contribution, half = gain_interval(best_values, values, spread, direction)
+            entry.update(without=estimate(values, spread).record(), contribution=round(contribution, 6),
+                         half_width=None if half is None else round(half, 6))
+            if half is None:
+                entry["verdict"] = "noise unknown"
+            elif contribution - half > 0:
+                entry["verdict"] = "still helps"
+            elif contribution + half < 0:
+                entry["verdict"] = "hurts now: the best is better without it"
+            else:
+                entry["verdict"] = "no longer helps clearly: its contribution is within the noise"
+        else:
+            entry["verdict"] = "no clean run yet"
+        table.append(entry)
+    return table

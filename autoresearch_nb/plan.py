@@ -1,0 +1,62 @@
+"""What to run next and how a candidate's runs are judged, from the ledger's rows; pure functions.
+
+The loop asks `next_measurement` before each proposal: the segment's baseline and its repeats
+(the first identical-code pairs of the noise estimate), a re-measurement of the best when it
+has a single clean run in the segment (a value to beat is never one lucky run), and one every
+REMEASURE_EVERY experiments (drift, and more pairs for the noise estimate). `verdict` judges a
+candidate from its runs so far against the best's runs. benchmarks/judge_power.py drives these
+same functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import facts
+from .judge import Verdict, decide
+
+REMEASURE_EVERY = 20
+MAX_DISTURBED_RERUNS = 2     # a run disturbed again after this many re-runs is judged as it is
+CANDIDATE_ROLES = ("experiment", "confirm")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A run of code already on the branch (the best), not of a new proposal."""
+
+    role: str            # baseline | noise | remeasure
+    description: str
+
+
+def next_measurement(rows: list[dict], segment: int, policy: str = "noise", noise_runs: int = 2,
+                     every: int = REMEASURE_EVERY, metric: str = "val_bpb") -> Measurement | None:
+    """The measurement due before the next proposal in `segment`, or None."""
+    best = facts.best_row(rows)
+    runs = facts.code_runs(rows, segment, metric).get(facts.code_of(best), []) if best else []
+    if not runs:
+        if best is None:
+            return Measurement("baseline", "baseline")
+        return Measurement("baseline", f"baseline of segment {segment}: the best so far "
+                                       f"(#{best.get('index')}) under the new conditions")
+    if policy != "noise":
+        return None
+    in_segment = [r for r in rows if facts.segment_of(r) == segment]
+    experiments = [r for r in in_segment if r.get("role") in CANDIDATE_ROLES and r.get("status") in facts.RAN_STATUSES]
+    if not experiments and len(runs) < 1 + noise_runs:
+        return Measurement("noise", f"baseline repeat {len(runs)} of {noise_runs} (noise estimate)")
+    if len(runs) < 2:
+        return Measurement("remeasure", f"re-measure the best (#{best.get('index')}): one run is not a value")
+    code = facts.code_of(best)
+    last = max((i for i, r in enumerate(in_segment) if facts.code_of(r) == code and facts.value(r, metric) is not None),
+               default=-1)
+    since = sum(1 for r in in_segment[last + 1:] if r.get("role") == "experiment"
+                and r.get("status") in facts.RAN_STATUSES)
+    if since >= every:
+        return Measurement("remeasure", f"re-measure the best (#{best.get('index')}) after {since} experiments")
+    return None
+
+
+def verdict(rows: list[dict], segment: int, candidate: list[float], policy: str = "noise",
+            direction: str = "lower", metric: str = "val_bpb") -> Verdict:
+    """Judge a candidate's clean runs so far (not yet in the ledger) against the best's runs."""
+    best = facts.code_runs(rows, segment, metric).get(facts.code_of(facts.best_row(rows)), [])
+    return decide(candidate, best, facts.noise(rows, segment, metric, pending=candidate), policy, direction)

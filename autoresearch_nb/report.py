@@ -1,0 +1,186 @@
+"""How a results notebook shows a record: Markdown summaries and tables (HTML and plain text)."""
+from __future__ import annotations
+
+import html
+
+from . import facts
+from .analysis import (duration, metric_of, profile_name, row_seconds, status_counts, time_and_money,
+                       value_of, wall_time)
+
+
+def rich(html_text: str, plain: str) -> dict:
+    """A display bundle with HTML for notebooks and plain text for everything else."""
+    return {"text/html": html_text, "text/plain": plain}
+
+
+def diff_display(diff: str) -> dict:
+    """A unified diff highlighted as the dashboard shows it (inline styles survive GitHub,
+    nbviewer and Colab), with the plain diff for everything else."""
+    from .ui.diffview import diff_html
+
+    return rich(diff_html(diff or "", max_height="none"), diff or "no changes")
+
+
+def table_display(headers: list[str], cells: list[list[str]]) -> dict:
+    """A plain table as HTML and as aligned text."""
+    head = "".join(f"<th style='text-align:left'>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td style='text-align:left'>{html.escape(str(c))}</td>"
+                                     for c in row) + "</tr>" for row in cells)
+    widths = [max([len(h)] + [len(str(row[i])) for row in cells]) for i, h in enumerate(headers)]
+    text = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
+    text += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in cells]
+    return rich(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>",
+                "\n".join(text))
+
+
+def number(value, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def experiments_table(record: dict) -> dict:
+    """Every run: index, status, role, metric, Δ against the value to beat before it, description."""
+    metric, _ = metric_of(record)
+    rows = record.get("rows") or []
+    best_after = dict(facts.running_best(rows, metric))
+    cells, best = [], None
+    for position, row in enumerate(rows):
+        value = value_of(row, metric)
+        if value is None and row.get("status") == "disturbed" and isinstance(row.get(metric), (int, float)):
+            value = float(row[metric])
+        delta = "" if value is None or best is None else f"{value - best:+.6f}"
+        best = best_after.get(row.get("index"), best)
+        usage, seconds = row.get("usage") or {}, row_seconds(row)
+        cells.append([row.get("index", position), row.get("status", ""), row.get("role") or "",
+                      number(value), delta, row.get("memory_gb", "") or "", row.get("kind") or "",
+                      "" if seconds is None else f"{float(seconds):.0f}",
+                      f"{float(usage['cost_usd']):.4f}" if usage.get("cost_usd") else "",
+                      row.get("description", "")])
+    return table_display(["#", "status", "role", metric, "Δ vs best", "memory_gb", "kind", "seconds",
+                          "cost $", "description"], cells)
+
+
+def kept_table(changes: list[dict]) -> dict:
+    """Kept changes: the gain of the means with its 95% interval, and the runs behind each side."""
+    def holds(change):
+        return {True: "yes", False: "no: within the noise now", None: ""}[change.get("holds")]
+
+    return table_display(["#", "gain", "± (95%)", "gain %", "before (runs)", "after (runs)", "clear of noise",
+                          "description"],
+                         [[c["index"], number(c["gain"]), number(c.get("half_width")),
+                           "" if c["gain_pct"] is None else f"{c['gain_pct']:.2f}",
+                           f"{number(c['before'])} ({c.get('before_runs') or '-'})",
+                           f"{number(c['value'])} ({c.get('value_runs') or '-'})", holds(c), c["description"]]
+                          for c in changes])
+
+
+def ablation_display(record: dict) -> dict:
+    """The ablation table (facts.ablation_table): each kept change's contribution to the best now."""
+    metric, direction = metric_of(record)
+    table = facts.ablation_table(record.get("rows") or [], metric, direction)
+    return table_display(["#", "change", "best without it", "contribution", "± (95%)", "verdict"],
+                         [[t["index"], t["description"], number((t["without"] or {}).get("mean")),
+                           number(t["contribution"]), number(t["half_width"]), t["verdict"]] for t in table])
+
+
+def crash_table(groups: list[dict]) -> dict:
+    return table_display(["status", "kind", "count", "experiments", "last reason"],
+                         [[g["status"], g["kind"], g["count"],
+                           ", ".join(str(i) for i in g["indexes"]), g["example"][:100]]
+                          for g in groups])
+
+
+def time_table(spent: dict, kept: int = 0) -> dict:
+    """Seconds by phase and by outcome, with shares of the total, then tokens and dollars."""
+    phases = [("agent proposing", spent["propose_s"]), ("training and evaluation", spent["run_s"]),
+              ("judging", spent["judge_s"])]
+    total = max(spent["total_s"], sum(seconds for _, seconds in phases)) or 1.0
+    phases.append(("the harness (git, checks, records)",
+                   max(0.0, total - sum(seconds for _, seconds in phases))))
+
+    def share(seconds: float) -> str:
+        return f"{100 * seconds / total:.0f}%"
+
+    lines = [[f"phase: {name}", duration(seconds), share(seconds)] for name, seconds in phases]
+    lines += [[f"outcome: {status}", duration(seconds), share(seconds)]
+              for status, seconds in sorted(spent["by_status"].items(), key=lambda i: -i[1])]
+    tokens = spent["tokens"]
+    lines.append(["tokens in / out", f"{tokens['input_tokens']:,} / {tokens['output_tokens']:,}",
+                  ""])
+    lines.append(["cost", f"${spent['cost_usd']:.4f}",
+                  f"${spent['cost_usd'] / kept:.4f} per kept change" if kept else ""])
+    return table_display(["where", "spent", "share"], lines)
+
+
+def summary_markdown(record: dict) -> str:
+    """The results at a glance, as Markdown; every figure from facts.summary."""
+    rows = record.get("rows") or []
+    metric, direction = metric_of(record)
+    run, config = record.get("run") or {}, record.get("config") or {}
+    counts = status_counts(rows)
+    found = facts.summary(rows, run, metric, direction)
+    money = time_and_money(rows)
+    agent = run.get("agent_label") or run.get("agent") or "unknown"
+    model = run.get("model")
+    budget = run.get("budget") or config.get("budget")
+    budget = (f"{float(budget):g} s of training per experiment" if budget is not None
+              else "unknown" if record.get("source") == "results.tsv"
+              else "the hardware profile's training time per experiment")
+    lines = [f"- **Lab**: `{record.get('lab', '')}`"
+             + (f", branch `autoresearch/{run['tag']}`" if run.get("tag") else "")
+             + f" (source: {record.get('source', 'lab')})",
+             f"- **Hardware**: {run.get('device') or 'unknown'}; profile "
+             f"`{profile_name(run.get('profile') or config.get('profile')) or 'unknown'}`"
+             + (f"; sandbox: {run['sandbox']}" if run.get("sandbox") else ""),
+             f"- **Agent**: {agent}" + (f", model `{model}`" if model else ""),
+             f"- **Budget**: {budget}"
+             + (f"; policy `{run['policy']}`" if run.get("policy") else "")
+             + (f"; at most {run['max_experiments']} experiments"
+                if run.get("max_experiments") else ""),
+             f"- **Runs**: {len(rows)}, {found['changes']} changes kept"
+             + (" — " + ", ".join(f"{count} {status}" for status, count in counts.items()
+                                  if count) if rows else " (no run yet)")]
+    best, base = found["best"], found["baseline"]
+    if best is not None and base is not None:
+        spread = f" ± {found['gain_half_width']:.6f}" if found["gain_half_width"] is not None else ""
+        lines.append(f"- **{metric}** ({direction} is better; each value the mean of its code's runs, "
+                     f"± a 95% interval): baseline {base.text()} → best {best.text()} "
+                     f"(#{found['best_row'].get('index')}), gain {found['gain']:+.6f}{spread}"
+                     + (f" ({found['gain_pct']:.2f}%)" if found["gain_pct"] is not None else ""))
+    else:
+        lines.append(f"- **{metric}**: no successful run yet")
+    noise = found["noise"]
+    if noise.usable is not None:
+        lines.append(f"- **Noise**: one run of identical code varies by σ ≈ {noise.usable:.6f} "
+                     f"({noise.pairs} identical-code pairs)")
+    if found["segments"] > 1:
+        starts = facts.segment_starts(rows)[1:]
+        lines.append("- **Segments**: conditions changed at " + "; ".join(
+            f"#{s['index']} ({s['reason'] or 'see the rows'})" for s in starts)
+                     + "; the figures above are the last segment's, numbers are never compared across segments")
+    lines.append(f"- **Wall time**: {duration(wall_time(record))}")
+    cost = money["cost_usd"]
+    lines.append(f"- **Cost**: ${cost:.2f}" if cost >= 1 or not cost else f"- **Cost**: ${cost:.4f}"
+                 + (f" ({money['tokens']['input_tokens']:,} input / "
+                    f"{money['tokens']['output_tokens']:,} output tokens)"
+                    if money["tokens"]["input_tokens"] else ""))
+    inflight = record.get("inflight")
+    if inflight:
+        lines.append(f"- **Still running** at export ({record.get('exported_at')}): "
+                     f"{progress_note(record)}")
+    return "\n".join(lines)
+
+
+def progress_note(record: dict) -> str:
+    """How far a run that is still going had got."""
+    rows, run = record.get("rows") or [], record.get("run") or {}
+    inflight = record.get("inflight") or {}
+    done = f"{len(rows)} experiment{'' if len(rows) == 1 else 's'} finished"
+    if run.get("max_experiments"):
+        done += f" of at most {run['max_experiments']}"
+    current = inflight.get("index")
+    if current is None:
+        return done
+    what = inflight.get("description") or inflight.get("role") or ""
+    phase = f" ({inflight['phase']} phase)" if inflight.get("phase") else ""
+    return (done + f"; experiment #{current} was under way{phase}"
+            + (f": {what}" if what else ""))
