@@ -155,7 +155,7 @@ class AutoresearchMagics(Magics):
                              budget=args.budget, max_experiments=args.max_experiments,
                              tag=args.tag, policy=args.policy, max_cost=args.max_cost,
                              resume=args.resume, base_url=args.base_url,
-                             command=args.agent_command)
+                             command=args.agent_command, agent_timeout=args.agent_timeout)
         session = Session(options)
         dashboard = unsubscribe = None
         if self.frontend != "terminal":
