@@ -15,6 +15,7 @@ from autoresearch_nb.agents.command import CommandAgent, build_prompt
 from autoresearch_nb.agents.scratch_lab import ScratchLab
 from autoresearch_nb.describe import describe_change
 from autoresearch_nb.errors import LabError
+from autoresearch_nb.progress import result_line
 from servers import PREPARE_PY, TRAIN_PY, git, make_lab
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,6 +104,10 @@ def test_status_lines_never_become_the_description_the_diff_does(tmp_path):
     """, name="marked.py")
     proposal = CommandAgent(marked, timeout=60).propose(context)
     assert (proposal.description, proposal.rationale) == ("one more layer", "the model underfits")
+    # Long statements are cut between words, short enough for results.tsv and the journal.
+    long = stated_description("word " * 100 + "\n" + "reason " * 200, "")
+    assert len(long[0]) <= 160 and long[0].endswith("word…")
+    assert len(long[1]) <= 500 and long[1].endswith("reason…")
 
 
 def test_side_files_are_discarded_and_listed_and_a_locked_edit_is_refused(tmp_path):
@@ -216,6 +221,10 @@ def test_no_change_twice_in_a_row_puts_the_output_tail_in_the_reason(tmp_path):
     assert second.value.reason.endswith(
         "Model: local/qwen / I am not sure what to change; the file looks fine.")
     assert not second.value.fatal
+    # `autoresearch-nb status` shows it: the row's line keeps the reason's end.
+    row = {"index": 3, "status": "rejected", "kind": "agent", "description": "(no proposal)",
+           "reason": second.value.reason}
+    assert result_line(row, None).endswith("the file looks fine.]")
 
 
 def test_output_that_reads_like_an_outage_is_fatal_with_the_cli_text(tmp_path):

@@ -6,7 +6,7 @@ import re
 import shlex
 
 MAX_DESCRIPTION_CHARS = 160
-MAX_RATIONALE_CHARS = 2000
+MAX_RATIONALE_CHARS = 500   # the journal keeps this much of a hypothesis
 TAIL_LINES = 8
 TAIL_CHARS = 600
 OUTAGE_SCAN_LINES = 60
@@ -65,7 +65,14 @@ def stated_description(file_text: str, output: str) -> tuple[str, str]:
         marked = _marked(output)
     description = _usable(marked.get("DESCRIPTION", ""))
     rationale = " ".join(marked.get("RATIONALE", "").split()) if description else ""
-    return description[:MAX_DESCRIPTION_CHARS], rationale[:MAX_RATIONALE_CHARS]
+    return _cut(description, MAX_DESCRIPTION_CHARS), _cut(rationale, MAX_RATIONALE_CHARS)
+
+
+def _cut(text: str, limit: int) -> str:
+    """At most `limit` characters, cut between words."""
+    if len(text) <= limit:
+        return text
+    return text[:limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + "…"
 
 
 def _marked(text: str) -> dict[str, str]:
