@@ -17,6 +17,7 @@ from autoresearch_nb.describe import describe_change
 from autoresearch_nb.errors import LabError
 from autoresearch_nb.progress import result_line
 from servers import PREPARE_PY, TRAIN_PY, git, make_lab
+from test_loop import run_loop, scored_lab
 
 REPO = Path(__file__).resolve().parent.parent
 # What aider 0.86.2 printed, exit status 0, after retrying a server that answered 500 for 79 s.
@@ -251,6 +252,15 @@ def test_output_that_reads_like_an_outage_is_fatal_with_the_cli_text(tmp_path):
     assert caught.value.fatal and "127" in caught.value.reason
     with pytest.raises(LabError, match="--command"):
         CommandAgent("  ")
+
+
+def test_an_outage_stops_the_run_with_the_cli_words(tmp_path):
+    lab = scored_lab(tmp_path / "lab")
+    agent = CommandAgent(cli(tmp_path, f"print({AIDER_OUTAGE!r})\n"), timeout=60)
+    _, reason = run_loop(lab, agent, outage_waits=(0.0, 0.0, 0.0))
+    assert reason.startswith("the agent failed 4 times in a row: command agent changed nothing")
+    assert "servers are down or overloaded" in reason
+    assert [r["status"] for r in lab.rows()] == ["keep"] + ["rejected"] * 4
 
 
 def test_the_cli_prompt_names_no_tools_and_marks_read_only_files(tmp_path):
