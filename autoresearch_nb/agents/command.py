@@ -49,10 +49,9 @@ class CommandAgent(Agent):
             outcome = run_in_group(command, scratch.root, stdin, env, self.timeout)
             changes = scratch.changes()
             stated = scratch.stated_description()
-        empty_before, self.empty_in_a_row = self.empty_in_a_row, 0
-        if not (changes.files or changes.locked or changes.deleted) and not outcome.timed_out \
-                and outcome.returncode == 0:
-            self.empty_in_a_row = empty_before + 1
+        empty = (outcome.returncode == 0 and not outcome.timed_out
+                 and not (changes.files or changes.locked or changes.deleted))
+        self.empty_in_a_row = self.empty_in_a_row + 1 if empty else 0
         return self._judge(outcome, changes, stated)
 
     def _judge(self, outcome: "Outcome", changes: Changes, stated: str) -> Proposal:
