@@ -59,7 +59,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--agent", default="heuristic", help="heuristic (offline), claude, openai or command")
     p.add_argument("--model", default=None, help="the LLM for claude/openai")
     p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (openai agent)")
-    p.add_argument("--command", dest="agent_command", default=None, help="coding-agent CLI (command agent)")
+    p.add_argument("--command", dest="agent_command", default=None, metavar="CMD", help=(
+        "the coding-agent CLI of --agent command. It runs in a scratch git copy of the lab "
+        "(allowed files editable, locked ones read-only); what it changes in allowed files is the "
+        "proposal. In CMD, {prompt_file} becomes the prompt's path (stdin is then empty; "
+        "otherwise the prompt comes on stdin) and {description_file} the file for its one-line "
+        "description (or it prints a line 'DESCRIPTION: ...'); both paths are also in "
+        "$AUTORESEARCH_PROMPT_FILE and $AUTORESEARCH_DESCRIPTION_FILE. Recipes for aider, "
+        "claude -p and codex exec: README"))
+    p.add_argument("--agent-timeout", type=float, default=None, metavar="S",
+                   help="seconds the command agent may take per proposal before it is killed (default 900)")
     p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment")
     p.add_argument("--max-experiments", type=int, default=None,
                    help="bound on results.tsv rows (baseline repeats and confirmations included)")
@@ -121,14 +130,14 @@ def cmd_run(args) -> int:
                          max_experiments=args.max_experiments, tag=args.tag, policy=args.policy,
                          max_cost=args.max_cost, resume=args.resume, base_url=args.base_url,
                          command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed,
-                         rebaseline=args.rebaseline)
+                         rebaseline=args.rebaseline, agent_timeout=args.agent_timeout)
     return drive(Session(options))
 
 
 def cmd_ablate(args) -> int:
     from .session import RunOptions, Session
 
-    options = RunOptions(lab=args.lab, ablate=args.repeats, rebaseline=args.rebaseline)
+    options = RunOptions(lab=args.lab, ablate=args.repeats, rebaseline=args.rebaseline, agent_timeout=args.agent_timeout)
     code = drive(Session(options))
     if code == 0:
         lab = Lab.open(args.lab)

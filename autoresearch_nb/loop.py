@@ -19,6 +19,7 @@ from .audit import fingerprint
 from .checks import fixed_exports, validate
 from .context import build_context
 from .disturbance import detect
+from .describe import describe_change
 from .errors import LabError
 from .events import EventBus
 from .inflight import crashpoint, now_iso
@@ -277,14 +278,16 @@ class ResearchLoop:
             return self._rejected(index, parent, started, "interrupted", "stopped while the agent was proposing",
                                   usage=proposal.usage, propose_s=propose_s, description=proposal.description)
         problem, kind = validate(self.lab, proposal.files, rows, self.fixed_exports, self.options.audit)
-        extra = dict(usage=proposal.usage, propose_s=propose_s, description=proposal.description,
+        # The agent's own line when it gave one; otherwise what the code says changed.
+        description = " ".join((proposal.description or "").split())[:200] or describe_change(
+            {p: self.lab.read(p) for p in proposal.files if p in self.lab.config["allowed"]}, proposal.files)
+        extra = dict(usage=proposal.usage, propose_s=propose_s, description=description,
                      rationale=proposal.rationale, meta=proposal.meta)
         if problem:
             return self._rejected(index, parent, started, kind, problem, **extra,
                                   fingerprint=fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")))
-        description = " ".join((proposal.description or "untitled change").split())[:200]
         self._note(index=index, phase="commit", role="experiment", parent=parent, started_at=started,
-                       description=description)
+                   description=description)
         self.lab.write_files(proposal.files)
         crashpoint("after_write", index)
         commit = self.lab.commit(list(proposal.files), f"experiment {index}: {description}")

@@ -47,7 +47,10 @@ def build_parser() -> tuple[MagicArgumentParser, _Commands]:
     start.add_argument("--max-cost", type=float, metavar="USD", help="stop when the agent has spent this many USD")
     start.add_argument("--resume", action="store_true", help="continue the lab's last run")
     start.add_argument("--base-url", metavar="URL", help="the agent API's base URL")
-    start.add_argument("--command", dest="agent_command", metavar="CMD", help="the command agent's command line")
+    start.add_argument("--command", dest="agent_command", metavar="CMD",
+                       help="the command agent's CLI, e.g. \"claude -p\" (recipes: README)")
+    start.add_argument("--agent-timeout", type=float, metavar="S",
+                       help="seconds the command agent may take per proposal (default 900)")
     start.add_argument("--rebaseline", action="store_true",
                        help="resume under other conditions: measure the best again, start a new segment")
     ablate = commands.add_parser("ablate", help="measure each kept change's own contribution to the best")

@@ -155,7 +155,8 @@ class AutoresearchMagics(Magics):
                              budget=args.budget, max_experiments=args.max_experiments,
                              tag=args.tag, policy=args.policy, max_cost=args.max_cost,
                              resume=args.resume, base_url=args.base_url,
-                             command=args.agent_command, rebaseline=args.rebaseline)
+                             command=args.agent_command, rebaseline=args.rebaseline,
+                             agent_timeout=args.agent_timeout)
         self._launch(Session(options), lab, f"Started a run in {lab.root} ({args.agent} agent).")
 
     def _do_ablate(self, args):
@@ -165,7 +166,8 @@ class AutoresearchMagics(Magics):
             raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
                              "then ablate")
         lab = self._lab(args.lab)
-        options = RunOptions(lab=str(lab.root), ablate=args.repeats, rebaseline=args.rebaseline)
+        options = RunOptions(lab=str(lab.root), ablate=args.repeats, rebaseline=args.rebaseline,
+                             agent_timeout=args.agent_timeout)
         self._launch(Session(options), lab, f"Ablating the best of {lab.root} ({args.repeats} runs per change); "
                                             "%autoresearch status shows the table when it is done.")
 

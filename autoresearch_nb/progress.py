@@ -23,8 +23,18 @@ def result_line(row: dict, best_before: float | None) -> str:
     if row.get("role") not in (None, "experiment"):
         text = f"[{row['role']}] {text}"
     if row.get("status") in ("crash", "rejected", "interrupted", "disturbed") and row.get("reason"):
-        text += f"  [{row.get('kind') or ''}: {str(row['reason'])[:90]}]"
+        text += f"  [{row.get('kind') or ''}: {_clip(str(row['reason']), 90)}]"
     return f"{row.get('index', 0):>4}  {STATUS_MARK.get(row.get('status'), row.get('status', '')):<7}  {shown}  {delta:>10}  {text}"
+
+
+def _clip(text: str, limit: int) -> str:
+    """At most `limit` characters, keeping both ends: a reason's end often says the most (the
+    last words of a CLI, the last line of a traceback)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return text[:half] + " … " + text[-(limit - 3 - half):]
 
 
 class TerminalProgress:

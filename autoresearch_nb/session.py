@@ -67,6 +67,11 @@ def check_options(options: RunOptions) -> None:
         raise LabError(f"unknown agent {options.agent!r}: choose one of {', '.join(AGENTS)}")
     if options.agent == "command" and not options.command:
         raise LabError('the command agent needs --command, e.g. --command "claude -p"')
+    if options.agent_timeout is not None and not options.agent_timeout > 0:
+        raise LabError(f"--agent-timeout must be a positive number of seconds (got {options.agent_timeout:g}); "
+                       "leave it out for the default of 900")
+    if options.agent_timeout is not None and options.agent != "command":
+        raise LabError("--agent-timeout limits a coding-agent CLI: it goes with --agent command")
     if options.agent == "openai" and not (options.base_url or os.environ.get("OPENAI_BASE_URL")):
         raise LabError("the openai agent needs --base-url (e.g. http://localhost:11434/v1 for Ollama)")
 

@@ -1,7 +1,8 @@
 """Loopback HTTP servers that speak the Anthropic Messages API and OpenAI chat completions.
 
 Each test scripts the replies it wants (tool calls, text, 429/529/500 errors) and reads back the
-requests the real SDKs sent. Token usage, unless a reply fixes it, is counted the way the APIs
+requests the real SDKs and CLIs sent; a chat-completions request with "stream": true is answered
+as server-sent events, as litellm (inside aider) asks. Token usage, unless a reply fixes it, is counted the way the APIs
 bill: about four characters a token, with prompt-cache reads and writes at the breakpoints.
 Also here: a tiny real lab (a git repo with nanochat/train.py and program.md) for agent tests.
 """
@@ -197,6 +198,9 @@ class ScriptedServer:
             reply["usage"] = usage
         return reply
 
+    def stream_events(self, request: dict, reply: dict) -> list[dict]:
+        raise NotImplementedError(f"{type(self).__name__} does not stream")
+
     def _handler_class(self):
         server = self
 
@@ -212,6 +216,8 @@ class ScriptedServer:
                 reply = server.respond(self.path, body)
                 with server._lock:
                     server.replies.append(reply.body)
+                if body.get("stream") and reply.status == 200:
+                    return self._stream(server.stream_events(body, reply.body))
                 data = json.dumps(reply.body).encode()
                 self.send_response(reply.status)
                 self.send_header("Content-Type", "application/json")
@@ -220,6 +226,25 @@ class ScriptedServer:
                     self.send_header(key, value)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def do_GET(self):  # no listing endpoints: a client that probes gets a plain 404
+                data = json.dumps({"error": {"message": f"no such path {self.path}"}}).encode()
+                self.send_response(404)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _stream(self, events: list[dict]):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for event in events:
+                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                self.close_connection = True
 
             def log_message(self, *args):  # keep test output quiet
                 pass
@@ -251,6 +276,22 @@ class OpenAIServer(ScriptedServer):
                               "total_tokens": prompt + completion,
                               "prompt_tokens_details": {"cached_tokens": cached}}
         return reply
+
+    def stream_events(self, request: dict, reply: dict) -> list[dict]:
+        """A completion as chunks: the whole message in one delta, then the finish (and usage)."""
+        choice = reply["choices"][0]
+        head = {k: reply[k] for k in ("id", "created", "model")}
+        delta = {k: v for k, v in choice["message"].items() if v is not None}
+        for index, call in enumerate(delta.get("tool_calls", [])):
+            call["index"] = index
+        events = [{**head, "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": delta, "finish_reason": None}]},
+                  {**head, "object": "chat.completion.chunk",
+                   "choices": [{"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]}]
+        if (request.get("stream_options") or {}).get("include_usage"):
+            events.append({**head, "object": "chat.completion.chunk", "choices": [],
+                           "usage": reply["usage"]})
+        return events
 
     def _count_prompt(self, request: dict) -> tuple[int, int]:
         """Automatic prefix caching, message by message, as OpenAI-style servers do it."""

@@ -115,6 +115,8 @@ def test_a_locked_file_edited_by_hand(tiny_lab):
     (["--budget", "-5"], ["--budget", "positive"]),
     (["--max-experiments", "0"], ["--max-experiments"]),
     (["--agent", "openai"], ["--base-url"]),
+    (["--agent", "command", "--command", "aider", "--agent-timeout", "0"], ["--agent-timeout", "positive"]),
+    (["--agent-timeout", "60"], ["--agent-timeout", "--agent command"]),
 ])
 def test_bad_run_options(tiny_lab, args, words):
     message = one_line_error(cli("run", "--lab", str(tiny_lab), *args))

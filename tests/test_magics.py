@@ -72,6 +72,17 @@ def test_mistakes_give_one_clear_line(shell, capsys, line, says):
     assert says in usage_error(shell, capsys, f"%autoresearch {line}")
 
 
+def test_agent_timeout_reaches_the_run_options(shell, capsys, tmp_path):
+    from autoresearch_nb.magic_args import parse
+
+    assert parse('start --agent command --command "claude -p" --agent-timeout 45')[0].agent_timeout == 45
+    run(shell, f"%autoresearch init {tmp_path / 'lab'}")
+    capsys.readouterr()
+    message = usage_error(shell, capsys, f"%autoresearch start --lab {tmp_path / 'lab'} --agent command "
+                                         "--command aider --agent-timeout -1")
+    assert "--agent-timeout must be a positive number of seconds" in message
+
+
 def test_a_missing_lab_says_how_to_make_one(shell, capsys, tmp_path):
     CURRENT.lab_dir = tmp_path / "nowhere"
     for line in ("status", "show 1", "diff 1", "apply 1", "export", "steer go faster"):

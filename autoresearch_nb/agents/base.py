@@ -38,7 +38,7 @@ class Context:
     last_failure: str = ""            # log tail of the most recent crash, "" if none
     journal: str = ""                 # .autoresearch/journal.md
     steering: list[str] = field(default_factory=list)  # the person's notes, newest last
-    lab_dir: str = ""                 # the lab's root (command agents work there)
+    lab_dir: str = ""                 # the lab's root (read only: agents edit copies)
     seed: int = 0
     baseline_files: dict[str, str] = field(default_factory=dict)  # allowed files at experiment 0
 

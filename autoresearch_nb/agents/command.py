@@ -1,31 +1,26 @@
-"""The command agent: a coding-agent CLI (claude -p, codex exec) edits the lab's tree; we take its diff."""
+"""The command agent: a coding-agent CLI (aider, claude -p, codex exec) edits a scratch copy of the lab."""
 from __future__ import annotations
 
 import os
 import shlex
 import signal
 import subprocess
-import tempfile
-from pathlib import Path
 
 from ..errors import LabError
+from . import cli_output
 from .base import Agent, Context, Proposal, ProposalError
 from .prompting import situation_block, system_prompt, templated_lesson
+from .scratch_lab import DESCRIPTION_FILE, Changes, ScratchLab
 
 KILL_GRACE_S = 5.0
-MAX_DESCRIPTION_CHARS = 160
-CLI_FINISH = ("Edit the allowed files in place, in the current directory (a git working tree). "
-              "Do not commit, do not run the training (the harness runs it), do not touch other "
-              "files. When done, print one line describing the change: the last line you print "
-              "becomes the experiment's description.")
-# Untracked harness state a CLI must not rewrite (logs are written by the harness meanwhile).
-PROTECTED_STATE = ("results.tsv", ".autoresearch")
-UNPROTECTED_STATE_DIRS = (".autoresearch/logs",)
-MAX_PROTECTED_BYTES = 8 * 1024 * 1024  # snapshotting is for records, not for big artefacts
+MAX_SIDE_FILES = 50
+CLI_TASK = ("make one focused change to the files you may edit, then say what you changed as "
+            "the rules above ask.")
 
 
 class CommandAgent(Agent):
-    """Runs a coding-agent CLI in the lab; what it changed in the allowed files is the proposal."""
+    """Runs a coding-agent CLI in a scratch git repo; what it changed in the allowed files is the
+    proposal, what it wrote elsewhere is discarded and listed."""
 
     name = "command"
 
@@ -35,55 +30,69 @@ class CommandAgent(Agent):
         self.command = command
         self.timeout = float(timeout)
         self.model = None
-        self.label = f"command: {command.strip().split()[0]}"
+        self.label = f"command: {cli_output.program_name(command)}"
+        self.empty_in_a_row = 0
 
     def propose(self, context: Context) -> Proposal:
-        root = Path(context.lab_dir) if context.lab_dir else None
-        if root is None or not (root / ".git").exists():
-            raise ProposalError("the command agent needs the lab's git working tree "
-                                f"(lab_dir={context.lab_dir!r})", _no_usage(), fatal=True)
-        before = TreeSnapshot.take(root)
-        with tempfile.TemporaryDirectory(prefix="autoresearch-prompt-") as scratch:
-            prompt_file = Path(scratch) / "prompt.md"
-            prompt = build_prompt(context)
-            prompt_file.write_text(prompt, encoding="utf-8")
-            command = self.command.replace("{prompt_file}", shlex.quote(str(prompt_file)))
-            env = dict(os.environ, AUTORESEARCH_PROMPT_FILE=str(prompt_file))
-            try:
-                outcome = run_in_group(command, root, prompt, env, self.timeout)
-            finally:
-                # Whatever happened, the loop gets the tree back as it was.
-                changed = before.changes(root)
-                contents = {path: _read(root / path) for path in changed
-                            if path in context.allowed}
-                before.restore(root, changed)
-        return self._judge(context, outcome, changed, contents)
+        with ScratchLab(context) as scratch:
+            prompt = build_prompt(context, scratch)
+            scratch.prompt_file.write_text(prompt, encoding="utf-8")
+            command = (self.command
+                       .replace("{prompt_file}", shlex.quote(str(scratch.prompt_file)))
+                       .replace("{description_file}", shlex.quote(str(scratch.description_file))))
+            env = dict(os.environ, AUTORESEARCH_PROMPT_FILE=str(scratch.prompt_file),
+                       AUTORESEARCH_DESCRIPTION_FILE=str(scratch.description_file),
+                       PYTHONUNBUFFERED="1")  # a CLI killed at the time limit keeps its last words
+            # A CLI handed the prompt file gets no stdin: aider, for one, reads each stdin line
+            # as a chat turn of its own.
+            stdin = "" if "{prompt_file}" in self.command else prompt
+            outcome = run_in_group(command, scratch.root, stdin, env, self.timeout)
+            changes = scratch.changes()
+            stated = scratch.stated_description()
+        empty = (outcome.returncode == 0 and not outcome.timed_out
+                 and not (changes.files or changes.locked or changes.deleted))
+        self.empty_in_a_row = self.empty_in_a_row + 1 if empty else 0
+        return self._judge(outcome, changes, stated)
 
-    def _judge(self, context: Context, outcome: "Outcome", changed: list[str],
-               contents: dict[str, str | None]) -> Proposal:
+    def _judge(self, outcome: "Outcome", changes: Changes, stated: str) -> Proposal:
+        output = outcome.output
+        if changes.locked:
+            raise ProposalError(f"REFUSED: the command agent changed the locked file "
+                                f"{', '.join(changes.locked)}; nothing it did is kept", _no_usage())
+        outage = cli_output.looks_like_outage(output)
         if outcome.timed_out:
-            raise ProposalError(f"command agent ran past its {self.timeout:g} s limit: killed, "
-                                "its changes reverted", _no_usage())
-        forbidden = [path for path in changed if path not in context.allowed]
-        if forbidden:
-            raise ProposalError("command agent changed files it may not: "
-                                f"{', '.join(forbidden)} (all its changes reverted)", _no_usage())
+            reason = f"command agent ran past its {self.timeout:g} s limit: killed, its changes discarded"
+            if outage:
+                raise ProposalError(f"{reason}; its API looks down: {cli_output.tail(output)}",
+                                    _no_usage(), fatal=True)
+            raise ProposalError(f"{reason}; its output ends: {cli_output.tail(output)}", _no_usage())
         if outcome.returncode != 0:
             raise ProposalError(f"command exited with status {outcome.returncode}: "
-                                f"{_last_line(outcome.stderr) or _last_line(outcome.stdout)}",
-                                _no_usage(), fatal=outcome.returncode == 127)
-        deleted = [path for path, text in contents.items() if text is None]
-        if deleted:
-            raise ProposalError(f"command agent deleted {', '.join(deleted)} (reverted)",
-                                _no_usage())
-        files = {path: text for path, text in contents.items() if text != context.files.get(path)}
-        if not files:
-            raise ProposalError("command agent changed none of the allowed files", _no_usage())
-        description = _last_line(outcome.stdout)[:MAX_DESCRIPTION_CHARS]
-        if not description:
-            description = f"command agent: {', '.join(sorted(files))}"
-        return Proposal(files=files, description=description,
-                        rationale=outcome.stdout.strip()[-2000:], usage=_no_usage())
+                                f"{cli_output.tail(output)}", _no_usage(),
+                                fatal=outcome.returncode == 127 or outage)
+        if changes.deleted:
+            raise ProposalError(f"command agent deleted {', '.join(changes.deleted)} "
+                                "(or replaced it with a link); nothing it did is kept", _no_usage())
+        if not changes.files:
+            if outage:
+                raise ProposalError("command agent changed nothing and its API looks down: "
+                                    f"{cli_output.tail(output)}", _no_usage(), fatal=True)
+            if self.empty_in_a_row >= 2:
+                raise ProposalError(f"command agent changed none of the allowed files "
+                                    f"({self.empty_in_a_row} times in a row); its output ends: "
+                                    f"{cli_output.tail(output)}", _no_usage())
+            raise ProposalError("command agent changed none of the allowed files (its last line: "
+                                f"{cli_output.last_line(output) or 'none'})", _no_usage())
+        description, rationale = cli_output.stated_description(stated, output)
+        meta = {}
+        if changes.side:
+            side = changes.side[:MAX_SIDE_FILES]
+            if len(changes.side) > MAX_SIDE_FILES:
+                side.append(f"... and {len(changes.side) - MAX_SIDE_FILES} more")
+            meta["side_files"] = side
+        # An empty description is filled in by the loop from the diff (describe.py).
+        return Proposal(files=changes.files, description=description, rationale=rationale,
+                        usage=_no_usage(), meta=meta)
 
     def reflect(self, context: Context, row: dict) -> str:
         return templated_lesson(context, row)
@@ -92,36 +101,51 @@ class CommandAgent(Agent):
         return 0.0  # a CLI bills on its own account; we cannot see it
 
 
-def build_prompt(context: Context) -> str:
-    """The same charter, rules and history an LLM agent gets, with CLI instructions."""
-    return system_prompt(context, finish=CLI_FINISH) + "\n" + situation_block(context) + "\n"
+def build_prompt(context: Context, scratch: ScratchLab) -> str:
+    """The charter, rules and history an LLM agent gets, with instructions a CLI can follow."""
+    editable = ", ".join(scratch.editable) or "(none)"
+    read_only = ", ".join(scratch.read_only) or "(none)"
+    refused = (f" (a change to {', '.join(scratch.locked)} refuses the whole proposal)"
+               if scratch.locked else "")
+    files_rule = (f"You work in a scratch copy of the lab: the current directory, a git repository. "
+                  f"Files you may edit: {editable}. Read-only files: {read_only}{refused}. "
+                  "Anything else you write there (notes, caches, ignore files) is discarded.")
+    finish = ("Edit the files you may edit in place. Do not commit and do not run the training: "
+              "the harness trains your version when you finish. Then write one line saying what "
+              "you changed (under 100 characters, e.g. 'halve the warmup: 10 -> 5 steps') "
+              f"to the file {DESCRIPTION_FILE}, and on the lines after it why you expect it to "
+              "help. If you cannot write that file, end your reply with a line that starts with "
+              "DESCRIPTION: and then one that starts with RATIONALE: instead.")
+    return (system_prompt(context, finish=finish, files_rule=files_rule) + "\n"
+            + situation_block(context, task=CLI_TASK) + "\n")
 
 
 class Outcome:
-    def __init__(self, returncode: int | None, stdout: str, stderr: str, timed_out: bool):
-        self.returncode, self.stdout, self.stderr, self.timed_out = (returncode, stdout, stderr,
-                                                                     timed_out)
+    """How the CLI ended: exit status (None when killed), stdout and stderr interleaved."""
+
+    def __init__(self, returncode: int | None, output: str, timed_out: bool):
+        self.returncode, self.output, self.timed_out = returncode, output, timed_out
 
 
-def run_in_group(command: str, cwd: Path, prompt: str, env: dict, timeout: float) -> Outcome:
+def run_in_group(command: str, cwd, stdin: str, env: dict, timeout: float) -> Outcome:
     """Run `command` in a shell of its own process group; past `timeout` the whole group dies."""
     process = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               errors="replace", start_new_session=True)
     try:
-        stdout, stderr = process.communicate(prompt, timeout=timeout)
-        return Outcome(process.returncode, stdout, stderr, False)
+        output, _ = process.communicate(stdin, timeout=timeout)
+        return Outcome(process.returncode, output, False)
     except subprocess.TimeoutExpired:
         _kill_group(process, signal.SIGTERM)
         try:
-            stdout, stderr = process.communicate(timeout=KILL_GRACE_S)
+            output, _ = process.communicate(timeout=KILL_GRACE_S)
         except subprocess.TimeoutExpired:
             _kill_group(process, signal.SIGKILL)
             try:
-                stdout, stderr = process.communicate(timeout=KILL_GRACE_S)
-            except subprocess.TimeoutExpired:  # a grandchild left the group but holds the pipes
-                stdout, stderr = "", ""
-        return Outcome(None, stdout or "", stderr or "", True)
+                output, _ = process.communicate(timeout=KILL_GRACE_S)
+            except subprocess.TimeoutExpired:  # a grandchild left the group but holds the pipe
+                output = ""
+        return Outcome(None, output or "", True)
     except BaseException:
         _kill_group(process, signal.SIGKILL)
         process.wait()
@@ -133,120 +157,6 @@ def _kill_group(process: subprocess.Popen, sig: int) -> None:
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-class TreeSnapshot:
-    """What the working tree looked like before the CLI ran, enough to find and undo its changes."""
-
-    def __init__(self, head: str, branch: str, dirty: dict[str, bytes | None],
-                 state: dict[str, bytes]):
-        self.head, self.branch, self.dirty, self.state = head, branch, dirty, state
-
-    @classmethod
-    def take(cls, root: Path) -> "TreeSnapshot":
-        head = _git(root, "rev-parse", "HEAD").strip()
-        branch = _git(root, "symbolic-ref", "-q", "HEAD", check=False).strip()
-        dirty = {path: _read_bytes(root / path) for path in _status(root)}
-        state = {path: data for path in _state_files(root)
-                 if (data := _read_bytes(root / path)) is not None}
-        return cls(head, branch, dirty, state)
-
-    def changes(self, root: Path) -> list[str]:
-        """Paths the CLI changed (created, edited, deleted, committed), sorted."""
-        branch_now = _git(root, "symbolic-ref", "-q", "HEAD", check=False).strip()
-        if self.branch and branch_now != self.branch:  # it switched branches: point HEAD back
-            _git(root, "symbolic-ref", "HEAD", self.branch)
-        if _git(root, "rev-parse", "HEAD").strip() != self.head:
-            # It committed: move the branch back and keep its edits as working-tree changes.
-            _git(root, "reset", "-q", "--mixed", self.head)
-        changed = {path for path in _status(root)
-                   if path not in self.dirty or _read_bytes(root / path) != self.dirty[path]}
-        changed |= {path for path in self.dirty if _read_bytes(root / path) != self.dirty[path]}
-        changed |= {path for path, data in self.state.items() if _read_bytes(root / path) != data}
-        return sorted(changed)
-
-    def restore(self, root: Path, changed: list[str]) -> None:
-        """Put every changed path back as it was, touching nothing else."""
-        to_reset = []
-        for path in changed:
-            saved = self.dirty.get(path, self.state.get(path))
-            if path in self.dirty or path in self.state:
-                _write_back(root / path, saved)
-            else:
-                to_reset.append(path)
-        if not to_reset:
-            return
-        tracked = set(_git(root, "ls-tree", "-r", "-z", "--name-only", "HEAD", "--",
-                           *to_reset).split("\0")) - {""}
-        if tracked:
-            _git(root, "checkout", "-q", "HEAD", "--", *sorted(tracked))
-        created = [path for path in to_reset if path not in tracked]
-        if created:
-            _git(root, "rm", "-q", "--cached", "--ignore-unmatch", "--", *created)
-            for path in created:
-                _write_back(root / path, None)
-                _prune_empty_dirs((root / path).parent, root)
-
-
-def _status(root: Path) -> list[str]:
-    """Paths differing from HEAD (staged, unstaged, untracked), ignored files left out."""
-    out = _git(root, "status", "--porcelain=v1", "-z", "-uall", "--no-renames")
-    return [entry[3:] for entry in out.split("\0") if len(entry) > 3]
-
-
-def _state_files(root: Path) -> list[str]:
-    paths = []
-    for name in PROTECTED_STATE:
-        target = root / name
-        if target.is_file():
-            paths.append(name)
-        elif target.is_dir():
-            for file in target.rglob("*"):
-                relative = file.relative_to(root).as_posix()
-                if (file.is_file() and not relative.startswith(UNPROTECTED_STATE_DIRS)
-                        and file.stat().st_size <= MAX_PROTECTED_BYTES):
-                    paths.append(relative)
-    return paths
-
-
-def _git(root: Path, *args: str, check: bool = True) -> str:
-    result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-    if check and result.returncode != 0:
-        raise ProposalError(f"git {args[0]} failed in the lab: {result.stderr.strip()}",
-                            _no_usage(), fatal=True)
-    return result.stdout
-
-
-def _read_bytes(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-
-
-def _read(path: Path) -> str | None:
-    data = _read_bytes(path)
-    return None if data is None else data.decode("utf-8", errors="replace")
-
-
-def _write_back(path: Path, data: bytes | None) -> None:
-    if data is None:
-        if path.is_file() or path.is_symlink():
-            path.unlink()
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-
-
-def _prune_empty_dirs(directory: Path, root: Path) -> None:
-    while directory != root and directory.is_dir() and not any(directory.iterdir()):
-        directory.rmdir()
-        directory = directory.parent
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return " ".join(lines[-1].split()) if lines else ""
 
 
 def _no_usage() -> dict:

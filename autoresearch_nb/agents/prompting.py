@@ -19,14 +19,17 @@ TOOLS_FINISH = ("Edit with the text editor tool (paths relative to the lab, as l
                 "then call submit_experiment once with a one-line description and your rationale.")
 
 
-def system_prompt(context: Context, finish: str = "") -> str:
+def system_prompt(context: Context, finish: str = "", files_rule: str = "") -> str:
     """The charter and the lab's rules: the same for every proposal of a run, so it caches.
 
-    `finish` replaces the tool instructions for agents that edit the tree themselves (CLIs).
+    `finish` replaces the tool instructions and `files_rule` the line on which files may be
+    edited, for agents that edit a tree themselves (CLIs).
     """
     better = "lower" if context.direction == "lower" else "higher"
     allowed = ", ".join(context.allowed) or "(none)"
     locked = ", ".join(context.locked) or "(none)"
+    files_rule = files_rule or (f"Files you may edit: {allowed}. Files that are locked: {locked}. "
+                                "Edits anywhere else are refused.")
     profile = "".join(f"\n- {key}: {value}" for key, value in sorted(context.profile.items()))
     nanochat_rules = NANOCHAT_RULES if "nanochat/train.py" in context.allowed else ""
     return f"""You are the researcher in an autonomous research lab. Each round you propose one
@@ -41,7 +44,7 @@ and reverts it otherwise.
 
 # Lab rules (enforced by the harness)
 
-- Files you may edit: {allowed}. Files that are locked: {locked}. Edits anywhere else are refused.
+- {files_rule}
 - Training runs for a fixed budget of {context.budget:g} seconds; the budget, the data, the
   evaluation and the printed summary belong to the harness. A change that prints its own metric
   line, patches or redefines the evaluator, reads the validation split, changes the time budget
@@ -63,8 +66,11 @@ def files_block(context: Context) -> str:
     return "\n".join(parts)
 
 
-def situation_block(context: Context) -> str:
-    """History, best diff, last failure, journal and steering: what changed since last round."""
+def situation_block(context: Context, task: str = "") -> str:
+    """History, best diff, last failure, journal and steering: what changed since last round.
+
+    `task` replaces the closing instruction (which names the editor and submit tools).
+    """
     sections = [f"# Results so far ({context.metric}, {context.direction} is better)\n",
                 results_table(context)]
     if context.baseline is not None:
@@ -84,8 +90,8 @@ def situation_block(context: Context) -> str:
         notes = "\n".join(f"- {note}" for note in context.steering)
         sections.append("# Notes from the person steering this run (newest last; follow them)\n\n"
                         + notes)
-    sections.append(f"# Your task\n\nPropose experiment #{context.index}: make one focused change "
-                    "with the editor, then call submit_experiment.")
+    task = task or "make one focused change with the editor, then call submit_experiment."
+    sections.append(f"# Your task\n\nPropose experiment #{context.index}: {task}")
     return "\n\n".join(sections)
 
 
