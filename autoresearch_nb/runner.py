@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import sandbox as sandboxing
+
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")
 SUMMARY_LINE = re.compile(r"^([a-zA-Z_]+):\s+(-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)\s*$")
@@ -112,8 +114,10 @@ def parse_summary(lines: list[str]) -> tuple[dict, list[str]]:
     return reader.result()
 
 
-def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool) -> tuple[str, str]:
-    """(crash kind, reason) for a run that did not end with a usable summary."""
+def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool,
+                     refused: str | None = None) -> tuple[str, str]:
+    """(crash kind, reason) for a run that did not end with a usable summary; `refused`: what the
+    sandbox refused, read from the output by sandbox.refusal."""
     text = "\n".join(tail)
     fail_line = next((l for l in reversed(tail) if l.startswith("FAIL:")), "")
     if stopped:
@@ -122,6 +126,8 @@ def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped:
         return "timeout", "killed at the hard timeout (budget plus start-up allowance)"
     if "SyntaxError" in text or "IndentationError" in text:
         return "syntax", _last_error(tail)
+    if refused:
+        return "sandbox", refused
     if "out of memory" in text.lower() or "OutOfMemoryError" in text or "MemoryError" in text:
         return "oom", _last_error(tail)
     if fail_line and ("nan" in fail_line.lower() or "diverged" in fail_line.lower() or "inf" in fail_line.lower()):
@@ -156,10 +162,12 @@ class Runner:
 
     def __init__(self, command: list[str], cwd: Path, env: dict, log_path: Path, budget: float,
                  timeout: float, on_step: Callable[[dict], None] | None = None,
-                 on_start: Callable[[int], None] | None = None):
+                 on_start: Callable[[int], None] | None = None, sandbox: sandboxing.Probe | None = None):
+        """`sandbox`: the sandbox `command` was wrapped in (sandbox.wrap), for the log and crash reasons."""
         self.command = [sys.executable if part == "{python}" else part for part in command]
         self.cwd, self.env, self.log_path = cwd, env, log_path
         self.budget, self.timeout, self.on_step, self.on_start = budget, timeout, on_step, on_start
+        self.sandbox = sandbox
         self.process: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._timed_out = False
@@ -194,6 +202,8 @@ class Runner:
         reader = SummaryReader()
         with open(self.log_path, "w", encoding="utf-8") as log:
             log.write(f"$ {' '.join(self.command)}\n")
+            if self.sandbox:
+                log.write(f"sandbox: {self.sandbox}\n")
             log.flush()
             try:
                 self.process = subprocess.Popen(
@@ -220,6 +230,9 @@ class Runner:
                 if step and self.on_step:
                     self.on_step(step)
             returncode = self.process.wait()
+            confined = self.sandbox is not None and self.sandbox.active
+            if confined:
+                returncode = sandboxing.exit_status(returncode)
             watchdog.join(timeout=1)
             wall = time.monotonic() - started
             log.write(f"\n[autoresearch-nb] exit code {returncode}, wall {wall:.1f}s\n")
@@ -233,5 +246,6 @@ class Runner:
             return RunResult(True, None, "", summary, returncode, wall, tail_text)
         if problems and not stopped:
             return RunResult(False, "exception", "; ".join(problems), summary, returncode, wall, tail_text)
-        kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped)
+        refused = sandboxing.refusal(tail[-60:], env=self.env, cwd=self.cwd) if confined else None
+        kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped, refused)
         return RunResult(False, kind, reason, summary, returncode, wall, tail_text)

@@ -18,6 +18,7 @@ from .lab import DEFAULT_DIR, Lab
 from .ledger import RAN_STATUSES, atomic_write
 from .inflight import now_iso
 from .loop import LoopOptions, ResearchLoop
+from . import sandbox
 from .runner import clean_environment
 
 POLICIES = ("noise", "greedy")
@@ -209,6 +210,7 @@ class Session:
                     "model": self.agent.model, "profile": facts["name"], "device": facts.get("device_name", facts["device"]),
                     "budget": loop.options.budget, "policy": self.options.policy,
                     "max_experiments": self.options.max_experiments, "max_cost": self.options.max_cost,
+                    "sandbox": str(sandbox.probe()),
                     "started_at": self._previous_run().get("started_at") if self.options.resume else None}
             info["started_at"] = info["started_at"] or now_iso()
             info["resumed_at"] = now_iso() if self.options.resume else None
