@@ -96,11 +96,14 @@ def hidden_roots(env: dict) -> list[Path]:
     return sorted(p for p in roots if p != Path("/"))
 
 
-def _python_paths() -> set[Path]:
-    """What the experiment's Python needs: its prefixes and import path (pyenv and --user installs live in home)."""
+def _runtime_paths(env: dict) -> set[Path]:
+    """What the experiment's Python needs: its prefixes and import path (pyenv, conda and --user
+    installs live in home), and the libraries it is told to load (a CUDA toolkit in home, say)."""
     paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    return {Path(os.path.realpath(p)) for p in paths}
+    paths.update(sys.path)
+    paths.update(env.get("LD_LIBRARY_PATH", "").split(os.pathsep))
+    paths.update(env.get(name, "") for name in ("CUDA_HOME", "CUDA_PATH", "ROCM_PATH"))
+    return {Path(os.path.realpath(p)) for p in paths if p and os.path.isdir(p)}
 
 
 def lab_reads(config: dict, env: dict, root: Path) -> list[Path]:
@@ -133,7 +136,7 @@ def wrap(argv: list[str], *, root: Path, run_dir: Path, readable=(), env: dict) 
         return list(argv)
     hidden = hidden_roots(env)
     root = Path(os.path.realpath(root))
-    extra = _python_paths() | {Path(os.path.realpath(Path(p).expanduser())) for p in readable}
+    extra = _runtime_paths(env) | {Path(os.path.realpath(Path(p).expanduser())) for p in readable}
     # Never bind back a whole hidden tree (a notebook's sys.path may hold the home directory itself).
     wanted = {root} | {p for p in extra if not any(h == p or p in h.parents for h in hidden)}
     candidates = {p for p in wanted if _under(p, hidden)}

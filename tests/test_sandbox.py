@@ -64,13 +64,13 @@ def home():
     shutil.rmtree(root, ignore_errors=True)
 
 
-def confined(home: Path, body: str, timeout: float = 60.0):
+def confined(home: Path, body: str, timeout: float = 60.0, env: dict | None = None):
     """Run `body` as an experiment in the sandbox from a lab folder under `home`: (result, run dir, log)."""
     lab = home / "lab"
     lab.mkdir(exist_ok=True)
     (lab / "experiment.py").write_text(textwrap.dedent(body))
     run_dir = lab / ".autoresearch" / "runs" / "0001"
-    env = clean_environment({"HOME": home, "AUTORESEARCH_RUN_DIR": run_dir})
+    env = clean_environment({"HOME": home, "AUTORESEARCH_RUN_DIR": run_dir, **(env or {})})
     argv = sandbox.wrap(["{python}", "experiment.py"], root=lab, run_dir=run_dir, env=env)
     log = lab / ".autoresearch" / "logs" / "0001.log"
     result = Runner(argv, lab, env, log, 5.0, timeout, sandbox=sandbox.probe()).run()
@@ -148,6 +148,17 @@ def test_the_run_directory_keeps_its_files_and_tmp_and_home_stay_private(bubblew
     assert not (Path("/tmp") / name).exists() and not (home / name).exists()
     # A home of its own: what the experiment wrote, the lab bound back into it, and no .ssh.
     assert f"home holds ['lab', '{name}']" in result.tail, result.tail
+
+
+def test_libraries_the_run_is_told_to_load_from_home_stay_visible(bubblewrap, home):
+    library = home / "cuda" / "lib64"
+    library.mkdir(parents=True)
+    (library / "libcudart.so.12").write_text("a library")
+    result, _, _ = confined(home, textwrap.dedent(f"""\
+        print(open({str(library / "libcudart.so.12")!r}).read())
+    """) + SUMMARY.format(seconds=1.0), env={"LD_LIBRARY_PATH": str(library)})
+    assert result.ok, (result.kind, result.reason)
+    assert "a library" in result.tail
 
 
 def test_a_missing_file_is_an_ordinary_crash_not_a_refusal(bubblewrap, home):
