@@ -1,4 +1,4 @@
-"""The experiment's sandbox: bubblewrap where the kernel allows it; no network, no home, writes only to its run directory."""
+"""The experiment's sandbox (bubblewrap where the kernel allows): no network, no home, writes only to its run dir."""
 from __future__ import annotations
 
 import functools
@@ -172,7 +172,7 @@ def refusal(tail: list[str], *, env: dict, cwd: Path) -> str | None:
             return f"the sandbox refused network access (no network during experiments): {line[:200]}"
         match = NOT_FOUND.search(line)
         if match:
-            path = Path(os.path.realpath(os.path.join(cwd, os.path.expanduser(match.group(1)))))
+            path = Path(os.path.realpath(os.path.join(cwd, match.group(1))))
             # Only a file that is there outside and hidden inside: a plain missing file is no refusal.
             if os.path.lexists(path) and _under(path, hidden) and not _under(path, [Path(os.path.realpath(cwd))]):
                 if _under(path, homes(env)):

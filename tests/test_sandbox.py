@@ -194,7 +194,8 @@ HOSTILE = {
     "socket": ("import socket\nsocket.create_connection(('1.1.1.1', 443), timeout=5)\n",
                "the sandbox refused network access"),
     "a locked file": ("open('nanochat/prepare.py', 'a').write('\\nTIME_BUDGET = 10**6\\n')\n",
-                      "the sandbox refused a write outside the run directory (read-only file system: nanochat/prepare.py)"),
+                      "the sandbox refused a write outside the run directory "
+                      "(read-only file system: nanochat/prepare.py)"),
     "the key": ("import os\nprint(open(os.path.expanduser('~/.ssh/id_ed25519')).read())\n",
                 "the sandbox hides the home directory: a file under it is not visible"),
 }
