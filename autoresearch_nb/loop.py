@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import facts, inflight, plan
+from . import facts, inflight, plan, sandbox
 from .agents.base import Agent, Context, ProposalError
 from .audit import fingerprint
 from .checks import fixed_exports, validate
@@ -400,11 +400,15 @@ class ResearchLoop:
             "AUTORESEARCH_BUDGET": self.options.budget, "AUTORESEARCH_SEED": seed,
             "AUTORESEARCH_PROFILE": self.options.profile, "AUTORESEARCH_DATA": config.get("data", "builtin"),
             "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None,
+            "AUTORESEARCH_RUN_DIR": self.lab.state_dir / "runs" / f"{index:04d}",  # its one writable place
         })
-        runner = Runner(config["command"], self.lab.root, env, self.lab.log_path(index), self.options.budget,
+        command = sandbox.wrap(config["command"], root=self.lab.root, run_dir=env["AUTORESEARCH_RUN_DIR"], env=env,
+                               readable=sandbox.lab_reads(config, env, self.lab.root))
+        runner = Runner(command, self.lab.root, env, self.lab.log_path(index), self.options.budget,
                         timeout_for(self.options.budget, self.options.profile, config.get("startup_allowance")),
                         on_step=lambda step: self.bus.emit("step", index=index, **step),
-                        on_start=lambda pid: inflight.note_pid(self.lab, pid))
+                        on_start=lambda pid: inflight.note_pid(self.lab, pid),
+                        sandbox=sandbox.probe())
         self.runner = runner
         if self.stop_now.is_set():
             runner.stop()
@@ -421,7 +425,8 @@ class ResearchLoop:
                 "rationale": "", "usage": {}, "diff": {"files": 0, "added": 0, "removed": 0},
                 "log": self._log_rel(index), "timings": {"propose_s": 0.0, "run_s": 0.0, "judge_s": 0.0},
                 "agent": self.agent.name, "model": self.agent.model, "segment": self.options.segment,
-                "conditions": self.options.conditions, "policy": self.options.policy}
+                "conditions": self.options.conditions, "policy": self.options.policy,
+                "sandbox": sandbox.probe().name}
 
     def result_fields(self, result: RunResult) -> dict:
         fields = {k: result.summary.get(k) for k in SUMMARY_FIELDS}

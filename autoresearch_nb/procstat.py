@@ -1,4 +1,4 @@
-"""CPU time from /proc, read from outside a process: its session's own, and everyone else's.
+"""CPU time from /proc, read from outside a process: its process tree's own, and everyone else's.
 
 Linux only; elsewhere each reader returns None and callers do without.
 """
@@ -20,27 +20,34 @@ def machine_busy_seconds() -> float | None:
         return None
 
 
-def session_cpu_seconds(session: int) -> float | None:
-    """CPU seconds used by every live process of a session (the experiment starts one of its
-    own), its reaped children included."""
+def tree_cpu_seconds(root: int) -> float | None:
+    """CPU seconds used by process `root` and every live descendant (a sandbox puts the training
+    process in a session of its own, so the tree, not the session, is what belongs to a run),
+    reaped children included."""
     if not os.path.isdir("/proc"):
         return None
-    total = 0.0
+    parents, seconds = {}, {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as handle:
                 text = handle.read()
-        except OSError:
+            fields = text[text.rfind(")") + 2:].split()  # the command name may hold spaces
+            parents[int(name)] = int(fields[1])
+            seconds[int(name)] = sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICKS  # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
             continue
-        fields = text[text.rfind(")") + 2:].split()  # the command name may hold spaces
-        try:
-            if int(fields[3]) != session:
-                continue
-            total += sum(int(fields[i]) for i in (11, 12, 13, 14)) / TICKS  # utime stime cutime cstime
-        except (ValueError, IndexError):
-            continue
+    if root not in parents:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, parent in parents.items():
+        children.setdefault(parent, []).append(pid)
+    total, stack = 0.0, [root]
+    while stack:
+        pid = stack.pop()
+        total += seconds.get(pid, 0.0)
+        stack += children.get(pid, [])
     return total
 
 
@@ -51,11 +58,11 @@ class StepSampler:
     EVERY_S = 0.25
     MAX_SAMPLES = 4000
 
-    def __init__(self, session: int, started: float):
-        self.session, self.started = session, started
+    def __init__(self, root: int, started: float):
+        self.root, self.started = root, started
         self.samples: list[dict] = []
         self._busy0 = machine_busy_seconds()
-        self._own0 = session_cpu_seconds(session)
+        self._own0 = tree_cpu_seconds(self.root)
         self._last = float("-inf")
 
     def step(self, step: dict, now: float) -> float:
@@ -67,7 +74,7 @@ class StepSampler:
         sample = {"step": step.get("step"), "wall": round(wall, 3)}
         if "elapsed" in step:
             sample["elapsed"] = step["elapsed"]
-        busy, own = machine_busy_seconds(), session_cpu_seconds(self.session)
+        busy, own = machine_busy_seconds(), tree_cpu_seconds(self.root)
         if None not in (busy, own, self._busy0, self._own0):
             sample["others_cpu"] = round(max(0.0, (busy - self._busy0) - (own - self._own0)), 3)
         self.samples.append(sample)

@@ -51,6 +51,8 @@ class TerminalProgress:
             self._print(f"run {data.get('tag')} on {data.get('branch')}: agent {data.get('agent_label')}"
                         f"{' / ' + data['model'] if data.get('model') else ''}, profile {data.get('profile')} "
                         f"({data.get('device')}), budget {data.get('budget'):g}s, policy {data.get('policy')}")
+            if data.get("sandbox"):
+                self._print(f"sandbox: {data['sandbox']}")
             self._print(f"{'exp':>4}  {'status':<7}  {'val_bpb':<8}  {'vs best':>10}  description")
         elif event.kind == "experiment_started":
             self._close_bar()

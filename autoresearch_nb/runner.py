@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import sandbox as sandboxing
 from .procstat import StepSampler
 
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
@@ -115,8 +116,10 @@ def parse_summary(lines: list[str]) -> tuple[dict, list[str]]:
     return reader.result()
 
 
-def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool) -> tuple[str, str]:
-    """(crash kind, reason) for a run that did not end with a usable summary."""
+def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool,
+                     refused: str | None = None) -> tuple[str, str]:
+    """(crash kind, reason) for a run that did not end with a usable summary; `refused`: what the
+    sandbox refused, read from the output by sandbox.refusal."""
     text = "\n".join(tail)
     fail_line = next((l for l in reversed(tail) if l.startswith("FAIL:")), "")
     if stopped:
@@ -125,6 +128,8 @@ def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped:
         return "timeout", "killed at the hard timeout (budget plus start-up allowance)"
     if "SyntaxError" in text or "IndentationError" in text:
         return "syntax", _last_error(tail)
+    if refused:
+        return "sandbox", refused
     if "out of memory" in text.lower() or "OutOfMemoryError" in text or "MemoryError" in text:
         return "oom", _last_error(tail)
     if fail_line and ("nan" in fail_line.lower() or "diverged" in fail_line.lower() or "inf" in fail_line.lower()):
@@ -159,10 +164,12 @@ class Runner:
 
     def __init__(self, command: list[str], cwd: Path, env: dict, log_path: Path, budget: float,
                  timeout: float, on_step: Callable[[dict], None] | None = None,
-                 on_start: Callable[[int], None] | None = None):
+                 on_start: Callable[[int], None] | None = None, sandbox: sandboxing.Probe | None = None):
+        """`sandbox`: the sandbox `command` was wrapped in (sandbox.wrap), for the log and crash reasons."""
         self.command = [sys.executable if part == "{python}" else part for part in command]
         self.cwd, self.env, self.log_path = cwd, env, log_path
         self.budget, self.timeout, self.on_step, self.on_start = budget, timeout, on_step, on_start
+        self.sandbox = sandbox
         self.process: subprocess.Popen | None = None
         self._stop = threading.Event()
         self._timed_out = False
@@ -197,6 +204,8 @@ class Runner:
         reader = SummaryReader()
         with open(self.log_path, "w", encoding="utf-8") as log:
             log.write(f"$ {' '.join(self.command)}\n")
+            if self.sandbox:
+                log.write(f"sandbox: {self.sandbox}\n")
             log.flush()
             try:
                 self.process = subprocess.Popen(
@@ -226,6 +235,9 @@ class Runner:
                     if self.on_step:
                         self.on_step(step)
             returncode = self.process.wait()
+            confined = self.sandbox is not None and self.sandbox.active
+            if confined:
+                returncode = sandboxing.exit_status(returncode)
             watchdog.join(timeout=1)
             wall = time.monotonic() - started
             log.write(f"\n[autoresearch-nb] exit code {returncode}, wall {wall:.1f}s\n")
@@ -244,5 +256,7 @@ class Runner:
             return RunResult(True, None, "", summary, returncode, wall, tail_text)
         if problems and not stopped:
             return RunResult(False, "exception", "; ".join(problems), summary, returncode, wall, tail_text)
-        kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped)
+        confined = self.sandbox is not None and self.sandbox.active
+        refused = sandboxing.refusal(tail[-60:], env=self.env, cwd=self.cwd) if confined else None
+        kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped, refused)
         return RunResult(False, kind, reason, summary, returncode, wall, tail_text)

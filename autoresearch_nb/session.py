@@ -19,6 +19,7 @@ from .lab import DEFAULT_DIR, Lab
 from .ledger import atomic_write
 from .inflight import now_iso
 from .loop import LoopOptions, ResearchLoop
+from . import sandbox
 from .runner import clean_environment
 
 POLICIES = ("noise", "greedy")
@@ -226,6 +227,7 @@ class Session:
                     "max_experiments": self.options.max_experiments, "max_cost": self.options.max_cost,
                     "noise_runs": self.options.noise_runs, "conditions": loop.options.conditions,
                     "segment": segment, "segment_reason": reason,
+                    "sandbox": str(sandbox.probe()),
                     "started_at": self._previous_run().get("started_at") if self.options.resume else None}
             info["started_at"] = info["started_at"] or now_iso()
             info["resumed_at"] = now_iso() if self.options.resume else None

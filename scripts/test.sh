@@ -2,6 +2,7 @@
 # The whole test suite on a fresh machine: the package with its test tools, Debian's Chromium for
 # the dashboard's browser test, aider for the command agent's test, then pytest (every test, the
 # slow end-to-end ones included).
+# setup.sh installs bubblewrap here (root, apt-get): without it tests/test_sandbox.py fails, not skips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev

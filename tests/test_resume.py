@@ -39,8 +39,11 @@ SCORE = 1.0 + abs(MATRIX_LR - 0.04) + abs(EMBED_LR - 0.6) / 10 + abs(WARMDOWN_FR
 '''
 
 
-def run(lab: Lab, *args: str, crash: str | None = None, sleep: float = 0) -> subprocess.CompletedProcess:
+def run(lab: Lab, *args: str, crash: str | None = None, sleep: float = 0,
+        unconfined: bool = False) -> subprocess.CompletedProcess:
     env = {"AUTORESEARCH_CRASHPOINT": crash or "", "TEST_SLEEP": str(sleep)}
+    if unconfined:  # no sandbox: an experiment then outlives a killed loop (bwrap's would die with it)
+        env["AUTORESEARCH_SANDBOX"] = "none"
     return cli("run", "--lab", str(lab.root), *args, env=env, timeout=300)
 
 
@@ -59,13 +62,14 @@ def test_kill_9_at_every_point_then_resume(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
     start = ("--policy", "greedy", "--budget", "1", "--max-experiments", "11", "--tag", "night")
     # baseline (0) runs; the proposal of 1 is killed before anything touches the tree
-    killed(run(lab, *start, crash="after_propose:1"))
+    killed(run(lab, *start, crash="after_propose:1", unconfined=True))
     assert indices(lab) == [0] and lab.inflight_path.exists()
     steps = [("after_write", 2), ("after_commit", 3), ("during_experiment", 4), ("after_judge", 5),
              ("after_append", 6)]
     orphan = None
     for point, index in steps:
-        done = run(lab, "--resume", crash=f"{point}:{index}", sleep=120 if point == "during_experiment" else 0)
+        done = run(lab, "--resume", crash=f"{point}:{index}", sleep=120 if point == "during_experiment" else 0,
+                   unconfined=True)
         killed(done)
         rows = lab.rows()
         assert indices(lab)[-1] == (index if point == "after_append" else index - 1), (point, rows)
@@ -76,7 +80,7 @@ def test_kill_9_at_every_point_then_resume(tmp_path):
         if point == "during_experiment":
             orphan = json.loads(lab.inflight_path.read_text())["pid"]
             assert not gone(orphan), "the experiment should outlive the killed loop (until resume ends it)"
-    done = run(lab, "--resume")
+    done = run(lab, "--resume", unconfined=True)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
     assert len(rows) >= 11 and "reached --max-experiments 11" in done.stdout
