@@ -11,6 +11,7 @@ first stopped.
 """
 from __future__ import annotations
 
+import re
 import time
 
 import git
@@ -35,37 +36,49 @@ def run(loop, repeats: int = DEFAULT_REPEATS) -> str:
     if not changes:
         raise LabError("nothing to ablate: the run has kept no change yet")
     for change in changes:
-        while not loop.stop_requested.is_set():
-            done = [r for r in loop.rows() if r.get("role") == "ablation" and r.get("ablates") == change["index"]
-                    and facts.segment_of(r) == loop.options.segment]
-            clean = [r for r in done if facts.value(r, loop.metric) is not None]
-            if len(clean) >= repeats or any(r.get("kind") == "no_revert" for r in done):
-                break
+        done = [r for r in loop.rows() if r.get("role") == "ablation" and r.get("ablates") == change["index"]
+                and facts.segment_of(r) == loop.options.segment]
+        if any(r.get("kind") == "no_revert" for r in done):
+            continue
+        commit, problem = ablated_commit(loop.lab, best, change)
+        if commit is None:
+            refuse(loop, best, change, problem)
+            continue
+        while not loop.stop_requested.is_set() and clean_runs(loop, change) < repeats:
             loop.measure(Measurement("remeasure", f"the best again, beside the ablation of #{change['index']}"),
                          loop.rows())
-            without(loop, best, change)
+            without(loop, best, commit, change)
         if loop.stop_requested.is_set():
             return "stopped"
     return f"ablation done: {len(changes)} kept change(s), {repeats} clean run(s) of each without it"
 
 
-def without(loop, best: str, change: dict) -> list[dict]:
-    """One run of the best without `change` (or a row saying it does not revert cleanly)."""
+def clean_runs(loop, change: dict) -> int:
+    return sum(1 for r in loop.rows() if r.get("role") == "ablation" and r.get("ablates") == change["index"]
+               and facts.segment_of(r) == loop.options.segment and facts.value(r, loop.metric) is not None)
+
+
+def description_of(change: dict) -> str:
+    return f"without #{change['index']}: {change.get('description', '')}"[:200]
+
+
+def refuse(loop, best: str, change: dict, problem: str) -> None:
+    """Record once that a change cannot be taken out of the best on its own."""
+    index = len(loop.rows())
+    row = loop.base_row(index, "ablation", "", best, description_of(change), None, now_iso())
+    row.update(status="rejected", kind="no_revert", reason=f"does not revert cleanly: {problem}",
+               ablates=change["index"], val_bpb=None, log=None)
+    loop.record(row)
+
+
+def without(loop, best: str, commit: str, change: dict) -> list[dict]:
+    """One run of the best without `change` (its ablated commit, checked out for the run)."""
     lab = loop.lab
     index = len(loop.rows())
-    description = f"without #{change['index']}: {change.get('description', '')}"[:200]
-    loop._note(index=index, phase="commit", role="ablation", parent=best, started_at=now_iso(),
-               description=description)
-    commit, problem = ablated_commit(lab, best, change)
-    if commit is None:
-        row = loop.base_row(index, "ablation", "", best, description, None, now_iso())
-        row.update(status="rejected", kind="no_revert", reason=f"does not revert cleanly: {problem}",
-                   ablates=change["index"], val_bpb=None, log=None)
-        loop.record(row)
-        inflight.clear(lab)
-        return [row]
+    loop._note(index=index, phase="run", role="ablation", parent=best, commit=commit, started_at=now_iso(),
+               description=description_of(change))
     lab.reset(commit)
-    pending = loop.runs(index, "ablation", commit, best, description, loop.seed_for(index),
+    pending = loop.runs(index, "ablation", commit, best, description_of(change), loop.seed_for(index),
                         step_started=time.monotonic())
     for row in pending:
         row["ablates"] = change["index"]
@@ -77,7 +90,9 @@ def without(loop, best: str, change: dict) -> list[dict]:
 
 def ablated_commit(lab, best: str, change: dict) -> tuple[str | None, str]:
     """The best without `change` as a commit whose parent is the best: the one made before for
-    this best, else a fresh `git revert`. (None, why) when it does not revert cleanly."""
+    this best, else the change's own lines reverted (a zero-context patch, so a later change
+    on a neighbouring line does not stand in the way; one on the same line does). (None, why)
+    when it does not revert cleanly. The branch is back at the best either way."""
     ref = f"refs/ablations/{change['index']:04d}"
     try:
         earlier = lab.repo.git.rev_parse("--verify", "-q", ref)
@@ -85,16 +100,16 @@ def ablated_commit(lab, best: str, change: dict) -> tuple[str | None, str]:
             return earlier, ""
     except git.GitCommandError:
         pass
+    patch = lab.repo.git.diff("-U0", "--no-color", "--no-ext-diff", change["parent"], change["commit"], "--",
+                              *lab.config["allowed"]) + "\n"
+    patch_file = lab.state_dir / "ablation.patch"
+    patch_file.write_text(patch, encoding="utf-8")
     try:
-        lab.repo.git.revert("--no-edit", "--no-commit", change["commit"])
+        lab.repo.git.apply("-R", "--unidiff-zero", str(patch_file))
     except git.GitCommandError as error:
-        try:
-            lab.repo.git.revert("--abort")
-        except git.GitCommandError:
-            pass
         lab.reset(best)
-        lines = [line.strip() for line in str(error.stderr or error).splitlines() if "CONFLICT" in line]
-        return None, lines[0] if lines else "later changes are built on it"
+        found = re.search(r"patch failed: ([^\s'\"]+)", str(error.stderr or error))
+        return None, "later changes rewrote the same lines" + (f" ({found.group(1)})" if found else "")
     commit = lab.commit(lab.config["allowed"], f"ablation: #{change['index']} reverted ({change.get('description', '')})")
     lab.repo.git.update_ref(ref, commit)
     lab.reset(best)

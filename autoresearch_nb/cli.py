@@ -137,7 +137,7 @@ def cmd_run(args) -> int:
 def cmd_ablate(args) -> int:
     from .session import RunOptions, Session
 
-    options = RunOptions(lab=args.lab, ablate=args.repeats, rebaseline=args.rebaseline, agent_timeout=args.agent_timeout)
+    options = RunOptions(lab=args.lab, ablate=args.repeats, rebaseline=args.rebaseline)
     code = drive(Session(options))
     if code == 0:
         lab = Lab.open(args.lab)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 WARMUP_LINES = 2
 MIN_LINES = 6
-SLOW_FACTOR = 2.0
+SLOW_FACTOR = 1.5
 PACE_QUANTILE = 0.25
 LOST_SHARE = 0.10
 OTHERS_BUSY = 0.5

@@ -50,6 +50,7 @@ class LoopOptions:
     run_info: dict = field(default_factory=dict)
     segment: int = 0            # the comparison segment new rows belong to (session.py decides)
     conditions: dict = field(default_factory=dict)   # what every row records it was measured under
+    segment_reason: str = ""    # why this segment started (what changed), kept on its first rows
 
 
 def timeout_for(budget: float, profile: str, allowance: float | None = None) -> float:
@@ -426,7 +427,8 @@ class ResearchLoop:
                 "log": self._log_rel(index), "timings": {"propose_s": 0.0, "run_s": 0.0, "judge_s": 0.0},
                 "agent": self.agent.name, "model": self.agent.model, "segment": self.options.segment,
                 "conditions": self.options.conditions, "policy": self.options.policy,
-                "sandbox": sandbox.probe().name}
+                "sandbox": sandbox.probe().name,
+                **({"segment_reason": self.options.segment_reason} if self.options.segment_reason else {})}
 
     def result_fields(self, result: RunResult) -> dict:
         fields = {k: result.summary.get(k) for k in SUMMARY_FIELDS}

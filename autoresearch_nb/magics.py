@@ -166,8 +166,7 @@ class AutoresearchMagics(Magics):
             raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
                              "then ablate")
         lab = self._lab(args.lab)
-        options = RunOptions(lab=str(lab.root), ablate=args.repeats, rebaseline=args.rebaseline,
-                             agent_timeout=args.agent_timeout)
+        options = RunOptions(lab=str(lab.root), ablate=args.repeats, rebaseline=args.rebaseline)
         self._launch(Session(options), lab, f"Ablating the best of {lab.root} ({args.repeats} runs per change); "
                                             "%autoresearch status shows the table when it is done.")
 

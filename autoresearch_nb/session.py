@@ -269,7 +269,7 @@ class Session:
                                                          "the best is measured again before any experiment")
         elif changed:
             raise LabError(conditions.refusal(changed))
-        loop.options.segment, loop.options.conditions = segment, now
+        loop.options.segment, loop.options.conditions, loop.options.segment_reason = segment, now, reason
         return segment, reason
 
     def _setup_data(self) -> dict:

@@ -69,8 +69,9 @@ def test_a_run_fills_header_table_chart_and_buttons():
     assert "crash:oom" in labels[1] and "rejected:audit" in labels[0]
     header = dashboard.header.value
     assert "heuristic baseline" in header and "profile cpu-tiny on cpu" in header
-    assert "2 kept, 1 discarded, 1 crashed, 1 rejected" in header
-    assert "best val_bpb 1.950000" in header and "+0.050000" in header and "+2.50%" in header
+    assert "4/5 runs, 1 change kept: 2 kept, 1 discarded, 1 crashed, 1 rejected" in header
+    assert "best val_bpb 1.950000 (1 run)" in header and "gain +0.0500" in header and "+2.50%" in header
+    assert "over baseline 2.000000 (1 run)" in header
     assert "cost $1.25" in header
     assert "/labs/demo" in dashboard.title.value and "finished" in dashboard.title.value
     assert bytes(dashboard.chart.value).startswith(PNG)
@@ -179,18 +180,24 @@ def test_a_snapshot_seeds_the_view_and_events_continue_it():
     assert [r["index"] for r in view.rows] == [0, 1, 2], "a re-sent row replaces, never duplicates"
 
 
+def stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(1_700_000_000 + seconds))
+
+
 def test_summary_pace_and_eta_come_from_the_history():
-    now = 10_000.0
-    started = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now - 1800))
-    facts = summarize(ROWS, {"started_at": started, "max_experiments": 12}, now=now)
+    timed = [dict(r, started_at=stamp(450 * i), finished_at=stamp(450 * (i + 1))) for i, r in enumerate(ROWS)]
+    facts = summarize(timed, {"max_experiments": 12})
     assert facts["done"] == 4, "a rejected proposal is not an experiment that ran"
-    assert facts["per_hour"] == 8.0 and facts["eta_s"] == 8 * 450.0  # 8 left, 7.5 min each
-    timed = [dict(r, timings={"total_s": 60.0}) for r in ROWS]
-    assert summarize(timed, {"started_at": started}, now=now)["per_hour"] == 48.0, \
-        "working time, not wall time since a start that may predate a resume"
+    # five rows of 450 s each: 2250 s of work for 4 runs
+    assert facts["per_hour"] == 6.4 and facts["eta_s"] == 8 * 3600 / 6.4
+    resumed = timed[:2] + [dict(r, started_at=stamp(450 * i + 7200), finished_at=stamp(450 * (i + 1) + 7200))
+                           for i, r in enumerate(ROWS[2:], 2)]
+    assert summarize(resumed, {})["per_hour"] == 6.4, "time between sessions is not working time"
+    overlapping = [dict(r, started_at=stamp(0), finished_at=stamp(2250)) for r in ROWS]
+    assert summarize(overlapping, {})["per_hour"] == 6.4, "runs side by side are not counted twice"
     higher = summarize([row(0, "keep", 0.5, "b", role="baseline"), row(1, "keep", 0.6, "x")],
                        {}, metric="val_bpb", direction="higher")
-    assert higher["best"] == 0.6 and abs(higher["gain"] - 0.1) < 1e-12
+    assert higher["best"].mean == 0.6 and abs(higher["gain"] - 0.1) < 1e-12
 
 
 def test_text_views_hold_what_a_terminal_user_needs():

@@ -199,28 +199,36 @@ def test_max_experiments_bounds_the_rows_of_results_tsv(tmp_path):
     assert rows[3]["status"] == "rejected"
 
 
-def test_the_noise_policy_confirms_a_borderline_winner(tmp_path):
-    # Baseline and its two repeats: 1.000, 1.002, 0.998, so the single-run spread is 0.002.
+def test_the_noise_policy_decides_in_steps(tmp_path):
+    # Baseline and its two repeats: 1.000, 1.002, 0.998. Each candidate's value is chosen to fall
+    # well inside one zone of the rule (see judge.py): z >= 2 keep, z < 1 discard, else one more run.
     repeats = {BASE_SEED + 1000: 0.002, BASE_SEED + 2000: -0.002}
     lab = scored_lab(tmp_path / "lab", baseline=f"SCORE = 1.0\nJITTER = {repeats}\n")
-    confirm_seed = lambda index: BASE_SEED + 7919 * (index + 1)  # noqa: E731
+    seed_of = lambda index: BASE_SEED + 7919 * index  # noqa: E731  a repeated run's seed: its row's index
     agent = ScriptedAgent([
-        (score(0.996, {confirm_seed(3): -0.004}), "borderline, and the re-run agrees"),
-        (score(0.990, {confirm_seed(5): 0.008}), "borderline, and the re-run says it was luck"),
-        (score(0.950), "clear of the noise"),
-        (score(0.9935), "inside the noise"),
+        (score(0.950), "a clear win"),                                         # 3; 4 re-measures it
+        (score(1.010), "a clear loss"),                                        # 5
+        (score(0.9455, {seed_of(7): -0.005}), "borderline, and its re-run agrees"),  # 6, 7
+        (score(0.939, {seed_of(9): 0.006}), "borderline, and its re-run says luck"),  # 8, 9
     ])
     _, reason = run_loop(lab, agent, policy="noise", noise_runs=2)
     rows = assert_consistent(lab)[:-1]
     got = [(r["role"], r["status"], r["val_bpb"]) for r in rows]
     assert got == [("baseline", "keep", 1.0), ("noise", "discard", 1.002), ("noise", "discard", 0.998),
-                   ("experiment", "keep", 0.996), ("confirm", "keep", 0.992),
-                   ("experiment", "discard", 0.99), ("confirm", "discard", 0.998),
-                   ("experiment", "keep", 0.95), ("experiment", "discard", 0.9935)]
-    assert rows[3]["score"] == pytest.approx(0.994) and rows[3]["judge"]["decision"] == "keep"
-    assert rows[5]["judge"]["decision"] == "discard" and rows[5]["judge"]["noise"] > 0
-    assert rows[4]["seed"] == confirm_seed(3) and rows[4]["commit"] == rows[3]["commit"]
-    assert "SCORE = 0.95" in lab.read(TRAIN)
+                   ("experiment", "keep", 0.95), ("remeasure", "discard", 0.95),
+                   ("experiment", "discard", 1.01),
+                   ("experiment", "keep", 0.9455), ("confirm", "keep", 0.9405),
+                   ("experiment", "discard", 0.939), ("confirm", "discard", 0.945)]
+    assert rows[3]["judge"]["runs"] == 1 and rows[3]["judge"]["against"] == 3 and rows[3]["judge"]["z"] >= 2
+    assert rows[6]["judge"] == rows[7]["judge"] and rows[6]["judge"]["runs"] == 2
+    assert rows[7]["seed"] == seed_of(7) and rows[7]["commit"] == rows[6]["commit"]
+    assert rows[8]["judge"]["decision"] == "discard" and rows[8]["judge"]["z"] < 1
+    # the value to beat is the mean of the best code's runs, never one run
+    assert agent.contexts[0].best == pytest.approx(1.0)            # the baseline's three runs
+    assert agent.contexts[1].best == pytest.approx(0.95)           # the clear win and its re-measurement
+    assert agent.contexts[3].best == pytest.approx(0.943)          # the confirmed borderline win
+    assert rows[-1]["best"] == pytest.approx(0.943)
+    assert "SCORE = 0.9455" in lab.read(TRAIN)
 
 
 def test_steering_notes_reach_the_next_proposal(tmp_path):
@@ -276,16 +284,15 @@ def test_the_last_crash_is_in_the_next_context(tmp_path):
 def test_a_confirmation_run_that_crashes_discards_the_change_and_the_run_goes_on(tmp_path):
     repeats = {BASE_SEED + 1000: 0.002, BASE_SEED + 2000: -0.002}
     lab = scored_lab(tmp_path / "lab", baseline=f"SCORE = 1.0\nJITTER = {repeats}\n")
-    confirm_seed = BASE_SEED + 7919 * 4
     agent = ScriptedAgent([
-        (score(0.996, {confirm_seed: "not a number"}), "borderline; its re-run crashes"),
+        (score(0.9955, {BASE_SEED + 7919 * 4: "not a number"}), "borderline; its re-run crashes"),
         (score(0.95), "clear of the noise"),
     ])
     loop, reason = run_loop(lab, agent, policy="noise", noise_runs=2)
     assert "tried every change" in reason, reason
     rows = assert_consistent(lab)[:-1]
     assert [(r["role"], r["status"]) for r in rows[3:]] == [("experiment", "discard"), ("confirm", "crash"),
-                                                            ("experiment", "keep")]
+                                                            ("experiment", "keep"), ("remeasure", "discard")]
     assert rows[4]["kind"] == "exception" and "TypeError" in rows[4]["reason"]
     assert "SCORE = 0.95" in lab.read(TRAIN)
 

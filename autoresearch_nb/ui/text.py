@@ -54,7 +54,8 @@ def header_lines(found: dict) -> list[str]:
                       if counts.get(s) or s in ("keep", "discard", "crash"))
     of_limit = f"/{found['max_experiments']}" if found.get("max_experiments") else ""
     lines = [f"{who}" + (f" · {where}" if where else ""),
-             f"{found['done']}{of_limit} runs, {found['changes']} changes kept: {tally}"]
+             f"{found['done']}{of_limit} runs, {found['changes']} change{'' if found['changes'] == 1 else 's'} "
+             f"kept: {tally}"]
     metric, best, base = found["metric"], found["best"], found["baseline"]
     if best is None:
         lines.append(f"best {metric}: -")

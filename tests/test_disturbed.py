@@ -1,0 +1,112 @@
+"""Runs disturbed from outside are run again, not judged: real load from other processes, real step logs.
+
+The target works the processor for a fixed CPU time per step and prints a step line, as training
+does. The test starts busy processes beside one run for a stretch of its steps (what another
+program on a laptop or a shared box does), so that stretch goes slower in wall time while other
+processes use the CPU; the runner sees it from outside and the loop runs the experiment again.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from autoresearch_nb.ledger import read_results_tsv
+from autoresearch_nb.loop import LoopOptions, ResearchLoop
+from test_loop import ScriptedAgent, TRAIN, assert_consistent, git, scored_lab
+
+pytestmark = pytest.mark.slow
+
+WORKING_SCORER = '''"""Scores train.py: STEPS steps of CPU work (or of sleep, SLEEP), then the summary block."""
+import os
+import runpy
+import time
+
+namespace = runpy.run_path("nanochat/train.py", run_name="__main__")
+steps = namespace.get("STEPS", 100)
+for step in range(1, steps + 1):
+    if namespace.get("SLEEP") and 20 <= step < 70:
+        time.sleep(0.08)           # the run slows itself: nobody else is busy
+    started = time.process_time()
+    while time.process_time() - started < 0.03:
+        pass
+    print(f"step {step} | loss 2.5 | progress {step / steps:.2f} | elapsed {step * 0.03:.2f}s", flush=True)
+print("---")
+print(f"val_bpb:          {namespace.get('SCORE', 1.0):.6f}")
+print("training_seconds: 3.0")
+'''
+SPINNERS = 8
+
+
+class Neighbour:
+    """Busy processes started and stopped on given step lines of given runs: other work on the machine."""
+
+    def __init__(self, runs: set[int], start_step: int = 20, stop_step: int = 70):
+        self.runs, self.start_step, self.stop_step = runs, start_step, stop_step
+        self.processes: list[subprocess.Popen] = []
+        self.disturbed: list[int] = []
+
+    def on_event(self, event) -> None:
+        if event.kind != "step" or event.data.get("index") not in self.runs:
+            return
+        step = event.data.get("step", 0)
+        if step >= self.start_step and not self.processes and event.data["index"] not in self.disturbed:
+            self.disturbed.append(event.data["index"])
+            self.processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                              for _ in range(SPINNERS)]
+        elif step >= self.stop_step and self.processes:
+            self.stop()
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.kill()
+            process.wait()
+        self.processes = []
+
+
+def working_lab(tmp_path, baseline: str = "SCORE = 1.0\n"):
+    lab = scored_lab(tmp_path / "lab", baseline=baseline, allowance=60.0)
+    (lab.root / "score.py").write_text(WORKING_SCORER)
+    git(lab.root, "commit", "-qam", "a scorer that works per step")
+    return lab
+
+
+def run(lab, agent, neighbour: Neighbour) -> list[dict]:
+    loop = ResearchLoop(lab, agent, LoopOptions(budget=5.0, policy="greedy", profile="tiny"))
+    loop.bus.subscribe(neighbour.on_event)
+    try:
+        loop.run()
+    finally:
+        neighbour.stop()
+    return assert_consistent(lab)
+
+
+def test_a_run_disturbed_from_outside_is_run_again_and_the_clean_run_is_judged(tmp_path):
+    lab = working_lab(tmp_path)
+    neighbour = Neighbour(runs={1})
+    rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), neighbour)[:-1]
+    assert [(r["index"], r["role"], r["status"]) for r in rows] == [
+        (0, "baseline", "keep"), (1, "experiment", "disturbed"), (2, "experiment", "keep")]
+    disturbed = rows[1]
+    assert disturbed["kind"] == "disturbed" and "disturbed from outside" in disturbed["reason"]
+    assert disturbed["disturbance"]["share"] >= 0.1 and disturbed["val_bpb"] == 0.9
+    assert rows[2]["commit"] == disturbed["commit"] and rows[2]["seed"] == disturbed["seed"]
+    assert "disturbance" not in rows[2]
+    results = read_results_tsv(lab.results_path)
+    assert results[1]["status"] == "discard" and results[1]["description"].endswith("[disturbed: run again]")
+
+
+def test_a_run_disturbed_again_and_again_is_judged_after_the_cap(tmp_path):
+    lab = working_lab(tmp_path)
+    neighbour = Neighbour(runs={1, 2, 3})
+    rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), neighbour)[:-1]
+    assert [r["status"] for r in rows] == ["keep", "disturbed", "disturbed", "keep"]
+    assert "judged anyway after 2 re-runs" in rows[3]["reason"] and rows[3]["disturbance"]
+
+
+def test_a_run_that_slows_itself_is_judged_as_it_is(tmp_path):
+    lab = working_lab(tmp_path)
+    rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\nSLEEP = True\n"}, "sleeps in training")]),
+               Neighbour(runs=set()))[:-1]
+    assert [r["status"] for r in rows] == ["keep", "keep"]
