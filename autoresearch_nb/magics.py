@@ -239,10 +239,7 @@ class AutoresearchMagics(Magics):
             header["lab"] = str(lab.root)
             snapshot = {"header": header, "rows": lab.rows(), "state": "idle",
                         "message": "no run in this kernel"}
-            print(status_text(snapshot, metric, direction))
-            table = ablation_text(snapshot["rows"], metric, direction)
-            if table:
-                print("\n" + table)
+            self._print_status(snapshot, lab)
             return
         self._render_run(redisplay=True)
 
@@ -250,9 +247,7 @@ class AutoresearchMagics(Magics):
         """Dashboard (re-sent so this cell carries its latest state) or text."""
         dashboard = CURRENT.dashboard
         if self.frontend == "terminal" or dashboard is None:
-            lab = self._lab()
-            metric, direction = self._metric(lab)
-            print(status_text(CURRENT.session.snapshot(), metric, direction))
+            self._print_status(CURRENT.session.snapshot(), self._lab())
             return
         dashboard.load(CURRENT.session.snapshot())
         dashboard.refresh(resend=True)
@@ -260,6 +255,13 @@ class AutoresearchMagics(Magics):
             print(f"The dashboard failed to draw an update in the background: {dashboard.render_error}")
         if redisplay:
             display(dashboard.widget)
+
+    def _print_status(self, snapshot: dict, lab) -> None:
+        metric, direction = self._metric(lab)
+        print(status_text(snapshot, metric, direction))
+        table = ablation_text(snapshot.get("rows") or [], metric, direction)
+        if table:
+            print("\n" + table)
 
     def _do_wait(self, args):
         session = self._session()

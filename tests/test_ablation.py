@@ -72,3 +72,25 @@ def test_ablating_a_run_without_kept_changes_says_so(tmp_path):
                                                                              profile="tiny")).run()
     done = cli("ablate", "--lab", str(lab.root))
     assert done.returncode == 2 and "nothing to ablate" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_ablate_magic_runs_in_the_background_and_status_shows_the_table(researched, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from autoresearch_nb.magics import CURRENT
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "autoresearch_nb")
+    try:
+        shell.run_cell(f"%autoresearch ablate --lab {researched.root} --repeats 1", store_history=False)
+        assert "Ablating the best of" in capsys.readouterr().out
+        shell.run_cell("%autoresearch wait --timeout 300", store_history=False)
+        shell.run_cell("%autoresearch status", store_history=False)
+        out = capsys.readouterr().out
+        assert "ablation done: 5 kept change(s)" in out
+        assert "B on" in out and "still helps" in out and "does not revert cleanly" in out
+    finally:
+        if CURRENT.session is not None and CURRENT.session.alive:
+            CURRENT.session.stop(now=True)
+            CURRENT.session.wait(timeout=60)
+        CURRENT.__init__()

@@ -15,7 +15,7 @@ from autoresearch_nb.magics import CURRENT, frontend_of
 
 CHARTER = "# Goal\nLower val_bpb on the CPU profile.\n\n- keep changes small\n"
 SUBCOMMANDS = ("init", "start", "stop", "pause", "resume", "status", "wait", "show", "diff",
-               "apply", "steer", "export")
+               "apply", "steer", "export", "ablate")
 
 
 @pytest.fixture
@@ -67,6 +67,7 @@ def test_help_lists_every_subcommand(shell, capsys):
     ("stop", "no run in this kernel"),
     ("pause", "no run in this kernel"),
     ("wait", "no run in this kernel"),
+    ("ablate --repeats two", "invalid int value: 'two'"),
 ])
 def test_mistakes_give_one_clear_line(shell, capsys, line, says):
     assert says in usage_error(shell, capsys, f"%autoresearch {line}")
@@ -165,7 +166,7 @@ def test_a_short_run_from_start_to_apply(shell, capsys, tmp_path):
 
     run(shell, "%autoresearch status")
     status = capsys.readouterr().out
-    assert "experiments:" in status and "state:" in status
+    assert "changes kept:" in status and "state:" in status
 
     run(shell, "%autoresearch wait --timeout 600")
     out = capsys.readouterr().out
