@@ -1,8 +1,8 @@
 """Ablation of the final best: each kept change reverted on its own, measured with repeats.
 
-For every kept change on the branch, the best code with just that change taken out (a `git
-revert` of its commit on top of the best, where it reverts cleanly; kept under
-refs/ablations/ so every repeat runs the same commit) runs `repeats` times, and the best runs
+For every kept change on the branch, the best code with just that change taken out (its lines
+put back on top of the best, where they revert cleanly; kept under refs/ablations/ so every
+repeat runs the same commit) runs `repeats` times, and the best runs
 again as often, interleaved, so both see the same machine. A change's contribution is
 mean(best without it) - mean(best) with an interval (facts.ablation_table); one that no longer
 stands clear of zero is flagged. The runs are ledger rows (role "ablation", and "remeasure"
@@ -11,7 +11,6 @@ first stopped.
 """
 from __future__ import annotations
 
-import re
 import time
 
 import git
@@ -20,6 +19,7 @@ from . import facts, inflight
 from .errors import LabError
 from .inflight import now_iso
 from .plan import Measurement
+from .reapply import reapply
 
 DEFAULT_REPEATS = 2
 
@@ -90,9 +90,9 @@ def without(loop, best: str, commit: str, change: dict) -> list[dict]:
 
 def ablated_commit(lab, best: str, change: dict) -> tuple[str | None, str]:
     """The best without `change` as a commit whose parent is the best: the one made before for
-    this best, else the change's own lines reverted (a zero-context patch, so a later change
-    on a neighbouring line does not stand in the way; one on the same line does). (None, why)
-    when it does not revert cleanly. The branch is back at the best either way."""
+    this best, else the change's own lines put back (reapply.py: a later change to a
+    neighbouring line does not stand in the way; one to the same line does). (None, why) when it
+    does not revert cleanly. The branch is back at the best either way."""
     ref = f"refs/ablations/{change['index']:04d}"
     try:
         earlier = lab.repo.git.rev_parse("--verify", "-q", ref)
@@ -100,16 +100,11 @@ def ablated_commit(lab, best: str, change: dict) -> tuple[str | None, str]:
             return earlier, ""
     except git.GitCommandError:
         pass
-    patch = lab.repo.git.diff("-U0", "--no-color", "--no-ext-diff", change["parent"], change["commit"], "--",
-                              *lab.config["allowed"]) + "\n"
-    patch_file = lab.state_dir / "ablation.patch"
-    patch_file.write_text(patch, encoding="utf-8")
-    try:
-        lab.repo.git.apply("-R", "--unidiff-zero", str(patch_file))
-    except git.GitCommandError as error:
-        lab.reset(best)
-        found = re.search(r"patch failed: ([^\s'\"]+)", str(error.stderr or error))
-        return None, "later changes rewrote the same lines" + (f" ({found.group(1)})" if found else "")
+    without = reapply(lab, change["commit"], {p: lab.file_at_commit(change["parent"], p) for p in lab.config["allowed"]},
+                      best)
+    if without is None:
+        return None, "later changes rewrote the same lines"
+    lab.write_files(without)
     commit = lab.commit(lab.config["allowed"], f"ablation: #{change['index']} reverted ({change.get('description', '')})")
     lab.repo.git.update_ref(ref, commit)
     lab.reset(best)
