@@ -1,9 +1,10 @@
-"""The in-flight note (.autoresearch/inflight.json) and the repair a resume makes from it.
+"""The coordinator's state that must survive kill -9 (.autoresearch/inflight.json), and the repair a resume makes.
 
-Before anything touches the tree the loop writes what is under way and which commit to return
-to; the ledger row is appended (fsync) before the note is removed. So after `kill -9` at any
-instant a resume can tell whether the row made it, record the experiment as interrupted if not,
-end an orphaned training process, and put the tree back at the best commit.
+The state holds the tracks under way (tracks.py), their dispatched jobs and the drafts not yet
+run. It is rewritten atomically after every change, before the change is acted on; ledger rows
+are appended (fsync) before they leave the state. So after a kill at any instant a resume knows
+which rows made it (each row names its job), ends the orphaned experiments, removes the
+worktrees, finishes a verdict that was made, and re-queues each job that was running, once.
 """
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass, field
 
 from .lab import Lab
 from .ledger import append_row, atomic_write, read_rows, write_results
+from .tracks import Draft, Track
+
+FORMAT = 2
 
 
 def now_iso() -> str:
@@ -27,8 +32,31 @@ def crashpoint(name: str, index: int | None = None) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def write(lab: Lab, **data) -> None:
-    atomic_write(lab.inflight_path, json.dumps(data))
+@dataclass
+class State:
+    tracks: list = field(default_factory=list)     # Track
+    drafts: list = field(default_factory=list)     # Draft
+    next_id: int = 0                               # tracks, jobs and drafts share one counter
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    def save(self, lab: Lab) -> None:
+        if not self.tracks and not self.drafts:
+            clear(lab)
+            return
+        atomic_write(lab.inflight_path, json.dumps({
+            "format": FORMAT, "next_id": self.next_id, "tracks": [t.record() for t in self.tracks],
+            "drafts": [d.record() for d in self.drafts]}, default=str))
+
+    @classmethod
+    def load(cls, lab: Lab) -> "State":
+        data = read(lab)
+        if data.get("format") != FORMAT:
+            return cls(next_id=int(data.get("next_id") or 0))
+        return cls([Track.load(t) for t in data.get("tracks", [])], [Draft.load(d) for d in data.get("drafts", [])],
+                   int(data.get("next_id") or 0))
 
 
 def read(lab: Lab) -> dict:
@@ -45,71 +73,64 @@ def clear(lab: Lab) -> None:
         pass
 
 
-def note_pid(lab: Lab, pid: int) -> None:
-    """Remember the experiment's process group, so a resume can end an orphaned run."""
-    note = read(lab)
-    if not note:
-        return
-    write(lab, **{**note, "pid": pid})
-    crashpoint(f"during_{note.get('role', 'experiment')}", note.get("index"))
-
-
 def runs_in(pid: int, root) -> bool:
     """True when process `pid` still exists and works in `root` (not a reused pid)."""
     try:
-        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")) == os.path.realpath(root)
+        return os.path.realpath(os.readlink(f"/proc/{pid}/cwd")).startswith(os.path.realpath(root))
     except OSError:
         return False
 
 
-def recover(lab: Lab, agent_name: str) -> None:
-    """Make the lab consistent after a crash, a kill -9 or a kernel restart.
-
-    The note's `pending` rows are runs that finished but were not yet in the ledger. In the
-    "record" phase they carry their verdict and are appended as they are; before it, the verdict
-    was never made, so their clean runs are recorded as interrupted (their values kept) and the
-    run that was going on when the process stopped gets an interrupted row of its own."""
-    if not lab.inflight_path.exists():
-        return
-    note = read(lab)
-    pid = note.get("pid")
-    if pid and runs_in(pid, lab.root):  # an orphaned experiment must not keep running
+def end_orphan(job: dict | None) -> None:
+    """An experiment left running by a killed coordinator must not keep running."""
+    if job and job.get("pid") and runs_in(job["pid"], job.get("cwd") or "/nonexistent"):
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(job["pid"], signal.SIGKILL)
         except (ProcessLookupError, PermissionError, OSError):
             pass
-    rows = read_rows(lab.ledger_path)
-    have = {r.get("index") for r in rows}
-    final = note.get("phase") == "record"
-    for row in note.get("pending") or []:
-        if row.get("index") in have:
-            continue
-        if not final and row.get("status") in (None, "keep", "discard"):
-            row = {**row, "status": "interrupted", "kind": "interrupted",
-                   "reason": "the process stopped before the verdict on this change"}
-        _append(lab, rows, row)
-        have.add(row.get("index"))
-    index = note.get("index", len(rows))
-    if not final and index not in have:
-        _append(lab, rows, {
-            "index": index, "status": "interrupted", "kind": "interrupted", "role": note.get("role", "experiment"),
-            "reason": f"the process stopped during {note.get('phase', 'the experiment')}",
-            "commit": lab.short(note["commit"]) if note.get("commit") else "",
-            "parent": lab.short(note["parent"]) if note.get("parent") else "",
-            "description": note.get("description", ""), "started_at": note.get("started_at"),
-            "log": note.get("log"), "val_bpb": None, "fingerprint": None, "finished_at": now_iso(),
-            "agent": agent_name, "segment": note.get("segment", 0)})
-    target = note.get("commit") if final and note.get("kept") else note.get("parent")
-    if target:
-        lab.reset(target)
-    write_results(lab.results_path, read_rows(lab.ledger_path))
-    clear(lab)
 
 
-def _append(lab: Lab, rows: list[dict], row: dict) -> None:
+def append(lab: Lab, rows: list[dict], row: dict) -> dict:
+    """Append a row with the next index and the value to beat after it."""
     from .facts import value_to_beat
 
+    row["index"] = len(rows)
     best = value_to_beat(rows + [row])
     row["best"] = round(best.mean, 6) if best else None
     append_row(lab.ledger_path, row)
     rows.append(row)
+    return row
+
+
+def recover(lab: Lab) -> State:
+    """Make the lab consistent after a crash, a kill -9 or a kernel restart; returns what to go on with."""
+    state = State.load(lab)
+    rows = read_rows(lab.ledger_path)
+    recorded = {r.get("job") for r in rows if r.get("job") is not None}
+    kept = []
+    for track in state.tracks:
+        end_orphan(track.job)
+        if track.decision is not None:  # judged before the kill: finish what the verdict said
+            if track.decision == "keep" and lab.head() == _full(lab, track.parent):
+                lab.reset(track.commit)
+            for row in track.rows:
+                if row.get("job") not in recorded:
+                    append(lab, rows, row)
+            continue
+        track.job = None                 # re-queued: it runs again, once, in the resumed run
+        kept.append(track)
+    state.tracks = kept
+    from .worktrees import Worktrees
+
+    Worktrees(lab).remove_all()
+    lab.reset(lab.head())
+    write_results(lab.results_path, rows)
+    state.save(lab)
+    return state
+
+
+def _full(lab: Lab, commit: str) -> str:
+    try:
+        return lab.repo.git.rev_parse(commit)
+    except Exception:
+        return commit
