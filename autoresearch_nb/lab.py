@@ -42,6 +42,8 @@ def default_config(profile: str = "auto", data: str = "builtin", budget: float |
         "allowed": ["nanochat/train.py"],
         "locked": ["nanochat/prepare.py"],
         "command": ["{python}", "nanochat/train.py"],
+        # the fixed evaluator, a process of its own; None: the command prints its own summary
+        "evaluate": ["{python}", "nanochat/prepare.py", "--evaluate", "{run_dir}", "--wait"],
         "metric": "val_bpb",
         "direction": "lower",
         "profile": profile,

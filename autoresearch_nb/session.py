@@ -237,26 +237,20 @@ class Session:
         config = self.lab.config
         env = clean_environment({"AUTORESEARCH_PROFILE": config.get("profile") or "auto"})
         env.pop("AUTORESEARCH_BUDGET", None)
-        cmd = [sys.executable, "nanochat/prepare.py", "--data", config.get("data", "builtin")]
+        cmd = [sys.executable, "nanochat/prepare.py", "--conditions", "--data", config.get("data", "builtin")]
         if config.get("profile") not in (None, "auto"):
             cmd += ["--profile", config["profile"]]
         if config.get("byte_level"):
             cmd.append("--byte-level")
         log = self.lab.state_dir / "logs" / "prepare.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as handle:
-            done = subprocess.run(cmd, cwd=self.lab.root, env=env, stdout=handle, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
+        with open(log, "w") as handle:  # the conditions are the last line of stdout; the rest is for the log
+            done = subprocess.run(cmd, cwd=self.lab.root, env=env, stdout=subprocess.PIPE, stderr=handle, text=True)
+            handle.write(done.stdout)
+        if done.returncode != 0 or not done.stdout.strip():
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
             raise LabError(f"preparing the data failed: {tail[0]} (full log: {log})")
-        probe = ("import json, torch, prepare as p; f = dict(p.PROFILE); "
-                 "f['device_name'] = torch.cuda.get_device_name(0) if p.DEVICE == 'cuda' else p.DEVICE; "
-                 "print(json.dumps(f))")
-        out = subprocess.run([sys.executable, "-c", probe], cwd=self.lab.root / "nanochat", env=env,
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise LabError(f"could not read the hardware profile: {out.stderr.strip().splitlines()[-1:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     # -- tracking events into the snapshot ----------------------------------------------------
     def _set_state(self, state: str, message: str) -> None:
