@@ -1,5 +1,6 @@
-"""The audit: every way train.py could forge, patch or peek at the metric is rejected before it runs,
-and the real train.py and ordinary research edits to it pass."""
+"""The audit, a first filter: forged summary lines, patches to the fixed code, seed and budget changes and
+harness files are rejected before they run; the real train.py and ordinary research edits to it pass.
+What the audit no longer refuses is refused at run time (tests/test_redteam.py)."""
 from __future__ import annotations
 
 import ast
