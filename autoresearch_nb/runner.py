@@ -189,10 +189,13 @@ class _Process:
 
     def _reap(self) -> None:
         # wait4, not Popen.wait: it also reports the CPU time of the process and all it reaped.
-        _, status, usage = os.wait4(self.pid, 0)
+        try:
+            _, status, usage = os.wait4(self.pid, 0)
+            self.cpu_seconds = usage.ru_utime + usage.ru_stime
+            self.popen.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped elsewhere (a Popen.poll()): the exit code is known, the CPU time not
+            self.popen.wait()
         self.exit_time = time.monotonic()
-        self.cpu_seconds = usage.ru_utime + usage.ru_stime
-        self.popen.returncode = os.waitstatus_to_exitcode(status)
         self.exited.set()
 
     def kill(self) -> None:
@@ -211,15 +214,19 @@ class Runner:
     runner's own timing from the marker to the end of the process gives training_seconds (CPU time of
     the process tree over `cores` on the cpu clock, wall time otherwise). Without `evaluate` (targets
     whose command prints its own summary) the summary is read from the command's output.
+    `wrap` turns the training command into a sandboxed one; `protected` files must be unchanged after.
     """
 
     def __init__(self, command: list[str], cwd: Path, env: dict, log_path: Path, budget: float,
                  timeout: float, on_step: Callable[[dict], None] | None = None,
                  on_start: Callable[[int], None] | None = None, *, run_dir: Path | None = None,
                  evaluate: list[str] | None = None, clock: str = "wall", cores: int = 1,
-                 startup_limit: float | None = None, protected=()):
+                 startup_limit: float | None = None, protected=(),
+                 wrap: Callable[[list[str]], list[str]] | None = None):
         self.run_dir = Path(run_dir) if run_dir else None
         self.command = self._fill(command)
+        if wrap:  # a sandbox around the training command (never around the evaluator, which needs the data)
+            self.command = wrap(self.command)
         self.evaluate = self._fill(evaluate) if evaluate else None
         self.cwd, self.env, self.log_path = cwd, dict(env), log_path
         self.budget, self.timeout, self.on_step, self.on_start = budget, timeout, on_step, on_start
@@ -229,6 +236,8 @@ class Runner:
             self.env["AUTORESEARCH_RUN_DIR"] = str(self.run_dir)
         if clock == "cpu":
             self.env["AUTORESEARCH_CPU_COUNT"] = str(self.cores)
+            # Spinning OpenMP threads burn CPU time the clock counts, and far more beside a busy neighbour.
+            self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.process: subprocess.Popen | None = None
         self._training: _Process | None = None
         self._evaluator: _Process | None = None
@@ -287,7 +296,7 @@ class Runner:
             step = {"wall": round(time.monotonic() - started, 3), **step}
             steps.append(step)
             if self.on_step:
-                self.on_step(step)
+                self.on_step(dict(step))  # a copy: the callback cannot change the record
 
     @property
     def _cpu_clock(self) -> bool:
