@@ -828,12 +828,18 @@ def evaluate_run(run_dir: Path, wait: bool = False) -> None:
     if not path.exists():
         fail(f"no model was handed over ({path} is missing): train.py ends with finish(model, ...)")
     try:
-        program = torch.export.load(readable_program(path, rows[:EVAL_BATCH, :-1]))
+        checked = readable_program(path, rows[:EVAL_BATCH, :-1])
+        try:
+            program = torch.export.load(checked)
+        except Exception as error:  # a malformed program: its author's to fix, not the evaluator's
+            raise Refused(f"the exported model could not be loaded ({_first_line(error)})")
         model = check_program(program)
         loaded = time.perf_counter() - started
         val_bpb, leak, drift = evaluate_bpb(model, rows, checks=True)
     except Refused as error:
         fail(str(error))
+    except Exception as error:  # raised by the model's own graph (a shape error, out of memory, ...)
+        fail(f"the model failed when the evaluator called it ({_first_line(error)})")
     tolerance = 1e-3 if PROFILE["dtype"] == "float32" else 2e-2
     if not math.isfinite(leak) or leak > tolerance:
         fail(f"the model is not causal: its outputs moved by {leak:.3g} when only later tokens changed")

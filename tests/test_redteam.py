@@ -11,9 +11,9 @@ Holes still open are strict xfails: a fix makes them pass, and the mark must the
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -459,12 +459,13 @@ def exported(prepared_lab, tmp_path_factory) -> Path:
     return run_dir / "model.pt2"
 
 
-def forged_archive(source: Path, target: Path, edit_json=None, extra: dict | None = None, config_edit=None) -> None:
-    """A copy of `source` with its program JSON (or a payload config) edited and `extra` entries added."""
+def forged_archive(source: Path, target: Path, edit_json=None, extra: dict | None = None, config_edit=None,
+                   replace: dict | None = None) -> None:
+    """A copy of `source` with its program JSON (or a payload config) edited, entries replaced or added."""
     with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
         prefix = archive.namelist()[0].split("/")[0]
         for name in archive.namelist():
-            data = archive.read(name)
+            data = (replace or {}).get(name[len(prefix) + 1:], archive.read(name))
             if name.endswith("models/model.json") and edit_json:
                 program = json.loads(data)
                 edit_json(program)
@@ -490,7 +491,7 @@ class Pickled:
 
 
 def _pickle_weight(config):
-    entry = next(iter(config["config"].values()))
+    entry = next(e for e in config["config"].values() if e["path_name"] == "weight_0")
     entry["use_pickle"] = True
 
 
@@ -506,14 +507,16 @@ def _symbolic(program):
     program["range_constraints"] = {"s0": {"min_val": 2, "max_val": 16}}
 
 
-def _from_file(program):
+def _from_file(program):  # the first node reads a file (the validation split, say) instead of embedding tokens
     node = program["graph_module"]["graph"]["nodes"][0]
     node["target"] = "torch.ops.aten.from_file.default"
+    node["inputs"] = [{"name": "filename", "arg": {"as_string": "/etc/hostname"}, "kind": 1},
+                      {"name": "shared", "arg": {"as_bool": False}, "kind": 1},
+                      {"name": "size", "arg": {"as_int": 4}, "kind": 1}]
 
 
 FORGED_FILES = {
-    "a pickled weight": dict(config_edit=_pickle_weight),
-    "Python in the guards": dict(edit_json=_guards),
+    "a pickled weight": dict(config_edit=_pickle_weight, replace={"data/weights/weight_0": pickle.dumps(Pickled())}),
     "a Python function as an operator": dict(edit_json=_target),
     "symbolic shapes (sympy strings)": dict(edit_json=_symbolic),
     "aten.from_file, which reads any file": dict(edit_json=_from_file),
@@ -538,4 +541,17 @@ def test_a_forged_model_file_is_refused_without_running_its_code(prepared_lab, e
     done = evaluate(prepared_lab[0], run_dir)
     fail = next((line for line in done.stdout.splitlines() if line.startswith("FAIL: ")), "")
     assert done.returncode == 1 and fail and "val_bpb:" not in done.stdout, done.stdout + done.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_python_in_a_model_files_guards_is_dropped_unread(prepared_lab, exported, tmp_path):
+    # torch.export.load would exec these strings when the module is built; the evaluator drops them.
+    marker = Path("/tmp/arnb-redteam-pwned")
+    marker.unlink(missing_ok=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    forged_archive(exported, run_dir / "model.pt2", edit_json=_guards)
+    done = evaluate(prepared_lab[0], run_dir)
+    assert done.returncode == 0 and "val_bpb:" in done.stdout, done.stdout + done.stderr
     assert not marker.exists()
