@@ -316,10 +316,14 @@ def make_lab_dir(root: Path, config: dict) -> Path:
     return root
 
 
+def outside_the_harness() -> dict:
+    """This environment without the harness's settings (the test cache kept), as a person's shell has it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
+
+
 def profile_seen(lab: Path, **env) -> list[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
     done = subprocess.run([sys.executable, "-c", "import prepare; print(prepare.PROFILE['name'], prepare.TIME_BUDGET)"],
-                          cwd=lab / "nanochat", capture_output=True, text=True, env={**base, **env})
+                          cwd=lab / "nanochat", capture_output=True, text=True, env={**outside_the_harness(), **env})
     assert done.returncode == 0, done.stderr
     return done.stdout.split()
 
@@ -339,7 +343,7 @@ def test_each_lab_reads_its_own_settings_and_the_harness_env_comes_first(tmp_pat
 def test_conditions_name_everything_a_verdict_depends_on(tmp_path, data_cache):
     lab = make_lab_dir(tmp_path / "lab", {"profile": "tiny", "data": "builtin"})
     done = subprocess.run([sys.executable, "nanochat/prepare.py", "--conditions"], cwd=lab, capture_output=True,
-                          text=True, env={**os.environ, "AUTORESEARCH_BUDGET": "4"})
+                          text=True, env={**outside_the_harness(), "AUTORESEARCH_BUDGET": "4"})
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     facts = json.loads(lines[-1])
@@ -353,7 +357,7 @@ def test_conditions_name_everything_a_verdict_depends_on(tmp_path, data_cache):
     assert facts["train_paths"] == [str(train)] and (train / "train.npy").exists() and (train / "tokenizer.json").exists()
     assert not (train / "val.npy").exists() and (train.parent / "val" / "val.npy").exists()
     byte_level = subprocess.run([sys.executable, "nanochat/prepare.py", "--conditions", "--byte-level"], cwd=lab,
-                                capture_output=True, text=True)
+                                capture_output=True, text=True, env=outside_the_harness())
     assert json.loads(byte_level.stdout.splitlines()[-1])["tokenizer"] == "bytes"
 
 
@@ -361,7 +365,8 @@ def test_conditions_name_everything_a_verdict_depends_on(tmp_path, data_cache):
 def test_two_labs_with_different_profiles_prepare_at_once(tmp_path, data_cache):
     labs = [make_lab_dir(tmp_path / name, {"profile": name}) for name in ("cpu", "tiny")]
     running = [subprocess.Popen([sys.executable, "nanochat/prepare.py", "--conditions"], cwd=lab, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE) for lab in labs]
+                                env=outside_the_harness(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for lab in labs]
     facts = [json.loads(p.communicate(timeout=600)[0].splitlines()[-1]) for p in running]
     assert [(f["name"], f["vocab_size"]) for f in facts] == [("cpu", 2048), ("tiny", 512)]
     assert facts[0]["train_paths"] != facts[1]["train_paths"]
