@@ -43,7 +43,7 @@ class RunResult:
     # One dict per step line: wall (the runner's seconds since the start), step, elapsed (the inside clock), loss...
     steps: list = field(default_factory=list)
     # startup_s (before the clock marker), training_s (judged), export_s, evaluate_s (from "go" to the
-    # evaluator's exit), eval_compute_s (its arithmetic alone)
+    # evaluator's exit), eval_compute_s (its arithmetic alone), evaluator_cpu_s (all it used, start-up too)
     timings: dict = field(default_factory=dict)
 
 
@@ -437,6 +437,7 @@ class Runner:
         watchdog.join(timeout=1)
         wall = time.monotonic() - started
         self.timings["evaluate_s"] = round(time.monotonic() - go, 3)
+        self.timings["evaluator_cpu_s"] = round(evaluator.cpu_seconds, 3)  # start-up included, beside training
         found = re.search(r"evaluated \d+ rows in ([0-9.]+)s", "\n".join(lines))
         if found:
             self.timings["eval_compute_s"] = float(found.group(1))

@@ -65,12 +65,14 @@ def boundary_cost(profile: str, experiments: int, budget: float | None) -> None:
             raise SystemExit(f"run {index} failed: {result.kind}: {result.reason}")
         t = result.timings
         second = t["evaluate_s"] - t.get("eval_compute_s", 0.0)  # go -> exit, less the arithmetic it always did
-        rows.append((t["export_s"], second, t["export_s"] + second, result.wall_seconds))
+        rows.append((t["export_s"], second, t["export_s"] + second, t["evaluator_cpu_s"], result.wall_seconds))
         print(f"  run {index}: export {t['export_s']:.2f}s, second process {second:.2f}s "
-              f"(evaluation itself {t.get('eval_compute_s', 0.0):.2f}s), val_bpb {result.summary['val_bpb']:.4f}")
-    export, second, added, wall = (statistics.median(column) for column in zip(*rows))
+              f"(evaluation itself {t.get('eval_compute_s', 0.0):.2f}s), evaluator CPU {t['evaluator_cpu_s']:.2f}s, "
+              f"val_bpb {result.summary['val_bpb']:.4f}")
+    export, second, added, cpu, wall = (statistics.median(column) for column in zip(*rows))
     print(f"{experiments} runs on the {profile} profile, budget {budget:g}s ({facts['clock']} clock)")
-    print(f"added per experiment: median {added:.2f}s (export {export:.2f}s, second process {second:.2f}s); "
+    print(f"added per experiment: median {added:.2f}s (export {export:.2f}s, second process after training "
+          f"{second:.2f}s); the evaluator's start-up runs beside training: {cpu:.2f} CPU-s in all; "
           f"run wall {wall:.1f}s")
 
 
