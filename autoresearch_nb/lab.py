@@ -13,7 +13,7 @@ from . import __version__
 from .errors import LabError
 from .ledger import read_rows
 
-LAB_FORMAT = 1
+LAB_FORMAT = 2  # 2: the model is evaluated apart (config "evaluate"; prepare.py --conditions, --evaluate)
 DEFAULT_DIR = "autoresearch-lab"
 TEMPLATE_FILES = ("program.md", "nanochat/prepare.py", "nanochat/train.py")
 GITIGNORE = "results.tsv\n.autoresearch/\n__pycache__/\n*.pyc\n"
