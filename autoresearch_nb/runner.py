@@ -127,10 +127,13 @@ def parse_summary(lines: list[str]) -> tuple[dict, list[str]]:
     return reader.result()
 
 
+SUMMARY_FORMATS = {"val_bpb": ".6f", "mfu_percent": ".2f", "num_steps": ".0f", "depth": ".0f"}  # others: .1f
+
+
 def format_summary(summary: dict) -> str:
     """The summary block as the fixed code prints it (for the log of a run the harness composed)."""
-    shown = {k: int(v) if k in ("num_steps", "depth") else v for k, v in summary.items()}
-    return "---\n" + "".join(f"{key + ':':<18}{shown[key]}\n" for key in SUMMARY_KEYS if key in shown)
+    return "---\n" + "".join(f"{key + ':':<18}{summary[key]:{SUMMARY_FORMATS.get(key, '.1f')}}\n"
+                              for key in SUMMARY_KEYS if key in summary)
 
 
 def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool) -> tuple[str, str]:
