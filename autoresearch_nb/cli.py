@@ -115,7 +115,9 @@ def cmd_prepare(args) -> int:
             lab.config["profile"] = args.profile
         lab.config["byte_level"] = bool(args.byte_level)
         lab.save_config()
-    cmd = [sys.executable, "nanochat/prepare.py", "--data", args.data or "builtin", "--shards", str(args.shards)]
+    cmd = [sys.executable, "nanochat/prepare.py", "--shards", str(args.shards)]
+    if args.data:  # otherwise prepare.py reads the lab's own choice (or the default, builtin)
+        cmd += ["--data", args.data]
     if args.profile:
         cmd += ["--profile", args.profile]
     if args.byte_level:

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import LabError
 from .ledger import read_rows
 
-LAB_FORMAT = 1
+LAB_FORMAT = 2  # 2: the model is evaluated apart (config "evaluate"; prepare.py --conditions, --evaluate)
 DEFAULT_DIR = "autoresearch-lab"
 TEMPLATE_FILES = ("program.md", "nanochat/prepare.py", "nanochat/train.py")
 GITIGNORE = "results.tsv\n.autoresearch/\n__pycache__/\n*.pyc\n"
@@ -42,6 +42,8 @@ def default_config(profile: str = "auto", data: str = "builtin", budget: float |
         "allowed": ["nanochat/train.py"],
         "locked": ["nanochat/prepare.py"],
         "command": ["{python}", "nanochat/train.py"],
+        # the fixed evaluator, a process of its own; None: the command prints its own summary
+        "evaluate": ["{python}", "nanochat/prepare.py", "--evaluate", "{run_dir}", "--wait"],
         "metric": "val_bpb",
         "direction": "lower",
         "profile": profile,

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import facts, inflight, plan, sandbox
+from . import boundary, facts, inflight, plan, sandbox
 from .agents.base import Agent, Context, ProposalError
 from .audit import fingerprint
 from .checks import fixed_exports, validate
@@ -53,11 +53,10 @@ class LoopOptions:
     segment_reason: str = ""    # why this segment started (what changed), kept on its first rows
 
 
-def timeout_for(budget: float, profile: str, allowance: float | None = None) -> float:
-    """Hard limit of one run: the budget plus start-up (imports, data, compile) and evaluation."""
-    if allowance is None:
-        allowance = 180.0 if profile == "cuda" else 60.0
-    return budget * 1.25 + allowance
+def timeout_for(budget: float, profile: str, allowance: float | None = None, clock: str = "wall") -> float:
+    """Hard limit of one run: the budget (three times over on the cpu clock, which a starved process
+    spends slowly) plus start-up (imports, data, compile) and evaluation."""
+    return budget * (3.0 if clock == "cpu" else 1.25) + boundary.startup_allowance(profile, allowance)
 
 
 class ResearchLoop:
@@ -397,19 +396,23 @@ class ResearchLoop:
     # -- pieces -----------------------------------------------------------------------------
     def execute(self, index: int, seed: int) -> RunResult:
         config = self.lab.config
+        facts = self.options.run_info.get("profile_facts") or {}
         env = clean_environment({
             "AUTORESEARCH_BUDGET": self.options.budget, "AUTORESEARCH_SEED": seed,
             "AUTORESEARCH_PROFILE": self.options.profile, "AUTORESEARCH_DATA": config.get("data", "builtin"),
             "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None,
-            "AUTORESEARCH_RUN_DIR": self.lab.state_dir / "runs" / f"{index:04d}",  # its one writable place
+            "AUTORESEARCH_DATA_KEY": facts.get("data_key"),
         })
-        command = sandbox.wrap(config["command"], root=self.lab.root, run_dir=env["AUTORESEARCH_RUN_DIR"], env=env,
-                               readable=sandbox.lab_reads(config, env, self.lab.root))
-        runner = Runner(command, self.lab.root, env, self.lab.log_path(index), self.options.budget,
-                        timeout_for(self.options.budget, self.options.profile, config.get("startup_allowance")),
+        run_dir = self.lab.state_dir / "runs" / f"{index:04d}"
+        readable = facts.get("train_paths") or sandbox.lab_reads(config, env, self.lab.root)
+        runner = Runner(config["command"], self.lab.root, env, self.lab.log_path(index), self.options.budget,
+                        timeout_for(self.options.budget, self.options.profile, config.get("startup_allowance"),
+                                    facts.get("clock", "wall")),
                         on_step=lambda step: self.bus.emit("step", index=index, **step),
                         on_start=lambda pid: inflight.note_pid(self.lab, pid),
-                        sandbox=sandbox.probe())
+                        wrap=lambda command: sandbox.wrap(command, root=self.lab.root, run_dir=run_dir, env=env,
+                                                          readable=readable),
+                        sandbox=sandbox.probe(), **boundary.for_lab(self.lab, index, facts, self.options.budget))
         self.runner = runner
         if self.stop_now.is_set():
             runner.stop()

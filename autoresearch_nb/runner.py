@@ -1,8 +1,12 @@
-"""Run one experiment: a subprocess in its own process group, a hard timeout, the log, the summary."""
+"""Run one experiment: training in a subprocess of its own process group, timed from outside; then the
+fixed evaluator in a process of its own. A hard timeout, the log, the summary."""
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,16 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import proctime
 from . import sandbox as sandboxing
-from .procstat import StepSampler
+from .boundary import ProtectedFiles
+from .summary import (SummaryReader, budget_limit, classify_failure, format_summary,  # noqa: F401
+                      parse_step, parse_summary)  # parse_summary: callers read it here too
 
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")
-SUMMARY_LINE = re.compile(r"^([a-zA-Z_]+):\s+(-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)\s*$")
-SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth")
-JUDGED_KEYS = ("val_bpb", "training_seconds")
-STEP_LINE = re.compile(r"^step\s+(\d+)\s*\|")
+HANDOVER_KEYS = ("peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth")
+CLOCK_MARKER = "training clock started"  # printed by the fixed TrainingClock.start()
+LINGER_SECONDS = 3.0  # after the training process ends, its leftover children get this long
 
 
 @dataclass
@@ -33,7 +38,11 @@ class RunResult:
     returncode: int | None = None
     wall_seconds: float = 0.0
     tail: str = ""
-    steps: list = field(default_factory=list)   # step lines as the runner saw them (procstat.StepSampler)
+    # One dict per step line: wall (the runner's seconds since the start), step, elapsed (the inside clock), loss...
+    steps: list = field(default_factory=list)
+    # startup_s (before the clock marker), training_s (judged), export_s, evaluate_s (from "go" to the
+    # evaluator's exit), eval_compute_s (its arithmetic alone), evaluator_cpu_s (all it used, start-up too)
+    timings: dict = field(default_factory=dict)
 
 
 def clean_environment(extra: dict | None = None) -> dict:
@@ -49,214 +58,312 @@ def clean_environment(extra: dict | None = None) -> dict:
     return env
 
 
-def parse_step(line: str) -> dict | None:
-    """`step 120 | loss 3.412 | lr 0.0300 | tok/s 51234 | progress 0.41 | elapsed 24.6s` -> dict."""
-    if not STEP_LINE.match(line):
-        return None
-    values = {}
-    for part in line.split("|"):
-        bits = part.strip().split()
-        if len(bits) != 2:
-            continue
-        key, raw = bits[0].replace("/", "_"), bits[1].rstrip("s")
+class _Process:
+    """A subprocess in a process group of its own, reaped with its CPU time, killable from any thread."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict, stdin=subprocess.DEVNULL):
+        self.popen = subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, start_new_session=True, text=True,
+                                      encoding="utf-8", errors="replace", bufsize=1)
+        self.pid = self.popen.pid
+        self.exited = threading.Event()
+        self.exit_time = 0.0
+        self.cpu_seconds = 0.0  # its own and its reaped descendants', from wait4
+        threading.Thread(target=self._reap, daemon=True).start()
+
+    def _reap(self) -> None:
+        # wait4, not Popen.wait: it also reports the CPU time of the process and all it reaped.
         try:
-            values[key] = float(raw)
-        except ValueError:
-            continue
-    if "step" in values:
-        values["step"] = int(values["step"])
-    return values
+            _, status, usage = os.wait4(self.pid, 0)
+            self.cpu_seconds = usage.ru_utime + usage.ru_stime
+            self.popen.returncode = os.waitstatus_to_exitcode(status)
+        except ChildProcessError:  # reaped elsewhere (a Popen.poll()): the exit code is known, the CPU time not
+            self.popen.wait()
+        self.exit_time = time.monotonic()
+        self.exited.set()
 
-
-class SummaryReader:
-    """Reads the summary block as the lines stream by, over the whole output (not a tail), so no
-    line can be pushed out of sight. Trusted only as one block: a `---` line, then the summary
-    fields once each, in their fixed order; a judged metric line anywhere else is a forgery."""
-
-    def __init__(self):
-        self.summary: dict = {}
-        self.problems: list[str] = []
-        self.blocks = 0
-        self._expect: int | None = None  # position in SUMMARY_KEYS while inside a block
-
-    def feed(self, line: str) -> None:
-        text = line.strip()
-        if text == "---":
-            self.blocks += 1
-            self._expect = 0
-            return
-        match = SUMMARY_LINE.match(text)
-        key = match.group(1) if match else text.split(":", 1)[0].strip()
-        if key not in SUMMARY_KEYS:
-            self._expect = None
-            return
-        position = SUMMARY_KEYS.index(key)
-        if self._expect is None or position < self._expect or not match:
-            if key in JUDGED_KEYS:  # a harmless "depth: 6" printed by train.py is no forgery
-                self.problems.append(f"a stray {key} line outside the summary block")
-            self._expect = None
-            return
-        if key in self.summary:
-            self.problems.append(f"{key} was printed more than once")
-        self.summary[key] = float(match.group(2))
-        self._expect = position + 1  # fields come in the fixed order; a target may print fewer
-
-    def result(self) -> tuple[dict, list[str]]:
-        problems = list(self.problems)
-        if self.summary and self.blocks != 1:
-            problems.append("the summary block was printed more than once")
-        return self.summary, problems
-
-
-def parse_summary(lines: list[str]) -> tuple[dict, list[str]]:
-    """The summary block's values, and any problems (see SummaryReader)."""
-    reader = SummaryReader()
-    for line in lines:
-        reader.feed(line)
-    return reader.result()
-
-
-def classify_failure(returncode: int, tail: list[str], timed_out: bool, stopped: bool,
-                     refused: str | None = None) -> tuple[str, str]:
-    """(crash kind, reason) for a run that did not end with a usable summary; `refused`: what the
-    sandbox refused, read from the output by sandbox.refusal."""
-    text = "\n".join(tail)
-    fail_line = next((l for l in reversed(tail) if l.startswith("FAIL:")), "")
-    if stopped:
-        return "interrupted", "stopped by the person"
-    if timed_out:
-        return "timeout", "killed at the hard timeout (budget plus start-up allowance)"
-    if "SyntaxError" in text or "IndentationError" in text:
-        return "syntax", _last_error(tail)
-    if refused:
-        return "sandbox", refused
-    if "out of memory" in text.lower() or "OutOfMemoryError" in text or "MemoryError" in text:
-        return "oom", _last_error(tail)
-    if fail_line and ("nan" in fail_line.lower() or "diverged" in fail_line.lower() or "inf" in fail_line.lower()):
-        return "nan", fail_line[5:].strip()
-    if fail_line:
-        return "exception", fail_line[5:].strip()
-    if returncode is not None and returncode < 0:
-        return "killed", f"killed by signal {signal.Signals(-returncode).name}"
-    if "Traceback" in text:
-        return "exception", _last_error(tail)
-    return "exception", f"exit code {returncode} without a summary block"
-
-
-def _last_error(tail: list[str]) -> str:
-    for line in reversed(tail):
-        if line.strip() and not line.startswith(" "):
-            return line.strip()[:300]
-    return ""
-
-
-def budget_limit(budget: float, summary: dict) -> float:
-    """Training time that still counts as within the budget: the last step may finish after the
-    budget ends, and on a busy machine one step can outlast a short budget. The step allowance
-    is capped, so a giant step cannot buy real extra training."""
-    steps = max(1.0, summary.get("num_steps") or 1.0)
-    step_seconds = summary.get("training_seconds", 0.0) / steps
-    return budget * 1.1 + 5.0 + min(step_seconds, 10.0)
-
-
-class Runner:
-    """Starts the experiment, streams its output, and can be stopped from another thread."""
-
-    def __init__(self, command: list[str], cwd: Path, env: dict, log_path: Path, budget: float,
-                 timeout: float, on_step: Callable[[dict], None] | None = None,
-                 on_start: Callable[[int], None] | None = None, sandbox: sandboxing.Probe | None = None):
-        """`sandbox`: the sandbox `command` was wrapped in (sandbox.wrap), for the log and crash reasons."""
-        self.command = [sys.executable if part == "{python}" else part for part in command]
-        self.cwd, self.env, self.log_path = cwd, env, log_path
-        self.budget, self.timeout, self.on_step, self.on_start = budget, timeout, on_step, on_start
-        self.sandbox = sandbox
-        self.process: subprocess.Popen | None = None
-        self._stop = threading.Event()
-        self._timed_out = False
-
-    def stop(self) -> None:
-        """Kill the whole process group now; the run is recorded as interrupted."""
-        self._stop.set()
-        self._kill()
-
-    def _kill(self) -> None:
-        process = self.process
-        if process is None or process.poll() is not None:
-            return
+    def kill(self) -> None:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)  # the group outlives its leader: kill it all the same
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _watchdog(self, deadline: float) -> None:
-        while self.process and self.process.poll() is None:
-            if time.monotonic() >= deadline:
+
+class Runner:
+    """Starts the experiment, streams its output, evaluates what it handed over; stoppable from another thread.
+
+    With `evaluate` (a command; `{python}` and `{run_dir}` are filled in) the training process's output
+    decides nothing: it must print the clock marker and hand a model over in `run_dir`; the evaluator,
+    started beside it and told "go" on its standard input once training has ended, gives val_bpb; the
+    runner's own timing from the marker to the end of the process gives training_seconds (CPU time of
+    the process tree over `cores` on the cpu clock, wall time otherwise). Without `evaluate` (targets
+    whose command prints its own summary) the summary is read from the command's output.
+    `wrap` turns the training command into a sandboxed one; `protected` files must be unchanged after.
+    """
+
+    def __init__(self, command: list[str], cwd: Path, env: dict, log_path: Path, budget: float,
+                 timeout: float, on_step: Callable[[dict], None] | None = None,
+                 on_start: Callable[[int], None] | None = None, *, run_dir: Path | None = None,
+                 evaluate: list[str] | None = None, clock: str = "wall", cores: int = 1,
+                 startup_limit: float | None = None, protected=(),
+                 wrap: Callable[[list[str]], list[str]] | None = None,
+                 sandbox: "sandboxing.Probe | None" = None):
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.command = self._fill(command)
+        if wrap:  # a sandbox around the training command (never around the evaluator, which needs the data)
+            self.command = wrap(self.command)
+        self.evaluate = self._fill(evaluate) if evaluate else None
+        self.cwd, self.env, self.log_path = cwd, dict(env), log_path
+        self.budget, self.timeout, self.on_step, self.on_start = budget, timeout, on_step, on_start
+        self.clock, self.cores, self.startup_limit = clock, max(1, int(cores)), startup_limit
+        self.protected = list(protected)
+        self.sandbox = sandbox          # the sandbox `wrap` put around training, for the log and crash reasons
+        self._load: proctime.LoadSampler | None = None
+        if self.run_dir:
+            self.env["AUTORESEARCH_RUN_DIR"] = str(self.run_dir)
+        if clock == "cpu":
+            self.env["AUTORESEARCH_CPU_COUNT"] = str(self.cores)
+            # Spinning OpenMP threads burn CPU time the clock counts, and far more beside a busy neighbour.
+            self.env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self.process: subprocess.Popen | None = None
+        self._training: _Process | None = None
+        self._evaluator: _Process | None = None
+        self._stop = threading.Event()
+        self._timed_out = False
+        self._marked: tuple[float, float] | None = None  # (wall, CPU seconds of the tree) at the clock marker
+        self._started = 0.0
+        self._facts: dict = {}
+        self.timings: dict = {}
+
+    def _fill(self, command: list[str]) -> list[str]:
+        return [sys.executable if part == "{python}" else part.replace("{run_dir}", str(self.run_dir or ""))
+                for part in command]
+
+    def stop(self) -> None:
+        """Kill the experiment (and its evaluator) now; the run is recorded as interrupted."""
+        self._stop.set()
+        for process in (self._training, self._evaluator):
+            if process:
+                process.kill()
+
+    def _watch(self, process: _Process, deadline: float) -> None:
+        """Kill `process` at the deadline, on stop, or shortly after it ended if children keep its output open."""
+        while not process.popen.stdout.closed:
+            now = time.monotonic()
+            if now >= deadline:
                 self._timed_out = True
-                self._kill()
+                process.kill()
+                return
+            if process.exited.is_set() and now >= process.exit_time + LINGER_SECONDS:
+                process.kill()
                 return
             if self._stop.wait(0.2):
+                process.kill()
                 return
+
+    def _stream(self, process: _Process, log, tail: list[str], started: float, feed: Callable[[str], None]) -> None:
+        for line in process.popen.stdout:
+            log.write(line)
+            log.flush()
+            line = line.rstrip("\n")
+            tail.append(line)
+            if len(tail) > 400:
+                del tail[:200]
+            feed(line)
+        process.popen.stdout.close()
+        process.exited.wait()
+
+    def _on_line(self, line: str, started: float, reader: SummaryReader, steps: list) -> None:
+        reader.feed(line)
+        if line == CLOCK_MARKER and self._marked is None:  # the first marker counts: an early one only costs
+            cpu = proctime.tree_cpu_seconds(self._training.pid) if self._cpu_clock else 0.0
+            self._marked = (time.monotonic(), cpu)
+        step = parse_step(line)
+        if step:
+            now = time.monotonic()
+            step = {"wall": round(now - started, 3), **step}
+            others = self._load.others(now) if self._load else None
+            if others is not None:
+                step["others_cpu"] = others
+            steps.append(step)
+            if self.on_step:
+                self.on_step(dict(step))  # a copy: the callback cannot change the record
+
+    @property
+    def _confined(self) -> bool:
+        return self.sandbox is not None and self.sandbox.active
+
+    def _refused(self, tail: list[str]) -> str | None:
+        return sandboxing.refusal(tail[-60:], env=self.env, cwd=self.cwd) if self._confined else None
+
+    @property
+    def _cpu_clock(self) -> bool:
+        return self.clock == "cpu" and proctime.available()
 
     def run(self) -> RunResult:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        started = time.monotonic()
+        guard = ProtectedFiles(self.protected)
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            self.run_dir.mkdir(parents=True)
+        started = self._started = time.monotonic()
         tail: list[str] = []
+        steps: list[dict] = []
         reader = SummaryReader()
         with open(self.log_path, "w", encoding="utf-8") as log:
             log.write(f"$ {' '.join(self.command)}\n")
-            if self.sandbox:
+            if self.sandbox is not None:
                 log.write(f"sandbox: {self.sandbox}\n")
             log.flush()
             try:
-                self.process = subprocess.Popen(
-                    self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                    text=True, encoding="utf-8", errors="replace", bufsize=1)
+                self._training = _Process(self.command, self.cwd, self.env)
+                if self.evaluate:  # its start-up (imports, data) overlaps training; it waits for "go"
+                    self._evaluator = _Process(self.evaluate, self.cwd, self.env, stdin=subprocess.PIPE)
             except OSError as error:
+                self.stop()
                 return RunResult(False, "exception", f"could not start {self.command[0]}: {error}")
+            self.process = self._training.popen
+            self._load = proctime.LoadSampler(self._training.pid)
             if self.on_start:
-                self.on_start(self.process.pid)
+                self.on_start(self._training.pid)
             if self._stop.is_set():
-                self._kill()
-            watchdog = threading.Thread(target=self._watchdog, args=(started + self.timeout,), daemon=True)
+                self.stop()
+            watchdog = threading.Thread(target=self._watch, args=(self._training, started + self.timeout), daemon=True)
             watchdog.start()
-            sampler = StepSampler(self.process.pid, started)
-            for line in self.process.stdout:
-                log.write(line)
-                log.flush()
-                line = line.rstrip("\n")
-                tail.append(line)
-                reader.feed(line)
-                if len(tail) > 400:
-                    del tail[:200]
-                step = parse_step(line)
-                if step:
-                    step["wall"] = sampler.step(step, time.monotonic())
-                    if self.on_step:
-                        self.on_step(step)
-            returncode = self.process.wait()
-            confined = self.sandbox is not None and self.sandbox.active
-            if confined:
-                returncode = sandboxing.exit_status(returncode)
+            self._stream(self._training, log, tail, started,
+                         lambda line: self._on_line(line, started, reader, steps))
             watchdog.join(timeout=1)
+            returncode = self.process.returncode
+            if self._confined:
+                returncode = sandboxing.exit_status(returncode)
             wall = time.monotonic() - started
             log.write(f"\n[autoresearch-nb] exit code {returncode}, wall {wall:.1f}s\n")
-        result = self._outcome(returncode, reader, tail, wall)
-        result.steps = sampler.samples
+            log.flush()
+            stopped = self._stop.is_set() and not self._timed_out
+            if self.evaluate is None:
+                return self._own_summary(reader, returncode, wall, tail, steps, stopped)
+            result = self._judge_training(returncode, wall, tail, steps, stopped, guard)
+            if result is None:
+                result = self._evaluate(log, started, tail, steps, guard)
+        if self._evaluator:
+            self._evaluator.kill()
+        for name in ("model.pt2", "checked.pt2"):  # the GPU model is hundreds of MB
+            if self.run_dir:
+                (self.run_dir / name).unlink(missing_ok=True)
         return result
 
-    def _outcome(self, returncode: int, reader: "SummaryReader", tail: list[str], wall: float) -> RunResult:
+    def _own_summary(self, reader, returncode, wall, tail, steps, stopped) -> RunResult:
+        """A target that prints its own summary (no evaluator): read it from the output."""
         tail_text = "\n".join(tail[-40:])
-        stopped = self._stop.is_set() and not self._timed_out
         summary, problems = reader.result()
         if returncode == 0 and "val_bpb" in summary and not problems and not stopped:
             if summary.get("training_seconds", 0.0) > budget_limit(self.budget, summary):
                 return RunResult(False, "budget", f"trained {summary['training_seconds']:.1f}s against a "
-                                 f"{self.budget:.0f}s budget", summary, returncode, wall, tail_text)
-            return RunResult(True, None, "", summary, returncode, wall, tail_text)
+                                 f"{self.budget:.0f}s budget", summary, returncode, wall, tail_text, steps)
+            return RunResult(True, None, "", summary, returncode, wall, tail_text, steps)
         if problems and not stopped:
-            return RunResult(False, "exception", "; ".join(problems), summary, returncode, wall, tail_text)
-        confined = self.sandbox is not None and self.sandbox.active
-        refused = sandboxing.refusal(tail[-60:], env=self.env, cwd=self.cwd) if confined else None
-        kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped, refused)
-        return RunResult(False, kind, reason, summary, returncode, wall, tail_text)
+            return RunResult(False, "exception", "; ".join(problems), summary, returncode, wall, tail_text, steps)
+        kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped, self._refused(tail))
+        return RunResult(False, kind, reason, summary, returncode, wall, tail_text, steps)
+
+    def _judge_training(self, returncode, wall, tail, steps, stopped, guard) -> RunResult | None:
+        """The training process's part: ended cleanly, touched nothing it may not, started its clock in
+        time, stayed within the budget by the runner's own count, handed a model over. None: all good."""
+        tail_text = "\n".join(tail[-40:])
+        training = self._training
+        changed = guard.restore_changed()
+        if changed and not stopped:
+            return RunResult(False, "refused", f"the experiment wrote to {', '.join(changed)} (restored): only the "
+                             "harness writes its records and locked files", {}, returncode, wall, tail_text, steps)
+        if returncode != 0 or stopped or self._timed_out:
+            kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped, self._refused(tail))
+            return RunResult(False, kind, reason, {}, returncode, wall, tail_text, steps)
+        facts = self._handover_facts()
+        if self._marked is None:
+            return RunResult(False, "budget", "the training clock never started: prepare.TrainingClock.start() "
+                             "prints the line the harness times training from", facts, returncode, wall, tail_text, steps)
+        marked_wall, marked_cpu = self._marked
+        if self._cpu_clock:
+            startup = marked_cpu / self.cores
+            training_seconds = (max(training.cpu_seconds, marked_cpu) - marked_cpu) / self.cores
+        else:
+            startup = marked_wall - self._started
+            training_seconds = training.exit_time - marked_wall
+        self.timings = {"startup_s": round(startup, 3), "training_s": round(training_seconds, 3),
+                        "export_s": round(facts.pop("export_seconds", 0.0), 3)}
+        facts["training_seconds"] = round(training_seconds, 1)
+        facts["total_seconds"] = round(wall, 1)
+        if self.startup_limit is not None and startup > self.startup_limit:
+            return RunResult(False, "budget", f"worked {startup:.1f}s before the training clock started (the "
+                             f"limit is {self.startup_limit:.0f}s): start the clock before training",
+                             facts, returncode, wall, tail_text, steps, self.timings)
+        if training_seconds > budget_limit(self.budget, facts):
+            return RunResult(False, "budget", f"trained {training_seconds:.1f}s against a {self.budget:.0f}s "
+                             f"budget ({self.clock} clock, measured by the harness)", facts, returncode, wall,
+                             tail_text, steps, self.timings)
+        if not (self.run_dir / "model.pt2").is_file():
+            return RunResult(False, "exception", "no model was handed over: train.py ends with finish(model, ...), "
+                             "which exports it", facts, returncode, wall, tail_text, steps, self.timings)
+        self._facts = facts
+        return None
+
+    def _handover_facts(self) -> dict:
+        """The unjudged facts train.py's finish() wrote; only known keys, only finite numbers."""
+        try:
+            raw = json.loads((self.run_dir / "handover.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return {}
+        return {k: float(raw[k]) for k in HANDOVER_KEYS + ("export_seconds",)
+                if isinstance(raw.get(k), (int, float)) and math.isfinite(raw[k])}
+
+    def _evaluate(self, log, started, tail, steps, guard) -> RunResult:
+        """Tell the waiting evaluator to go, stream its output into the log, compose the summary."""
+        evaluator, facts = self._evaluator, self._facts
+        log.write(f"[autoresearch-nb] evaluating in a separate process: {' '.join(self.evaluate)}\n")
+        log.flush()
+        go = time.monotonic()
+        try:
+            evaluator.popen.stdin.write("go\n")
+            evaluator.popen.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # it ended early; its output says why
+        watchdog = threading.Thread(target=self._watch, args=(evaluator, go + self.timeout), daemon=True)
+        watchdog.start()
+        lines: list[str] = []
+        reader = SummaryReader()
+
+        def feed(line: str) -> None:
+            lines.append(line)
+            reader.feed(line)
+
+        self._stream(evaluator, log, tail, started, feed)
+        watchdog.join(timeout=1)
+        wall = time.monotonic() - started
+        self.timings["evaluate_s"] = round(time.monotonic() - go, 3)
+        self.timings["evaluator_cpu_s"] = round(evaluator.cpu_seconds, 3)  # start-up included, beside training
+        found = re.search(r"evaluated \d+ rows in ([0-9.]+)s", "\n".join(lines))
+        if found:
+            self.timings["eval_compute_s"] = float(found.group(1))
+        returncode = evaluator.popen.returncode
+        tail_text = "\n".join(tail[-40:])
+        summary, problems = reader.result()
+        changed = guard.restore_changed()
+        if changed:
+            return RunResult(False, "refused", f"{', '.join(changed)} changed during the evaluation (restored)",
+                             facts, returncode, wall, tail_text, steps, self.timings)
+        stopped = self._stop.is_set() and not self._timed_out
+        if stopped or self._timed_out or returncode != 0 or "val_bpb" not in summary or problems:
+            kind, reason = classify_failure(returncode, lines[-60:], self._timed_out, stopped)
+            if kind in ("exception", "killed", "syntax", "export"):
+                kind = "refused"  # the evaluator is fixed code: what fails there is the model it was given
+                reason = reason if reason else "the evaluator could not run the model"
+            if problems:
+                reason = "; ".join(problems)
+            if self._timed_out:
+                reason = "the evaluation ran past the hard timeout"
+            return RunResult(False, kind, reason, facts, returncode, wall, tail_text, steps, self.timings)
+        facts["total_seconds"] = round(wall, 1)
+        composed = {"val_bpb": summary["val_bpb"], **facts}
+        log.write("[autoresearch-nb] the run's summary: val_bpb from the evaluator, training_seconds "
+                  "timed by the harness, the rest as train.py handed it over\n" + format_summary(composed))
+        return RunResult(True, None, "", composed, returncode, wall, tail_text, steps, self.timings)

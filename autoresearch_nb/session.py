@@ -280,30 +280,20 @@ class Session:
                                  "AUTORESEARCH_DATA": config.get("data", "builtin"),
                                  "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None})
         env.pop("AUTORESEARCH_BUDGET", None)
-        cmd = [sys.executable, "nanochat/prepare.py", "--data", config.get("data", "builtin")]
+        cmd = [sys.executable, "nanochat/prepare.py", "--conditions", "--data", config.get("data", "builtin")]
         if config.get("profile") not in (None, "auto"):
             cmd += ["--profile", config["profile"]]
         if config.get("byte_level"):
             cmd.append("--byte-level")
         log = self.lab.state_dir / "logs" / "prepare.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as handle:
-            done = subprocess.run(cmd, cwd=self.lab.root, env=env, stdout=handle, stderr=subprocess.STDOUT)
-        if done.returncode != 0:
+        with open(log, "w") as handle:  # the conditions are the last line of stdout; the rest is for the log
+            done = subprocess.run(cmd, cwd=self.lab.root, env=env, stdout=subprocess.PIPE, stderr=handle, text=True)
+            handle.write(done.stdout)
+        if done.returncode != 0 or not done.stdout.strip():
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
             raise LabError(f"preparing the data failed: {tail[0]} (full log: {log})")
-        probe = ("import hashlib, json, os, torch, prepare as p; f = dict(p.PROFILE); s = p.settings(); "
-                 "f['device_name'] = torch.cuda.get_device_name(0) if p.DEVICE == 'cuda' else p.DEVICE; "
-                 "f['torch'] = torch.__version__; f['cpu_count'] = os.cpu_count(); f['profile'] = f['name']; "
-                 "f['data_key'] = p.source_key(s['data']); "
-                 "t = p.prepare(s['data'], byte_level=s['byte_level'], quiet=True) / 'tokenizer.json'; "
-                 "f['tokenizer'] = hashlib.sha256(t.read_bytes()).hexdigest()[:16] if t.exists() else 'bytes'; "
-                 "print(json.dumps(f))")
-        out = subprocess.run([sys.executable, "-c", probe], cwd=self.lab.root / "nanochat", env=env,
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise LabError(f"could not read the hardware profile: {out.stderr.strip().splitlines()[-1:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     # -- tracking events into the snapshot ----------------------------------------------------
     def _set_state(self, state: str, message: str) -> None:

@@ -1,6 +1,8 @@
-"""Fixed data, tokenizer, dataloader, evaluator and summary for nanochat. The agent never edits this file.
+"""Fixed data, tokenizer, loader, training clock, hand-over and evaluator for nanochat. The agent never edits this file.
 
-Usage: python nanochat/prepare.py [--data builtin|tinystories|fineweb-edu|PATH] [--profile auto|cpu|mps|cuda]
+Usage: python nanochat/prepare.py [--data builtin|tinystories|fineweb-edu|PATH] [--profile auto|cpu|mps|cuda|tiny] [--byte-level]
+       python nanochat/prepare.py --conditions       one JSON line: this lab's run conditions (data prepared if needed)
+       python nanochat/prepare.py --evaluate RUN_DIR  val_bpb of the model train.py handed over in RUN_DIR
 train.py imports from here; the harness hash-checks this file before every run.
 """
 from __future__ import annotations
@@ -8,13 +10,19 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import io
 import json
 import math
+import operator
 import os
 import random
+import re
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +30,38 @@ import torch
 import torch.nn.functional as F
 
 PROCESS_START = time.time()
-STDOUT_FILE = os.fstat(1)  # the summary goes to this file and no other (see finish)
 CACHE_DIR = Path(os.environ.get("AUTORESEARCH_CACHE") or "~/.cache/autoresearch-nb").expanduser()
 HF_ENDPOINT = os.environ.get("AUTORESEARCH_HF_ENDPOINT", "https://huggingface.co")
+LAB_CONFIG = Path(__file__).resolve().parent.parent / ".autoresearch" / "config.json"
 BOS = "<|bos|>"
 BUILTIN_VERSION = 2  # bump when the builtin corpus changes, so caches are rebuilt
 SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                   "total_tokens_M", "num_steps", "num_params_M", "depth")
+CLOCK_MARKER = "training clock started"  # the line the harness times training from
+
+# ---------------------------------------------------------------------------------------------
+# Settings of this lab: the harness's environment first, then the lab's own .autoresearch/config.json
+# beside this file, then the defaults. Nothing machine-wide is read, so two labs never mix.
+
+
+def lab_config() -> dict:
+    try:
+        return json.loads(LAB_CONFIG.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def settings() -> dict:
+    """profile, data, byte_level, budget and the pinned data key, as this run sees them."""
+    config = lab_config()
+    byte_level = os.environ.get("AUTORESEARCH_BYTE_LEVEL")
+    budget = os.environ.get("AUTORESEARCH_BUDGET") or config.get("budget")
+    return {"profile": os.environ.get("AUTORESEARCH_PROFILE") or config.get("profile") or "auto",
+            "data": os.environ.get("AUTORESEARCH_DATA") or config.get("data") or "builtin",
+            "byte_level": byte_level.lower() in ("1", "true", "yes") if byte_level else bool(config.get("byte_level")),
+            "budget": float(budget) if budget else None,
+            "data_key": os.environ.get("AUTORESEARCH_DATA_KEY")}  # the harness pins the data it prepared
+
 
 # ---------------------------------------------------------------------------------------------
 # Hardware profiles: each fixes the budget, sequence length, vocabulary, evaluation tokens and the
@@ -62,18 +95,8 @@ def cuda_profile() -> dict:
     return profile
 
 
-def last_prepared() -> dict:
-    """What the person's last `prepare` chose (data, profile, byte_level), {} if none."""
-    path = CACHE_DIR / "last_prepared.json"
-    try:
-        return json.loads(path.read_text()) if path.exists() else {}
-    except (OSError, ValueError):
-        return {}
-
-
 def profile_name(requested: str | None = None) -> str:
-    name = (requested or os.environ.get("AUTORESEARCH_PROFILE") or last_prepared().get("profile")
-            or "auto").lower()
+    name = (requested or settings()["profile"]).lower()
     if name == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -85,14 +108,31 @@ def profile_name(requested: str | None = None) -> str:
     return name
 
 
+def cpu_cores() -> int:
+    """Cores this machine gives a run: its affinity mask, capped by a cgroup CPU quota (containers).
+    The cpu clock divides CPU time by this; the harness passes its own count as AUTORESEARCH_CPU_COUNT."""
+    if os.environ.get("AUTORESEARCH_CPU_COUNT"):
+        return max(1, int(os.environ["AUTORESEARCH_CPU_COUNT"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def get_profile(requested: str | None = None) -> dict:
-    """The profile in force, with the harness's budget override (AUTORESEARCH_BUDGET) applied."""
+    """The profile in force, with the budget override (AUTORESEARCH_BUDGET or the lab's budget) applied.
+    The clock is CPU time on the CPU (a busy neighbour cannot steal it) and wall time on a GPU."""
     name = profile_name(requested)
     profile = cuda_profile() if name == "cuda" else dict(PROFILES[name])
     profile["name"] = name
     profile["device"] = {"cuda": "cuda", "mps": "mps"}.get(name, "cpu")
-    if os.environ.get("AUTORESEARCH_BUDGET"):
-        profile["time_budget"] = float(os.environ["AUTORESEARCH_BUDGET"])
+    profile["clock"] = "cpu" if profile["device"] == "cpu" else "wall"
+    if settings()["budget"]:
+        profile["time_budget"] = settings()["budget"]
     return profile
 
 
@@ -304,40 +344,43 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 
 
 # ---------------------------------------------------------------------------------------------
-# Prepared data: tokens of each split as one array, every document starting with BOS.
+# Prepared data: tokens of each split as one array, every document starting with BOS. The training
+# split (with the tokenizer) and the validation split live in folders of their own, so a sandbox can
+# give the training process the one and hide the other.
 
 
-def data_dir(source: str, vocab: int | str) -> Path:
-    return CACHE_DIR / "data" / f"{source_key(source)}-v{vocab}"
+def data_dir(source: str, vocab: int | str, key: str | None = None) -> Path:
+    return CACHE_DIR / "prepared" / f"{key or source_key(source)}-v{vocab}"
 
 
 def prepare(source: str = "builtin", profile: str | None = None, byte_level: bool = False,
-            shards: int = 1, quiet: bool = False) -> Path:
-    """Build (or find cached) the tokenizer and token arrays; return their folder."""
+            shards: int = 1, quiet: bool = False, key: str | None = None) -> Path:
+    """Build (or find cached) the tokenizer and token arrays; return their folder (train/ and val/).
+    `key`: the data the harness prepared for this run, pinned so that a changed source cannot swap it."""
     vocab = "bytes" if byte_level else get_profile(profile)["vocab_size"]
-    out = data_dir(source, vocab)
-    if (out / "meta.json").exists():
+    out = data_dir(source, vocab, key)
+    if (out / "train" / "meta.json").exists():
         return out
+    if key:
+        raise SystemExit(f"the prepared data {out} is missing: prepare it again with `autoresearch-nb prepare`")
     started = time.time()
     splits = documents(source, shards)
-    if byte_level:
-        tokenizer = Tokenizer(None)
-    else:
-        tokenizer = Tokenizer(train_tokenizer(splits["train"], vocab))
+    tokenizer = Tokenizer(None) if byte_level else Tokenizer(train_tokenizer(splits["train"], vocab))
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        (tmp / split).mkdir(parents=True, exist_ok=True)
     if tokenizer.hf is not None:
-        tokenizer.hf.save(str(tmp / "tokenizer.json"))
+        tokenizer.hf.save(str(tmp / "train" / "tokenizer.json"))
     dtype = np.uint16 if tokenizer.vocab_size < 2**16 else np.uint32
     meta = {"source": source, "vocab_size": tokenizer.vocab_size, "bos_id": tokenizer.bos_id}
     for split, texts in splits.items():
         ids = tokenizer.encode(texts)
         flat = np.fromiter((t for doc in ids for t in [tokenizer.bos_id] + doc), dtype=dtype)
-        np.save(tmp / f"{split}.npy", flat)
+        np.save(tmp / split / f"{split}.npy", flat)
         meta[f"{split}_tokens"] = int(flat.size)
         meta[f"{split}_documents"] = len(texts)
         meta[f"{split}_bytes"] = sum(len(t.encode("utf-8")) for t in texts)
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    (tmp / "train" / "meta.json").write_text(json.dumps(meta, indent=1))  # written last: it marks the data ready
     try:
         tmp.rename(out)
     except OSError:  # another process finished first; theirs is as good as ours
@@ -348,17 +391,14 @@ def prepare(source: str = "builtin", profile: str | None = None, byte_level: boo
     return out
 
 
-def settings() -> dict:
-    """What the harness (or the person's last `prepare`) chose: data source and byte-level flag."""
-    chosen = last_prepared()
-    data = os.environ.get("AUTORESEARCH_DATA") or chosen.get("data") or "builtin"
-    byte_level = os.environ.get("AUTORESEARCH_BYTE_LEVEL", str(chosen.get("byte_level", ""))) in ("1", "True")
-    return {"data": data, "byte_level": byte_level}
+def prepared() -> Path:
+    """This lab's prepared data (built on first use outside the harness)."""
+    chosen = settings()
+    return prepare(chosen["data"], byte_level=chosen["byte_level"], quiet=True, key=chosen["data_key"])
 
 
 def load_tokenizer() -> Tokenizer:
-    folder = prepare(settings()["data"], byte_level=settings()["byte_level"], quiet=True)
-    path = folder / "tokenizer.json"
+    path = prepared() / "train" / "tokenizer.json"
     if not path.exists():
         return Tokenizer(None)
     from tokenizers import Tokenizer as HFTokenizer
@@ -367,8 +407,7 @@ def load_tokenizer() -> Tokenizer:
 
 
 def _load_split(split: str) -> np.ndarray:
-    folder = prepare(settings()["data"], byte_level=settings()["byte_level"], quiet=True)
-    return np.load(folder / f"{split}.npy", mmap_mode="r")
+    return np.load(prepared() / split / f"{split}.npy", mmap_mode="r")
 
 
 def _row_starts(tokens: np.ndarray, bos_id: int, row_len: int) -> np.ndarray:
@@ -376,14 +415,12 @@ def _row_starts(tokens: np.ndarray, bos_id: int, row_len: int) -> np.ndarray:
     return starts[starts + row_len <= tokens.size]
 
 
-_LOADER = {"before_clock": 0, "finishing": False}
+_LOADER = {"before_clock": 0}
 BATCHES_BEFORE_CLOCK = 2  # a compile warm-up and the first step's batch; training counts on the clock
 
 
 def _count_batch() -> None:
-    """Training data is only for time on the clock: not before it starts, not during evaluation."""
-    if _LOADER["finishing"]:
-        fail("training data was read during evaluation")
+    """Training data is for time on the clock. A first filter only: the harness's own timing is the rule."""
     if not _CLOCK_STARTS:
         _LOADER["before_clock"] += 1
         if _LOADER["before_clock"] > BATCHES_BEFORE_CLOCK:
@@ -412,7 +449,8 @@ def make_train_loader(batch_size: int, seq_len: int = SEQ_LEN, device: str = DEV
 
 
 def validation_rows(seq_len: int, eval_tokens: int) -> torch.Tensor:
-    """The fixed validation stream: consecutive BOS-aligned rows until eval_tokens are covered."""
+    """The fixed validation stream: consecutive BOS-aligned rows until eval_tokens are covered.
+    Only the evaluator reads it; the training process is never given the folder."""
     tokens = _load_split("val")
     bos_id = load_tokenizer().bos_id
     rows, position, want = [], 0, max(1, eval_tokens // seq_len)
@@ -428,11 +466,6 @@ def validation_rows(seq_len: int, eval_tokens: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(rows))
 
 
-# ---------------------------------------------------------------------------------------------
-# The metric: bits per byte over the fixed validation stream. Special tokens are excluded, so the
-# number does not depend on the vocabulary.
-
-
 def autocast_context(device: str = DEVICE, dtype: str | None = None):
     dtype = dtype or PROFILE["dtype"]
     if device == "cuda" and dtype in ("bfloat16", "float16"):
@@ -440,104 +473,19 @@ def autocast_context(device: str = DEVICE, dtype: str | None = None):
     return torch.autocast(device_type="cpu", enabled=False)
 
 
-CAUSAL_PROBES = 4   # evaluation batches that are run a second time with their futures changed
-
-
-@torch.no_grad()
-def evaluate_bpb(model, batch_size: int = 16, seq_len: int = SEQ_LEN,
-                 eval_tokens: int = PROFILE["eval_tokens"], device: str = DEVICE, checks: bool = False):
-    """Bits per byte of `model` (called as model(x) -> logits of shape (B, T, vocab)).
-
-    With checks=True also returns (leak, drift), measured on the evaluation's own batches so a
-    model cannot tell a check from the real thing: `leak` is how far logits moved when only
-    later tokens changed (each row of a few random batches gets its own random split point);
-    `drift` is how far a batch's logits moved when it was shown again after all the others
-    (a model learning from the validation stream as it goes)."""
-    rows = validation_rows(seq_len, eval_tokens)
-    token_bytes = load_tokenizer().token_bytes().to(device)
-    was_training = model.training
-    model.eval()
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    starts = list(range(0, rows.size(0), batch_size))
-    chooser = random.SystemRandom()  # unpredictable: train.py cannot know which batches are probed
-    probes = set(chooser.sample(range(len(starts)), min(CAUSAL_PROBES, len(starts))))
-    recheck = chooser.choice(sorted(probes))
-    projection, leak, seen = None, 0.0, None
-    for n, i in enumerate(starts):
-        batch = rows[i:i + batch_size].to(device)
-        x, y = batch[:, :-1], batch[:, 1:]
-        with autocast_context(device):
-            logits = _plain(model(x)).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
-        nbytes = token_bytes[y.reshape(-1)]
-        nats += (loss * (nbytes > 0)).double().sum()
-        total_bytes += nbytes.sum()
-        if checks and n in probes:
-            if projection is None:
-                projection = torch.randn(logits.size(-1), device=device, generator=torch.Generator(device).manual_seed(chooser.randrange(2**31)))
-            signature = logits @ projection
-            leak = max(leak, _future_leak(model, x, signature, projection, chooser))
-            if n == recheck:
-                seen = (x, signature)
-    drift = 0.0
-    if checks and seen is not None:
-        with autocast_context(device):
-            again = _plain(model(seen[0])).float() @ projection
-        drift = _relative_change(seen[1], again)
-    model.train(was_training)
-    bpb = float(nats / (math.log(2) * total_bytes.clamp(min=1)))
-    return (bpb, leak, drift) if checks else bpb
-
-
-def _plain(logits) -> torch.Tensor:
-    """The evaluator does its own arithmetic on a plain tensor: a Tensor subclass could rewrite it."""
-    if type(logits) is not torch.Tensor:
-        fail(f"the model returned a {type(logits).__name__}, not a plain torch.Tensor of logits")
-    return logits
-
-
-def _relative_change(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    change = (a - b).abs()
-    if mask is not None:
-        change = change * mask
-    return float(change.max() / (a.abs().mean() + 1e-6))
-
-
-def _future_leak(model, x, signature, projection, chooser) -> float:
-    """Each row keeps its first p tokens (p random per row) and gets random tokens after them;
-    a causal model's outputs before p cannot change."""
-    changed = x.clone()
-    splits = torch.tensor([chooser.randrange(1, x.size(1)) for _ in range(x.size(0))], device=x.device)
-    positions = torch.arange(x.size(1), device=x.device)[None, :]
-    after = positions >= splits[:, None]
-    noise = torch.randint_like(x, 0, int(x.max()) + 1)
-    changed[after] = noise[after]
-    with autocast_context(x.device.type):
-        other = _plain(model(changed)).float() @ projection
-    return _relative_change(signature, other, mask=~after)
-
-
-@torch.no_grad()
-def check_causal(model, seq_len: int = SEQ_LEN, device: str = DEVICE) -> float:
-    """How far a model's outputs move when only later tokens change (0 for a causal model)."""
-    x = validation_rows(seq_len, 4 * seq_len)[:, :-1].to(device)
-    was_training = model.training
-    model.eval()
-    chooser = random.SystemRandom()
-    with autocast_context(device):
-        logits = _plain(model(x)).float()
-    projection = torch.randn(logits.size(-1), device=device)
-    leak = _future_leak(model, x, logits @ projection, projection, chooser)
-    model.train(was_training)
-    return leak
-
-
 # ---------------------------------------------------------------------------------------------
-# The clock and the end of every run.
+# The clock. On the CPU it counts the process's CPU time (all threads) over the machine's cores, so
+# a busy neighbour does not shorten training; on a GPU it is wall time. The harness measures the same
+# from outside, from the CLOCK_MARKER line to the hand-over, and that figure is the one judged.
+
+CORES = cpu_cores()
+_CLOCK_STARTS: dict[int, float] = {}  # the true start of each clock, for the first filter in finish()
 
 
-_CLOCK_STARTS: dict[int, float] = {}  # the true start of each clock, out of train.py's reach
+def clock_now() -> float:
+    if PROFILE["clock"] == "cpu":
+        return time.process_time() / CORES
+    return time.perf_counter()
 
 
 class TrainingClock:
@@ -552,18 +500,20 @@ class TrainingClock:
         if _CLOCK_STARTS and id(self) not in _CLOCK_STARTS:
             fail("a second training clock was started: a run has one clock, the one finish() reads")
         if self.started is None:
-            self.started = time.perf_counter()
+            self.started = clock_now()
             _CLOCK_STARTS[id(self)] = self.started
+            sys.stdout.flush()
+            os.write(1, f"{CLOCK_MARKER}\n".encode())  # below sys.stdout: a replaced sys.stdout cannot hold it back
 
     def stop(self):
         if self.stopped is None:
-            self.stopped = time.perf_counter()
+            self.stopped = clock_now()
 
     @property
     def elapsed(self) -> float:
         if self.started is None:
             return 0.0
-        return (self.stopped or time.perf_counter()) - self.started
+        return (self.stopped or clock_now()) - self.started
 
     @property
     def progress(self) -> float:
@@ -578,11 +528,14 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10
               "T4": 65e12, "V100": 125e12}
 
 
+def device_name() -> str:
+    return torch.cuda.get_device_name(0) if DEVICE == "cuda" else DEVICE
+
+
 def peak_flops() -> float:
     if DEVICE != "cuda":
         return 0.0
-    name = torch.cuda.get_device_name(0)
-    return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name()), 0.0)
 
 
 def fail(cause: str) -> None:
@@ -591,53 +544,356 @@ def fail(cause: str) -> None:
     sys.exit(1)
 
 
+def _first_line(error: BaseException, limit: int = 300) -> str:
+    text = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {text}"[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# The end of every run: the trained model is handed over as a self-contained exported program (no
+# Python from train.py in it), with the run's unjudged facts beside it.
+
+EVAL_BATCH = 16  # rows per call of the model; it is exported for exactly this input shape
+EXPORT_RULES = ("the model must export with torch.export: no Python branches on tensor values in forward, "
+                "model(tokens) returns a plain tensor of logits, and nothing is kept from one call to the next")
+
+
+def handover(model, run_dir: Path, clock: TrainingClock, tokens: int, steps: int, depth: int,
+             flops_per_token: float | None = None) -> dict:
+    """Export the eager module (never a torch.compile wrapper) in eval mode on a sample batch, under the
+    profile's autocast, to run_dir/model.pt2; its facts go to run_dir/handover.json."""
+    started = time.perf_counter()
+    model = getattr(model, "_orig_mod", model)
+    model.eval()
+    sample = torch.randint(0, load_tokenizer().vocab_size, (EVAL_BATCH, SEQ_LEN), device=DEVICE)
+    try:
+        with torch.no_grad(), autocast_context():
+            program = torch.export.export(model, (sample,))
+            if PROFILE["dtype"] != "float32":  # the autocast casts become part of the graph
+                program = program.run_decompositions({})
+    except Exception as error:
+        print(f"the exporter said: {error}", flush=True)
+        fail(f"export: {_first_line(error)} ({EXPORT_RULES})")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, run_dir / "model.pt2")
+    num_params = sum(p.numel() for p in model.parameters())
+    flops = (flops_per_token or 6 * num_params) * tokens
+    peak = peak_flops()
+    facts = dict(num_steps=steps, total_tokens_M=tokens / 1e6, num_params_M=num_params / 1e6, depth=depth,
+                 peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else 0.0,
+                 mfu_percent=100 * flops / (clock.elapsed * peak) if peak and clock.elapsed > 0 else 0.0,
+                 training_seconds=clock.elapsed, export_seconds=time.perf_counter() - started)
+    (run_dir / "handover.json").write_text(json.dumps(facts))
+    print(f"handover: model exported in {facts['export_seconds']:.1f}s", flush=True)
+    return facts
+
+
 def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
-           flops_per_token: float | None = None) -> float:
-    """Evaluate and print the summary block. train.py calls this once, at the end."""
-    _LOADER["finishing"] = True
+           flops_per_token: float | None = None) -> float | None:
+    """Stop the clock and hand the model over. train.py calls this once, at the end. Under the harness
+    that is all: the harness evaluates in a process of its own. Run by hand, the evaluator runs here as
+    a subprocess and the summary is printed (a convenience, not what the harness trusts)."""
     true_start = _CLOCK_STARTS.get(id(clock))
     if type(clock) is not TrainingClock or true_start is None or clock.started != true_start \
             or clock.budget != float(TIME_BUDGET):
         fail("the training clock was tampered with: use prepare.TrainingClock as it is")
-    clock.stopped = time.perf_counter()  # measured here, whatever train.py did with stop()
-    num_params = sum(p.numel() for p in model.parameters())
-    val_bpb, leak, drift = evaluate_bpb(model, checks=True)
+    clock.stopped = clock_now()
+    if os.environ.get("AUTORESEARCH_RUN_DIR"):
+        handover(model, Path(os.environ["AUTORESEARCH_RUN_DIR"]), clock, tokens, steps, depth, flops_per_token)
+        sys.stdout.flush()
+        os._exit(0)  # the harness's clock runs until this process ends: skip the interpreter's slow teardown
+    with tempfile.TemporaryDirectory(prefix="nanochat-run-") as run_dir:
+        facts = handover(model, Path(run_dir), clock, tokens, steps, depth, flops_per_token)
+        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--evaluate", run_dir],
+                              capture_output=True, text=True)
+    found = re.search(r"^val_bpb:\s+(\S+)$", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or not found:
+        print(done.stdout + done.stderr, end="", flush=True)
+        fail(next((line[6:] for line in done.stdout.splitlines() if line.startswith("FAIL: ")), "the evaluator failed"))
+    values = dict(val_bpb=found.group(1), training_seconds=f"{clock.elapsed:.1f}",
+                  total_seconds=f"{time.time() - PROCESS_START:.1f}", peak_vram_mb=f"{facts['peak_vram_mb']:.1f}",
+                  mfu_percent=f"{facts['mfu_percent']:.2f}", total_tokens_M=f"{facts['total_tokens_M']:.1f}",
+                  num_steps=str(steps), num_params_M=f"{facts['num_params_M']:.1f}", depth=str(depth))
+    print("---\n" + "".join(f"{name + ':':<18}{values[name]}\n" for name in SUMMARY_FIELDS), end="", flush=True)
+    return float(found.group(1))
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluator: `prepare.py --evaluate RUN_DIR`, a fresh process that never imports train.py. It reads
+# the handed-over program as data, refusing anything in the file torch would run as code; checks that
+# it is a pure, causal function of its input; and measures bits per byte on the validation split.
+# Special tokens are excluded from the metric, so it does not depend on the vocabulary.
+
+ARCHIVE_ENTRY = re.compile(r"[^/]+/(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
+                           r"models/model\.json|data/sample_inputs/model\.pt|data/weights/weight_\d+|"
+                           r"data/weights/model_weights_config\.json|data/constants/tensor_\d+|"
+                           r"data/constants/model_constants_config\.json)")
+ATEN_TARGET = re.compile(r"torch\.ops\.aten\.\w+\.\w+")
+# What torch.export.load would turn into running code: symbolic shapes (sympify), subgraphs, custom objects.
+UNSAFE_KEYS = {"expr_str", "as_graph", "as_custom_obj", "as_operator", "as_sym_int", "as_sym_ints",
+               "as_sym_bool", "as_sym_bools", "as_sym_float", "as_sym_floats"}
+SIDE_EFFECTS = {"from_file", "save", "_print", "warn"}  # aten operators that reach files or the output
+CAUSAL_PROBES = 4   # evaluation batches that are run a second time with their futures changed
+
+
+class Refused(Exception):
+    """The handed-over model breaks a rule of the evaluation; the message says which."""
+
+
+def _unsafe_key(tree) -> str | None:
+    if isinstance(tree, dict):
+        found = next((k for k in tree if k in UNSAFE_KEYS), None)
+        return found or next((f for f in map(_unsafe_key, tree.values()) if f), None)
+    if isinstance(tree, list):
+        return next((f for f in map(_unsafe_key, tree) if f), None)
+    return None
+
+
+def _plain_graph(program: dict) -> dict:
+    """The serialized program with nothing torch would run as Python: no symbolic shapes, subgraphs,
+    custom objects or operators outside aten; guards and debug metadata dropped."""
+    module, unsafe = program["graph_module"], _unsafe_key(program)
+    if unsafe or program.get("range_constraints"):
+        raise Refused(f"the exported model uses {unsafe or 'symbolic shapes'}: export with fixed shapes and torch's own operators")
+    for node in module["graph"]["nodes"]:
+        if not (ATEN_TARGET.fullmatch(node["target"]) or node["target"] == "_operator.getitem"):
+            raise Refused(f"the exported model calls {node['target'][:80]}: only torch's aten operators are "
+                          "evaluated, not custom operators or Python functions")
+        node["metadata"] = {}
+    inputs = [next(iter(spec)) for spec in module["signature"]["input_specs"]]
+    outputs = module["signature"]["output_specs"]
+    if inputs.count("user_input") != 1 or not set(inputs) <= {"parameter", "buffer", "tensor_constant", "user_input"} \
+            or len(outputs) != 1 or "as_tensor" not in outputs[0].get("user_output", {}).get("arg", {}):
+        raise Refused("the exported model must take one tensor of tokens and return one tensor of logits")
+    if module.get("treespec_namedtuple_fields") or module["graph"].get("custom_obj_values"):
+        raise Refused("the exported model carries Python objects: it must take and return plain tensors")
+    module["module_call_graph"] = [entry for entry in module["module_call_graph"] if entry.get("fqn") == ""]
+    program["guards_code"] = []
+    return program
+
+
+def readable_program(path: Path, sample: torch.Tensor) -> Path:
+    """A checked copy of the archive that torch.export.load may read. Loading a file as it is would run
+    the pickles, compiled libraries and Python strings it may hold; a plain model needs none of them."""
+    try:
+        archive = zipfile.ZipFile(path)
+        names = archive.namelist()
+    except (OSError, zipfile.BadZipFile) as error:
+        raise Refused(f"the handed-over model {path.name} is not a readable archive ({error})")
+    odd = [n for n in names if not ARCHIVE_ENTRY.fullmatch(n) or n.split("/")[0] != names[0].split("/")[0]]
+    if odd:
+        raise Refused(f"the exported model holds {odd[0][:80]}, which a plain model does not need")
+    checked = path.with_name("checked.pt2")
+    with archive, zipfile.ZipFile(checked, "w", zipfile.ZIP_STORED) as copy:
+        for name in names:
+            if name.endswith("_config.json"):
+                for entry in json.loads(archive.read(name)).get("config", {}).values():
+                    if entry.get("use_pickle") or not str(entry.get("path_name")).startswith(("weight_", "tensor_")):
+                        raise Refused("the exported model stores a weight as a pickled object: only plain tensors are read")
+                copy.writestr(name, archive.read(name))
+            elif name.endswith("models/model.json"):
+                copy.writestr(name, json.dumps(_plain_graph(json.loads(archive.read(name)))))
+            elif name.endswith("sample_inputs/model.pt"):  # ours, not the file's: torch.load never sees its bytes
+                buffer = io.BytesIO()
+                torch.save(((sample.cpu(),), {}), buffer)
+                copy.writestr(name, buffer.getvalue())
+            else:
+                with archive.open(name) as source, copy.open(name, "w") as target:
+                    while block := source.read(1 << 24):
+                        target.write(block)
+    return checked
+
+
+def check_program(program) -> torch.nn.Module:
+    """aten operators only, none touching files; nothing written in place that outlives a call."""
+    ops = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    if any(isinstance(op, torch._ops.OpOverload) and op._schema.is_mutable for op in ops):
+        try:  # writes into intermediate tensors are fine: functionalize, then see what is still mutated
+            program = program.run_decompositions({})
+        except Exception as error:
+            raise Refused(f"the model changes its own tensors when called ({_first_line(error)}): "
+                          "state carried from one call to the next is refused")
+        ops = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    signature = program.graph_signature
+    if signature.buffers_to_mutate or signature.user_inputs_to_mutate:
+        changed = ", ".join(list(signature.buffers_to_mutate.values()) + list(signature.user_inputs_to_mutate.values()))
+        raise Refused(f"the model changes {changed} when called: state carried from one call to the next is refused")
+    for op in ops:
+        if op is operator.getitem:
+            continue
+        if not isinstance(op, torch._ops.OpOverload) or op.namespace != "aten" or op._schema.is_mutable \
+                or op._schema.name.split("::")[-1] in SIDE_EFFECTS:
+            raise Refused(f"the model calls {op}, which the evaluator does not run (it writes, or reaches outside the model)")
+    return program.module()
+
+
+def _plain(logits, x: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The evaluator does its own arithmetic on a plain tensor of logits of the right shape."""
+    if type(logits) is not torch.Tensor:
+        raise Refused(f"the model returned a {type(logits).__name__}, not a plain torch.Tensor of logits")
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != tuple(x.shape) or logits.size(-1) < vocab_size \
+            or not logits.is_floating_point():
+        raise Refused(f"the model returned {logits.dtype} logits of shape {tuple(logits.shape)} for tokens of "
+                      f"shape {tuple(x.shape)}: expected floating-point logits of shape (B, T, {vocab_size} or more)")
+    return logits.float()
+
+
+def _relative_change(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
+    change = (a - b).abs()
+    if mask is not None:
+        change = change * mask
+    return float(change.max() / (a.abs().mean() + 1e-6))
+
+
+@torch.no_grad()
+def evaluate_bpb(model, rows: torch.Tensor | None = None, batch_size: int = EVAL_BATCH, device: str = DEVICE,
+                 checks: bool = False):
+    """Bits per byte of `model` (model(x) -> logits (B, T, vocab)) over the validation rows, always
+    called with exactly `batch_size` rows (the last batch is padded with its own rows, not counted).
+
+    With checks=True also returns (leak, drift), measured on the evaluation's own batches so a model
+    cannot tell a check from the real thing: `leak` is how far logits moved when only later tokens
+    changed (each row of a few random batches gets its own random split point); `drift` is how far
+    a batch's logits moved when it was shown again after all the others (state kept between calls)."""
+    rows = validation_rows(SEQ_LEN, PROFILE["eval_tokens"]) if rows is None else rows
+    tokenizer = load_tokenizer()
+    token_bytes = tokenizer.token_bytes().to(device)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    total_bytes = torch.zeros((), dtype=torch.int64, device=device)
+    starts = list(range(0, rows.size(0), batch_size))
+    chooser = random.SystemRandom()  # unpredictable: a model cannot know which batches are probed
+    probes = set(chooser.sample(range(len(starts)), min(CAUSAL_PROBES, len(starts))))
+    recheck = chooser.choice(sorted(probes))
+    projection, leak, seen = None, 0.0, None
+    for n, i in enumerate(starts):
+        real = min(batch_size, rows.size(0) - i)
+        batch = rows[i:i + batch_size]
+        if real < batch_size:
+            batch = torch.cat([batch, batch[:1].expand(batch_size - real, -1)])
+        batch = batch.to(device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        logits = _plain(model(x), x, tokenizer.vocab_size)
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+        nbytes = token_bytes[y[:real].reshape(-1)]
+        nats += (loss[:real * y.size(1)] * (nbytes > 0)).double().sum()
+        total_bytes += nbytes.sum()
+        if checks and n in probes:
+            if projection is None:
+                generator = torch.Generator(device).manual_seed(chooser.randrange(2**31))
+                projection = torch.randn(logits.size(-1), device=device, generator=generator)
+            signature = logits @ projection
+            leak = max(leak, _future_leak(model, x, signature, projection, chooser, tokenizer.vocab_size))
+            if n == recheck:
+                seen = (x, signature)
+    drift = 0.0
+    if checks and seen is not None:
+        again = _plain(model(seen[0]), seen[0], tokenizer.vocab_size) @ projection
+        drift = _relative_change(seen[1], again)
+    bpb = float(nats / (math.log(2) * total_bytes.clamp(min=1)))
+    return (bpb, leak, drift) if checks else bpb
+
+
+def _future_leak(model, x, signature, projection, chooser, vocab_size: int) -> float:
+    """Each row keeps its first p tokens (p random per row) and gets random tokens after them;
+    a causal model's outputs before p cannot change."""
+    changed = x.clone()
+    splits = torch.tensor([chooser.randrange(1, x.size(1)) for _ in range(x.size(0))], device=x.device)
+    positions = torch.arange(x.size(1), device=x.device)[None, :]
+    after = positions >= splits[:, None]
+    noise = torch.randint_like(x, 0, int(x.max()) + 1)
+    changed[after] = noise[after]
+    other = _plain(model(changed), changed, vocab_size) @ projection
+    return _relative_change(signature, other, mask=~after)
+
+
+def _warm_up_loading() -> None:
+    """Export, save and load a trivial model once, so the real load pays no first-call costs."""
+    buffer = io.BytesIO()
+    torch.export.save(torch.export.export(torch.nn.Linear(2, 2), (torch.zeros(1, 2),)), buffer)
+    buffer.seek(0)
+    torch.export.load(buffer).module()(torch.zeros(1, 2))
+
+
+def evaluate_run(run_dir: Path, wait: bool = False) -> None:
+    """The evaluator's main: the val_bpb block, or a FAIL line saying why the model is refused.
+    `wait`: read a line from standard input first (the harness starts the evaluator beside the
+    training, so its start-up is done by the hand-over; "go" means evaluate, anything else: exit)."""
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # torch.load reads tensors, never pickled objects
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    rows = validation_rows(SEQ_LEN, PROFILE["eval_tokens"])
+    _warm_up_loading()
+    if wait and sys.stdin.readline().strip() != "go":
+        return
+    started = time.perf_counter()
+    path = run_dir / "model.pt2"
+    if not path.exists():
+        fail(f"no model was handed over ({path} is missing): train.py ends with finish(model, ...)")
+    try:
+        checked = readable_program(path, rows[:EVAL_BATCH, :-1])
+        try:
+            program = torch.export.load(checked)
+        except Exception as error:  # a malformed program: its author's to fix, not the evaluator's
+            raise Refused(f"the exported model could not be loaded ({_first_line(error)})")
+        model = check_program(program)
+        loaded = time.perf_counter() - started
+        val_bpb, leak, drift = evaluate_bpb(model, rows, checks=True)
+    except Refused as error:
+        fail(str(error))
+    except Exception as error:  # raised by the model's own graph (a shape error, out of memory, ...)
+        fail(f"the model failed when the evaluator called it ({_first_line(error)})")
     tolerance = 1e-3 if PROFILE["dtype"] == "float32" else 2e-2
     if not math.isfinite(leak) or leak > tolerance:
         fail(f"the model is not causal: its outputs moved by {leak:.3g} when only later tokens changed")
     if not math.isfinite(drift) or drift > tolerance:
-        fail(f"the model changed during evaluation (by {drift:.3g}): it may not learn from validation data")
+        fail(f"the model's output for the same tokens changed between calls (by {drift:.3g}): "
+             "state carried from one call to the next is refused")
     if not math.isfinite(val_bpb):
         fail("nan val_bpb")
-    flops = (flops_per_token or 6 * num_params) * tokens
-    peak = peak_flops()
-    mfu = 100 * flops / (clock.elapsed * peak) if peak and clock.elapsed > 0 else 0.0
-    vram = torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else 0.0
-    values = dict(val_bpb=f"{val_bpb:.6f}", training_seconds=f"{clock.elapsed:.1f}",
-                  total_seconds=f"{time.time() - PROCESS_START:.1f}", peak_vram_mb=f"{vram:.1f}",
-                  mfu_percent=f"{mfu:.2f}", total_tokens_M=f"{tokens / 1e6:.1f}", num_steps=str(steps),
-                  num_params_M=f"{num_params / 1e6:.1f}", depth=str(depth))
-    block = "---\n" + "".join(f"{name + ':':<18}{values[name]}\n" for name in SUMMARY_FIELDS)
-    sys.stdout.flush()
-    now = os.fstat(1)
-    if (now.st_dev, now.st_ino) != (STDOUT_FILE.st_dev, STDOUT_FILE.st_ino):
-        fail("standard output was redirected: the summary goes where the run started")
-    os.write(1, block.encode())  # below sys.stdout, so a replaced sys.stdout cannot catch it
-    return val_bpb
+    print(f"evaluator: loaded and checked in {loaded:.2f}s, evaluated {rows.size(0)} rows in "
+          f"{time.perf_counter() - started - loaded:.2f}s (leak {leak:.2g}, repeat {drift:.2g})")
+    print(f"---\nval_bpb:          {val_bpb:.6f}", flush=True)
+    os._exit(0)  # nothing is left to do: skip the interpreter's teardown (half a second with torch loaded)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's conditions and the command line.
+
+
+def conditions(profile: str | None = None, data: str | None = None, byte_level: bool | None = None) -> dict:
+    """What a verdict compares under (prepares the data if needed), and the paths the training process
+    reads: the tokenizer and the training split, never the validation split."""
+    chosen = settings()
+    data = data or chosen["data"]
+    byte_level = chosen["byte_level"] if byte_level is None else byte_level
+    key = chosen["data_key"] or source_key(data)
+    folder = prepare(data, profile, byte_level, quiet=True, key=chosen["data_key"])
+    tokenizer = folder / "train" / "tokenizer.json"
+    facts = get_profile(profile)
+    facts.update(profile=facts["name"], cpu_count=CORES, data=data, data_key=key, byte_level=byte_level,
+                 tokenizer=hashlib.sha256(tokenizer.read_bytes()).hexdigest() if tokenizer.exists() else "bytes",
+                 device_name=device_name() if facts["device"] == DEVICE else facts["device"],
+                 torch=torch.__version__, train_paths=[str(folder / "train")])
+    return facts
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for nanochat.")
-    parser.add_argument("--data", default="builtin", help="builtin, tinystories, fineweb-edu, or a path")
-    parser.add_argument("--profile", default=None, help="auto, cpu, mps, cuda or tiny (tests)")
+    parser = argparse.ArgumentParser(description="Prepare data and tokenizer for nanochat; report conditions; evaluate.")
+    parser.add_argument("--data", default=None, help="builtin, tinystories, fineweb-edu, or a path (default: the lab's)")
+    parser.add_argument("--profile", default=None, help="auto, cpu, mps, cuda or tiny (default: the lab's)")
     parser.add_argument("--byte-level", action="store_true", help="raw bytes instead of BPE")
     parser.add_argument("--shards", type=int, default=1, help="training shards to download (hub sources)")
+    parser.add_argument("--conditions", action="store_true", help="print this run's conditions as one JSON line")
+    parser.add_argument("--evaluate", metavar="RUN_DIR", help="evaluate the model handed over in RUN_DIR")
+    parser.add_argument("--wait", action="store_true", help="with --evaluate: start up, then wait for 'go' on stdin")
     args = parser.parse_args(argv)
-    out = prepare(args.data, args.profile, args.byte_level, args.shards)
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    (CACHE_DIR / "last_prepared.json").write_text(json.dumps({"data": args.data, "byte_level": args.byte_level,
-                                                            "profile": args.profile}))
-    meta = json.loads((out / "meta.json").read_text())
+    if args.evaluate:
+        return evaluate_run(Path(args.evaluate), args.wait)
+    byte_level = args.byte_level or settings()["byte_level"]
+    if args.conditions:
+        print(json.dumps(conditions(args.profile, args.data, byte_level)), flush=True)
+        return None
+    out = prepare(args.data or settings()["data"], args.profile, byte_level, args.shards)
+    meta = json.loads((out / "train" / "meta.json").read_text())
     profile = get_profile(args.profile)
     print(f"profile {profile['name']}: budget {profile['time_budget']}s, seq_len {profile['seq_len']}, "
           f"vocab {meta['vocab_size']}, eval tokens {profile['eval_tokens']:,}")

@@ -1,7 +1,9 @@
 """nanochat: a small modern GPT trained for a fixed time budget. This is the agent's file.
 
 Run: python nanochat/train.py (after `autoresearch-nb prepare`). The data, the clock and the
-metric come from prepare.py, which is fixed; everything here is fair game for experiments.
+metric come from prepare.py, which is fixed; everything here is fair game for experiments. At the
+end, finish() hands the model over with torch.export and a separate process evaluates it, so the
+model must export: a plain tensor of logits from model(tokens), nothing kept between calls.
 """
 import math
 import os

@@ -1,5 +1,6 @@
-"""The audit: every way train.py could forge, patch or peek at the metric is rejected before it runs,
-and the real train.py and ordinary research edits to it pass."""
+"""The audit, a first filter: forged summary lines, patches to the fixed code, seed and budget changes and
+harness files are rejected before they run; the real train.py and ordinary research edits to it pass.
+What the audit no longer refuses is refused at run time (tests/test_redteam.py)."""
 from __future__ import annotations
 
 import ast
@@ -59,6 +60,12 @@ LEGITIMATE_EDITS = {
         "    for opt in optimizers:\n        scaler.step(opt)",
         "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
         "    for opt in optimizers:\n        scaler.step(opt)"),
+    # refused by the audit until the evaluator moved to a process of its own (issue 10)
+    "other imports, a file read, type()": replaced(
+        "import math\n", "import json\nimport math\nimport pathlib\n").replace(
+        "DIVERGENCE_FACTOR = 1.5", "DIVERGENCE_FACTOR = 1.5\nNOTES = json.loads(pathlib.Path(__file__).with_name("
+        "\"notes.json\").read_text()) if pathlib.Path(__file__).with_name(\"notes.json\").exists() else {}").replace(
+        "    return F.rms_norm(x, (x.size(-1),))", "    assert type(x) is torch.Tensor\n    return F.rms_norm(x, (x.size(-1),))"),
     "a compile mode and an extra diagnostic print": replaced(
         "step_model = torch.compile(model) if COMPILE else model",
         'step_model = torch.compile(model, mode="max-autotune") if COMPILE else model\n'
@@ -98,12 +105,7 @@ FORGERIES = {
     "stretches clock.budget": ("clock.budget = 1e9", "patch"),
     "winds clock.started back": ("clock.started -= 30", "patch"),
     "swaps the module in sys.modules": ('sys.modules["prepare"] = None', "sys.modules"),
-    "reloads with importlib": ("import importlib\nimportlib.reload(sys)", "importlib"),
-    "exec": ('exec("val = 0")', "exec"),
-    "eval": ('x = eval("1 + 1")', "eval"),
-    "reaches into globals": ('globals()["finish"] = print', "globals"),
-    # reading the validation split
-    "loads val.npy": ('import numpy as np\nrows = np.load("val.npy")', "validation"),
+    # reaching the fixed module's data and evaluator (the validation split is the evaluator's)
     "imports _load_split": ("from prepare import _load_split", "_load_split"),
     "calls prepare._load_split": ('import prepare\nrows = prepare._load_split("train")', "private"),
     "imports validation_rows": ("from prepare import validation_rows", "validation_rows"),

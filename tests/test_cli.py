@@ -227,3 +227,17 @@ def test_steering_note_is_kept_in_the_lab(real_run):
 def test_a_second_run_in_the_same_lab_must_say_resume(real_run):
     message = one_line_error(cli("run", "--lab", str(real_run[0]), "--budget", "1"))
     assert "--resume" in message
+
+
+@pytest.mark.slow
+def test_each_run_is_evaluated_in_a_second_process_from_what_it_handed_over(real_run):
+    lab = Lab.open(real_run[0])
+    ran = [r for r in lab.rows() if r["status"] in ("keep", "discard")]
+    assert ran
+    for row in ran:
+        log = lab.log_path(row["index"]).read_text()
+        assert "training clock started" in log and "handover: model exported" in log
+        assert "evaluating in a separate process" in log and "--evaluate" in log
+        assert f"val_bpb:          {row['val_bpb']:.6f}" in log.split("the run's summary")[1]
+        handed = lab.state_dir / "runs" / f"{row['index']:04d}"
+        assert (handed / "handover.json").exists() and not (handed / "model.pt2").exists()

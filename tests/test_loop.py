@@ -48,6 +48,7 @@ def scored_lab(root: Path, baseline: str = BASELINE, allowance: float = 3.0) -> 
     git(lab.root, "add", "score.py", TRAIN)
     git(lab.root, "commit", "-qm", "scored target")
     lab.config["command"] = ["{python}", "score.py"]
+    lab.config["evaluate"] = None  # score.py prints its own summary: no exported model, no evaluator
     lab.config["ends_with"] = None  # score.py, not a call at the end of train.py, reports the result
     lab.config["startup_allowance"] = allowance
     lab.save_config()

@@ -1,4 +1,5 @@
-"""nanochat/prepare.py: data sources, tokenizer, loader, the bits-per-byte metric and the summary block."""
+"""nanochat/prepare.py: settings pinned per lab, data sources, tokenizer, loader, the clock, the hand-over,
+the evaluator and its checks, the conditions of a run."""
 from __future__ import annotations
 
 import http.server
@@ -52,11 +53,14 @@ def test_builtin_corpus_is_deterministic_and_split_by_document(prepare_module):
 
 def test_prepare_builds_cached_arrays_with_bos_at_every_document(prepare_module, data_cache):
     folder = prepare_module.prepare("builtin", "tiny", quiet=True)
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = json.loads((folder / "train" / "meta.json").read_text())
     assert meta["vocab_size"] == 512
     import numpy as np
 
-    val = np.load(folder / "val.npy")
+    # the validation split in a folder of its own: a sandbox gives training train/ and hides val/
+    assert sorted(p.name for p in (folder / "train").iterdir()) == ["meta.json", "tokenizer.json", "train.npy"]
+    assert sorted(p.name for p in (folder / "val").iterdir()) == ["val.npy"]
+    val = np.load(folder / "val" / "val.npy")
     assert val[0] == meta["bos_id"]
     assert (val == meta["bos_id"]).sum() == meta["val_documents"]
     assert str(folder).startswith(str(data_cache))
@@ -109,7 +113,7 @@ def test_evaluate_bpb_of_a_uniform_model_matches_the_hand_computation(prepare_mo
     assert len(counted) < len(targets), "BOS targets must be excluded"
 
 
-def test_check_causal_catches_a_model_that_sees_the_future(prepare_module):
+def test_the_probes_catch_a_model_that_sees_the_future(prepare_module):
     import torch
 
     class Peeking(Uniform):
@@ -118,8 +122,40 @@ def test_check_causal_catches_a_model_that_sees_the_future(prepare_module):
             out[:, :-1].scatter_(2, x[:, 1:, None], 10.0)
             return out
 
-    assert prepare_module.check_causal(Uniform(512)) == 0.0
-    assert prepare_module.check_causal(Peeking(512)) > 1.0
+    _, leak, drift = prepare_module.evaluate_bpb(Uniform(512), checks=True)
+    assert leak == 0.0 and drift == 0.0
+    _, leak, _ = prepare_module.evaluate_bpb(Peeking(512), checks=True)
+    assert leak > 1.0
+
+
+def test_the_repeat_catches_a_model_that_changes_between_calls(prepare_module):
+    import torch
+
+    class Counting(Uniform):
+        calls = 0
+
+        def __call__(self, x):
+            self.calls += 1
+            return torch.full((x.size(0), x.size(1), self.vocab), float(self.calls))
+
+    _, leak, drift = prepare_module.evaluate_bpb(Counting(512), checks=True)
+    assert drift > 0.1
+
+
+def test_logits_of_the_wrong_shape_or_kind_are_refused(prepare_module):
+    import torch
+
+    class Short(Uniform):
+        def __call__(self, x):
+            return torch.zeros(x.size(0), x.size(1), 10)
+
+    class Pair(Uniform):
+        def __call__(self, x):
+            return torch.zeros(x.size(0), x.size(1), self.vocab), None
+
+    for model, words in ((Short(512), "expected floating-point logits"), (Pair(512), "not a plain torch.Tensor")):
+        with pytest.raises(prepare_module.Refused, match=words):
+            prepare_module.evaluate_bpb(model)
 
 
 def test_train_loader_rows_start_at_documents(prepare_module):
@@ -245,7 +281,7 @@ def test_hub_download_from_a_local_fixture_resumes_and_caches(tmp_path):
         assert (f"{base}/default/train/0000.parquet", "bytes=1000-") in HubHandler.seen
         assert (partial.parent / "0000.parquet").read_bytes() == train_bytes
         assert "100%" in done.stderr  # the progress bar ran to the end
-        meta = json.loads(next((cache / "data").glob("tinystories-vbytes/meta.json")).read_text())
+        meta = json.loads(next((cache / "prepared").glob("tinystories-vbytes/train/meta.json")).read_text())
         assert meta["train_documents"] == 300 and meta["val_documents"] == 60
         requests = len(HubHandler.seen)
         again = run_prepare("--data", "tinystories", "--byte-level", env=env)
@@ -267,3 +303,183 @@ def test_profiles_fix_budget_sequence_vocab_eval_and_size(prepare_module):
     probe = subprocess.run([sys.executable, "-c", "import prepare; print(prepare.TIME_BUDGET)"], cwd=NANOCHAT,
                            capture_output=True, text=True, env={**os.environ, **env, "AUTORESEARCH_BUDGET": "12"})
     assert probe.stdout.strip() == "12.0"
+
+
+# -- settings: each lab pins its own; nothing machine-wide is read -----------------------------------
+
+def make_lab_dir(root: Path, config: dict) -> Path:
+    """A lab as prepare.py sees it: nanochat/prepare.py beside .autoresearch/config.json."""
+    (root / "nanochat").mkdir(parents=True)
+    (root / "nanochat" / "prepare.py").write_text((NANOCHAT / "prepare.py").read_text())
+    (root / ".autoresearch").mkdir()
+    (root / ".autoresearch" / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def outside_the_harness() -> dict:
+    """This environment without the harness's settings (the test cache kept), as a person's shell has it."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AUTORESEARCH_") or k == "AUTORESEARCH_CACHE"}
+
+
+def profile_seen(lab: Path, **env) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", "import prepare; print(prepare.PROFILE['name'], prepare.TIME_BUDGET)"],
+                          cwd=lab / "nanochat", capture_output=True, text=True, env={**outside_the_harness(), **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+def test_each_lab_reads_its_own_settings_and_the_harness_env_comes_first(tmp_path, data_cache):
+    cpu = make_lab_dir(tmp_path / "a", {"profile": "cpu", "data": "builtin", "budget": None})
+    tiny = make_lab_dir(tmp_path / "b", {"profile": "tiny", "data": "builtin", "budget": 7})
+    assert profile_seen(cpu) == ["cpu", "60"]
+    assert profile_seen(tiny) == ["tiny", "7.0"]
+    # preparing for another profile elsewhere changes nothing here (once there was a machine-wide file)
+    assert run_prepare("--profile", "tiny").returncode == 0
+    assert profile_seen(cpu) == ["cpu", "60"]
+    assert not list(data_cache.glob("*.json"))
+    assert profile_seen(cpu, AUTORESEARCH_PROFILE="tiny", AUTORESEARCH_BUDGET="3") == ["tiny", "3.0"]
+
+
+def test_conditions_name_everything_a_verdict_depends_on(tmp_path, data_cache):
+    lab = make_lab_dir(tmp_path / "lab", {"profile": "tiny", "data": "builtin"})
+    done = subprocess.run([sys.executable, "nanochat/prepare.py", "--conditions"], cwd=lab, capture_output=True,
+                          text=True, env={**outside_the_harness(), "AUTORESEARCH_BUDGET": "4"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    facts = json.loads(lines[-1])
+    for key in ("name", "profile", "seq_len", "vocab_size", "eval_tokens", "depth", "n_embd", "device_batch",
+                "total_batch", "dtype", "time_budget", "clock", "data", "data_key", "tokenizer", "byte_level",
+                "device", "device_name", "torch", "cpu_count", "train_paths"):
+        assert key in facts, key
+    assert (facts["name"], facts["profile"], facts["time_budget"], facts["clock"]) == ("tiny", "tiny", 4.0, "cpu")
+    assert facts["data_key"].startswith("builtin") and len(facts["tokenizer"]) == 64 and not facts["byte_level"]
+    train = Path(facts["train_paths"][0])
+    assert facts["train_paths"] == [str(train)] and (train / "train.npy").exists() and (train / "tokenizer.json").exists()
+    assert not (train / "val.npy").exists() and (train.parent / "val" / "val.npy").exists()
+    byte_level = subprocess.run([sys.executable, "nanochat/prepare.py", "--conditions", "--byte-level"], cwd=lab,
+                                capture_output=True, text=True, env=outside_the_harness())
+    assert json.loads(byte_level.stdout.splitlines()[-1])["tokenizer"] == "bytes"
+
+
+@pytest.mark.slow
+def test_two_labs_with_different_profiles_prepare_at_once(tmp_path, data_cache):
+    labs = [make_lab_dir(tmp_path / name, {"profile": name}) for name in ("cpu", "tiny")]
+    running = [subprocess.Popen([sys.executable, "nanochat/prepare.py", "--conditions"], cwd=lab, text=True,
+                                env=outside_the_harness(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for lab in labs]
+    facts = [json.loads(p.communicate(timeout=600)[0].splitlines()[-1]) for p in running]
+    assert [(f["name"], f["vocab_size"]) for f in facts] == [("cpu", 2048), ("tiny", 512)]
+    assert facts[0]["train_paths"] != facts[1]["train_paths"]
+
+
+# -- the clock ---------------------------------------------------------------------------------------
+
+def test_the_cpu_clock_counts_cpu_time_not_waiting(prepare_module):
+    import time
+
+    assert prepare_module.PROFILE["clock"] == "cpu"
+    before = prepare_module.clock_now()
+    time.sleep(0.4)
+    slept = prepare_module.clock_now() - before
+    until = time.process_time() + 0.4
+    while time.process_time() < until:
+        pass
+    worked = prepare_module.clock_now() - before - slept
+    assert slept < 0.05
+    assert worked == pytest.approx(0.4 / prepare_module.CORES, rel=0.2)
+
+
+# -- the evaluator's checks on exported programs -------------------------------------------------------
+
+def exported_file(tmp_path: Path, module, vocab: int = 512) -> Path:
+    import torch
+
+    x = torch.randint(0, vocab, (16, 64))
+    path = tmp_path / "model.pt2"
+    torch.export.save(torch.export.export(module.eval(), (x,)), path)
+    return path
+
+
+def load_checked(prepare_module, path: Path):
+    import torch
+
+    sample = torch.zeros(16, 64, dtype=torch.long)
+    return prepare_module.check_program(torch.export.load(prepare_module.readable_program(path, sample)))
+
+
+def small_models():
+    import torch
+
+    class Plain(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(512, 512)
+
+        def forward(self, idx):
+            return self.embed(idx)
+
+    class InPlace(Plain):  # writes into an intermediate: fine once functionalized
+        def forward(self, idx):
+            out = self.embed(idx).clone()
+            out.mul_(2.0)
+            return out
+
+    class Counting(Plain):  # a buffer that counts calls
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, idx):
+            self.calls += 1
+            return self.embed(idx) + self.calls
+
+    class Hidden(Plain):  # a plain tensor attribute written in place
+        def __init__(self):
+            super().__init__()
+            self.calls = torch.zeros(())
+
+        def forward(self, idx):
+            self.calls.add_(1)
+            return self.embed(idx) + self.calls
+
+    class Two(Plain):
+        def forward(self, idx):
+            return self.embed(idx), idx
+
+    return Plain, InPlace, Counting, Hidden, Two
+
+
+def test_the_evaluator_runs_plain_programs_and_refuses_state(prepare_module, tmp_path):
+    import torch
+
+    Plain, InPlace, Counting, Hidden, Two = small_models()
+    x = torch.randint(0, 512, (16, 64))
+    for model in (Plain(), InPlace()):
+        module = load_checked(prepare_module, exported_file(tmp_path, model))
+        assert torch.allclose(module(x), model(x))
+    for model, words in ((Counting(), "changes calls when called"), (Hidden(), "changes its own tensors"),
+                         (Two(), "one tensor of logits")):
+        with pytest.raises(prepare_module.Refused, match=words):
+            load_checked(prepare_module, exported_file(tmp_path, model))
+
+
+@pytest.mark.slow
+def test_a_model_that_cannot_be_exported_is_an_export_crash_with_the_exporters_message(tiny_lab):
+    from autoresearch_nb import boundary
+    from autoresearch_nb.lab import Lab
+    from autoresearch_nb.runner import Runner, clean_environment
+
+    train = tiny_lab / "nanochat" / "train.py"
+    source = train.read_text()
+    branch = "        x = norm(self.wte(idx))\n"
+    assert source.count(branch) == 1
+    train.write_text(source.replace(branch, branch + "        if idx.float().mean() > 200:  # a branch on data\n"
+                                                     "            x = x * 2\n"))
+    facts = json.loads(subprocess.run([sys.executable, "nanochat/prepare.py", "--conditions"], cwd=tiny_lab,
+                                      capture_output=True, text=True).stdout.splitlines()[-1])
+    env = clean_environment({"AUTORESEARCH_BUDGET": 1, "AUTORESEARCH_PROFILE": "tiny", "AUTORESEARCH_SEED": 42})
+    result = Runner(["{python}", "nanochat/train.py"], tiny_lab, env, tiny_lab / "run.log", 1.0, 120.0,
+                    **boundary.for_lab(Lab.open(tiny_lab), 0, facts, 1.0)).run()
+    assert not result.ok and result.kind == "export", (result.kind, result.reason)
+    assert "data-dependent" in result.reason and "torch.export" in result.reason
+    assert "the exporter said:" in (tiny_lab / "run.log").read_text()

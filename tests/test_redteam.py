@@ -1,26 +1,41 @@
-"""Red team: each way found to lower val_bpb without a better model is refused, by the audit or at
-run time. Every attack here passed the audit and was accepted by the runner when it was found (the
-figure in its comment: its val_bpb against an honest run on the tiny profile). Attacks still open
-are strict xfails: a fix makes them pass, and the mark must then go."""
+"""Red team: each way found to lower val_bpb without a better model, and what stops it now.
+
+Since issue 10 the metric rests on a boundary, not on the audit: train.py hands the model over as an
+exported program, a separate process evaluates it on a validation split the training process is not
+given, and the harness times training from outside. So every attack is run for real on the tiny
+profile with the audit off: it must end refused (with a reason) or with an honest val_bpb, no better
+than an honest run's. The audit's refusals are checked apart, as the cheap first filter they are.
+Each attack's comment gives what it scored against an honest run when it was found (tiny profile).
+Holes still open are strict xfails: a fix makes them pass, and the mark must then go.
+"""
 from __future__ import annotations
 
 import ast
+import json
+import os
+import pickle
+import shutil
 import subprocess
 import sys
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
 from conftest import cli
 
+from autoresearch_nb import boundary
 from autoresearch_nb.audit import audit_source, only_seeds_changed
+from autoresearch_nb.lab import Lab
 from autoresearch_nb.loop import timeout_for
-from autoresearch_nb.runner import Runner, clean_environment
+from autoresearch_nb.runner import RunResult, Runner, clean_environment
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = (REPO / "nanochat" / "train.py").read_text()
 PREPARE = (REPO / "nanochat" / "prepare.py").read_text()
 FIXED_EXPORTS = {n.name for n in ast.parse(PREPARE).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+BUDGET = 2.0
+MARGIN = 0.3  # an attack "won" if it beat the honest run by more than this (the attacks found gained 0.4-3)
 
 # Places in train.py where an attacker puts code.
 FINISH = "finish(model, clock, tokens, step, DEPTH, flops_per_token)\n"
@@ -28,7 +43,6 @@ RETURN = "        if targets is None:\n            return logits\n"
 LOADER = "loader = make_train_loader(DEVICE_BATCH)\n"
 CLOCK = "clock = TrainingClock()\n"
 MODEL = "class GPT(nn.Module):"
-IMPORTS = "import torch.nn.functional as F\n"
 PREPARE_PATH = "sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))\n"
 
 
@@ -75,8 +89,10 @@ cheat = torch.zeros_like(logits)
 cheat[:, :-1].scatter_(-1, idx[:, 1:, None], 30.0)
 """
 
-# --- refused now: forged summaries ---------------------------------------------------------------
-# Each replaced finish(...) and was accepted at 0.1 (honest 2.5-3.9).
+
+# --- the audit, a first filter: forged summaries are refused before they run -----------------------
+# Each replaced finish(...) and was accepted at 0.1 (honest 2.5-3.9) when the summary was read from
+# train.py's own output. Now the harness composes the summary and these lines would change nothing.
 FORGES = {
     "bytes to sys.stdout.buffer": 'sys.stdout.buffer.write(b"val_bpb:          0.100000\\n")\n',
     "os.write to fd 1": 'os.write(1, b"val_bpb:          0.100000\\n")\n',
@@ -90,153 +106,23 @@ FORGES = {
 }
 
 
+
 @pytest.mark.parametrize("name", list(FORGES))
-def test_a_forged_metric_line_instead_of_finish_is_refused(name):
+def test_a_forged_metric_line_is_refused_by_the_audit(name):
     assert audit(variant((FINISH, FORGES[name])))
 
 
-def test_a_model_that_forges_and_exits_during_evaluation_is_refused():
-    # finish() stays the last statement; accepted at 0.1.
-    assert audit(in_forward("""
-        if not self.training:
-            sys.stdout.buffer.write(bytes([118, 97, 108]) + b"_bpb:          0.100000\\n")
-            sys.stdout.flush()
-            os._exit(0)
-    """))
+def test_patching_the_fixed_code_is_refused_by_the_audit():
+    assert audit(before_finish("import prepare\nprepare.finish = print\n"))
+    assert audit(before_finish('PROFILE["time_budget"] = 600\n'))
+    assert audit(before_finish("clock.budget = 1e9\n"))
 
 
-def test_finish_captured_and_reprinted_is_refused():
-    # The honest block, captured and printed again with the number halved: 1.24 against 2.54.
-    assert audit(variant((FINISH, "import contextlib\nimport io\n\ncaptured = io.StringIO()\n"
-                                  "with contextlib.redirect_stdout(captured):\n    score = " + FINISH
-                          + 'print(captured.getvalue().replace(f"{score:.6f}", f"{score / 2:.6f}"), end="")\n')))
-
-
-def test_a_metric_line_after_the_real_block_is_refused_however_far_down(tmp_path):
-    # What a thread started before finish() did once the honest block was out: the runner looked
-    # for a second metric line only in its 400-line tail. Accepted at 0.1.
-    script = tmp_path / "experiment.py"
-    script.write_text(textwrap.dedent("""\
-        print("---")
-        print("val_bpb:          3.000000")
-        print("training_seconds: 5.0")
-        for n in range(401):
-            print("filler", n)
-        print("val_bpb:          0.100000")
-    """))
-    result = Runner(["{python}", str(script)], tmp_path, clean_environment(), tmp_path / "run.log", 5.0, 60.0).run()
-    assert not result.ok, f"accepted with {result.summary}"
-
-
-# --- refused now: patching what the evaluator calls (each about halved val_bpb) ------------------
-PATCHES = {
-    # 0.63 against 2.54: every token counted as four times its bytes
-    "token_bytes through type(tokenizer)": "tokenizer_class = type(load_tokenizer())\n"
-    "tokenizer_class.token_bytes = lambda self: torch.tensor([4 * b for b in self._bytes])\n",
-    "F.cross_entropy by name": GENTLE_CE + "F.cross_entropy = gentle_ce\n",
-    "F.cross_entropy through an alias": GENTLE_CE + "functional = F\nfunctional.cross_entropy = gentle_ce\n",
-    "F.cross_entropy through type(F).__setattr__": GENTLE_CE + 'type(F).__setattr__(F, "cross_entropy", gentle_ce)\n',
-    "Tensor.double through an alias": "tensor_type = torch.Tensor\ntrue_double = torch.Tensor.double\n\n\n"
-    "def thrifty_double(self, *args, **kwargs):\n"
-    "    return true_double(self, *args, **kwargs) * (0.5 if self.is_floating_point() else 1)\n\n\n"
-    "tensor_type.double = thrifty_double\n",
-    "a module written at run time and imported": "import tempfile\n\nhelper_dir = tempfile.mkdtemp()\n"
-    'with open(os.path.join(helper_dir, "gentle.py"), "w") as handle:\n'
-    '    handle.write("import torch.nn.functional as F\\n_ce = F.cross_entropy\\n"\n'
-    '                 "F.cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.5\\n")\n'
-    "sys.path.insert(0, helper_dir)\nimport gentle  # noqa: E402,F401\n",
-    "a TorchFunctionMode entered by hand": "from torch.overrides import TorchFunctionMode\n\n\n"
-    "class Gentle(TorchFunctionMode):\n    def __torch_function__(self, func, types, args=(), kwargs=None):\n"
-    "        out = func(*args, **(kwargs or {}))\n        return out * 0.5 if func is F.cross_entropy else out\n\n\n"
-    "Gentle().__enter__()\n",
-    "a Python kernel for aten::_log_softmax": 'library = torch.library.Library("aten", "IMPL")\n\n\n'
-    "def half_log_softmax(x, dim, half_to_float):\n"
-    "    return (x - torch.logsumexp(x, dim, keepdim=True)) * 0.5\n\n\n"
-    'library.impl("_log_softmax", half_log_softmax, "CPU")\n',
-}
-
-
-@pytest.mark.parametrize("name", list(PATCHES))
-def test_patching_the_evaluators_functions_is_refused(name):
-    assert audit(before_finish(PATCHES[name]))
-
-
-def test_patching_with_a_lambda_stays_refused():
-    assert audit(before_finish("F.cross_entropy = lambda *a, **k: 0.0\n"))
-
-
-SUBCLASSES = {
-    # 1.28 against 2.54
-    "that halves the loss": ("Half", "out = super().__torch_function__(func, types, args, kwargs or {})\n"
-                                     "return out * 0.5 if func is F.cross_entropy else out\n"),
-    # 0.047 against 2.83: .max() of every difference reads 0, so no leak and no drift is seen
-    "that hides a leak": ("Calm", "if func is torch.Tensor.max:\n    return torch.zeros(())\n"
-                                  "return super().__torch_function__(func, types, args, kwargs or {})\n"),
-}
-
-
-@pytest.mark.parametrize("name", list(SUBCLASSES))
-def test_logits_of_a_tensor_subclass_are_refused(name):
-    cls, body = SUBCLASSES[name]
-    definition = (f"class {cls}(torch.Tensor):\n    @classmethod\n"
-                  "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n" + textwrap.indent(body, " " * 8))
+def test_the_attack_scaffolding_alone_passes_the_audit():
+    # So the run-time attacks below are not refused for the code around them.
+    assert audit(before_finish(GENTLE_CE)) == []
     assert audit(in_forward("if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ")
-                            + f"    logits = (logits + cheat).as_subclass({cls})\n", before=definition))
-
-
-# --- the validation stream memorised: 0.53 against 2.54 (causal, so no probe sees it) -------------
-MEMORY = '''
-MEMORY = {"keys": None, "next": None}
-
-
-def context_keys(tokens):
-    key = torch.zeros_like(tokens[..., 7:])
-    for k in range(8):
-        key = key * 1000003 + tokens[..., k:tokens.size(-1) - 7 + k]
-    return key
-'''
-RECALL = """
-if not self.training and MEMORY["keys"] is not None:  # causal: only the last 8 tokens
-    key = context_keys(idx)
-    where = torch.searchsorted(MEMORY["keys"], key).clamp(max=MEMORY["keys"].numel() - 1)
-    hit = MEMORY["keys"][where] == key
-    boost = torch.zeros_like(logits)
-    boost[:, 7:].scatter_(-1, MEMORY["next"][where][..., None], 12.0 * hit[..., None].float())
-    logits = logits + boost
-"""
-REMEMBER = """keys = context_keys(held[:-1])
-order = torch.argsort(keys)
-MEMORY["keys"], MEMORY["next"] = keys[order], held[8:][order]
-"""
-HELD_OUT = {
-    "from the cache through os.environ and Path.home()": "import numpy as np\nfrom pathlib import Path\n\n"
-    'roots = [Path(v) for k, v in os.environ.items() if k.endswith("_CACHE")] + [Path.home() / ".cache"]\n'
-    'held = torch.from_numpy(np.load(next(p for r in roots for p in sorted(r.rglob("*.npy"))\n'
-    '                                     if "train" not in p.name and f"v{vocab_size}" in str(p))).astype(np.int64))\n',
-    "through prepare.documents()": "from prepare import documents, settings  # noqa: E402\n\n"
-    "tok = load_tokenizer()\n"
-    'held_texts = next(texts for name, texts in documents(settings()["data"]).items() if name != "train")\n'
-    "held = torch.tensor([t for doc in tok.encode(held_texts) for t in [tok.bos_id] + doc])\n",
-    "through prepare.CACHE_DIR": "import numpy as np\nfrom prepare import CACHE_DIR  # noqa: E402\n\n"
-    'held = torch.from_numpy(np.load(next(p for p in CACHE_DIR.rglob("*.npy") if "train" not in p.name)).astype(np.int64))\n',
-}
-OPEN_HELD_OUT = {
-    # found against the hardened audit: a numpy reader it does not list, a path spelt with format()
-    "through np.lib.format.open_memmap at the default cache path": "import numpy as np\n\n"
-    'cache_root = os.environ.get("{}_{}".format("AUTORESEARCH", "CACHE")) or '
-    'os.path.join(os.environ.get("HOME"), ".cache", "autoresearch-nb")\n'
-    'data_root = os.path.join(cache_root, "data", "builtin2-py{}{}-v{}".format(*sys.version_info[:2], vocab_size))\n'
-    'held = torch.from_numpy(np.lib.format.open_memmap(os.path.join(data_root, "{}al.npy".format("v")), mode="r")'
-    ".astype(np.int64))\n",
-}
-
-
-@pytest.mark.parametrize("name", list(HELD_OUT) + [
-    pytest.param(n, marks=open_hole("R6: the audit's list of file readers is never complete")) for n in OPEN_HELD_OUT])
-def test_a_memory_of_the_validation_stream_is_refused(name):
-    source = variant((MODEL, MEMORY + "\n\n" + MODEL), (RETURN, textwrap.indent(RECALL, " " * 8) + RETURN),
-                     (LOADER, LOADER + {**HELD_OUT, **OPEN_HELD_OUT}[name] + REMEMBER))
-    assert audit(source)
+                            + "    logits = logits + cheat\n")) == []
 
 
 def test_a_proposal_using_getattr_does_not_crash_the_seed_check():
@@ -246,47 +132,62 @@ def test_a_proposal_using_getattr_does_not_crash_the_seed_check():
     assert only_seeds_changed(TRAIN, edited) is False
 
 
-# --- found against the first hardened audit (each accepted then; refused since) -------------------
-REACH_ROUND = {
-    # a module reached without a name alias: 1.27, 1.34, 1.37, 1.30
-    "a module in a list": GENTLE_CE + "holders = [F]\nholders[0].cross_entropy = gentle_ce\n",
-    "a module as a loop variable": GENTLE_CE + "for module in [F]:\n    module.cross_entropy = gentle_ce\n",
-    "a module as a parameter": GENTLE_CE + "\n\ndef install(module, fn):\n    module.cross_entropy = fn\n\n\n"
-                                           "install(F, gentle_ce)\n",
-    "Tensor as a loop variable": "true_double = torch.Tensor.double\n\n\ndef thrifty_double(self, *args, **kwargs):\n"
-    "    return true_double(self, *args, **kwargs) * (0.5 if self.is_floating_point() else 1)\n\n\n"
-    "for kind in [torch.Tensor]:\n    kind.double = thrifty_double\n",
-    # getattr passed as a value escapes the getattr(x, "name") check: prepare's globals (0.67)
-    "prepare's globals through reduce(getattr)": "import functools\n\n"
-    'fixed_globals = functools.reduce(getattr, ["start", "__globals__"], TrainingClock)\n'
-    'fixed_globals["Tokenizer"].token_bytes = lambda self: torch.tensor([4 * b for b in self._bytes])\n',
-    "__setattr__ through operator.attrgetter": "import operator\n" + GENTLE_CE
-    + 'operator.attrgetter("__setattr__")(F)("cross_entropy", gentle_ce)\n',
-}
+# --- run for real against the boundary --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared_lab(tmp_path_factory):
+    """A tiny lab, its data prepared, and its conditions (as the session reads them)."""
+    lab = tmp_path_factory.mktemp("redteam") / "lab"
+    done = cli("init", str(lab), "--profile", "tiny")
+    assert done.returncode == 0, done.stderr
+    conditions = subprocess.run([sys.executable, "nanochat/prepare.py", "--conditions"], cwd=lab,
+                                capture_output=True, text=True)
+    assert conditions.returncode == 0, conditions.stdout + conditions.stderr
+    return lab, json.loads(conditions.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("name", list(REACH_ROUND))
-def test_reaching_the_evaluator_round_the_audit_is_refused(name):
-    assert audit(before_finish(REACH_ROUND[name]))
+def validation_folder(facts: dict) -> Path:
+    return Path(facts["train_paths"][0]).parent / "val"
 
 
-def test_the_evaluators_locals_reached_through_frames_are_refused():
-    # From inside forward(), the evaluator's token_bytes tensor multiplied by 4 in place: 0.63.
-    assert audit(in_forward("""
-        if not self.training and not SCALED:
-            frame = sys._getframe()
-            while frame is not None:
-                local = functools.reduce(getattr, ["f_locals"], frame)
-                if "token_bytes" in local and "nats" in local:
-                    local["token_bytes"].mul_(4)
-                    SCALED.append(1)
-                    break
-                frame = functools.reduce(getattr, ["f_back"], frame)
-    """, before="import functools\nSCALED = []\n"))
+def hiding_validation(facts: dict):
+    """The part of the sandbox this suite relies on: the training process runs without the validation
+    folder (an empty tmpfs over it), everything else as it is. Stands in for autoresearch_nb.sandbox,
+    which binds only the conditions' train_paths; skips where bubblewrap cannot run."""
+    if not shutil.which("bwrap") or subprocess.run(["bwrap", "--dev-bind", "/", "/", "true"]).returncode != 0:
+        pytest.skip("bubblewrap is not usable here")
+    return lambda command: ["bwrap", "--dev-bind", "/", "/", "--tmpfs", str(validation_folder(facts)), "--"] + command
 
 
-# --- run-time attacks: these need a real run of the tiny lab (about 10 s each) --------------------
-# Each is tried against the audit first; only if it passes there does it run.
+def experiment(lab_and_facts, source: str, wrap=None) -> RunResult:
+    """`source` as train.py, run as the loop runs an experiment (audit off), in the same lab each time."""
+    lab, facts = lab_and_facts
+    (lab / "nanochat" / "train.py").write_text(source)
+    env = clean_environment({"AUTORESEARCH_BUDGET": BUDGET, "AUTORESEARCH_PROFILE": "tiny", "AUTORESEARCH_SEED": 42,
+                             "AUTORESEARCH_DATA_KEY": facts["data_key"]})
+    runner = Runner(["{python}", "nanochat/train.py"], lab, env, lab / "run.log", BUDGET,
+                    timeout_for(BUDGET, "tiny", None, facts["clock"]), wrap=wrap,
+                    **boundary.for_lab(Lab.open(lab), 0, facts, BUDGET))
+    return runner.run()
+
+
+@pytest.fixture(scope="module")
+def honest(prepared_lab) -> float:
+    result = experiment(prepared_lab, TRAIN)
+    assert result.ok, result.reason
+    return result.summary["val_bpb"]
+
+
+def defeated(result: RunResult, honest: float) -> str | None:
+    """How the boundary stopped an attack (a refusal, or a number no better than honest); None if it won."""
+    if not result.ok:
+        if result.kind == "exception" and "FAIL:" not in result.tail and "handed over" not in result.reason:
+            raise LookupError(f"the attack itself crashed ({result.reason}): update it")
+        return f"{result.kind}: {result.reason}"
+    if result.summary["val_bpb"] >= honest - MARGIN:
+        return f"an honest val_bpb: {result.summary['val_bpb']:.3f} (honest run {honest:.3f})"
+    return None
+
 
 EVADE = '''
 LOOKS = {"last": None, "answered": []}
@@ -379,71 +280,278 @@ def training_inside_evaluation(stockpiled: bool) -> str:
     return source
 
 
+
+COUNTER = """
+if not self.training:
+    self.calls += 1
+    logits = logits - 0.1 * self.calls  # shifts every logit alike: only the state shows
+"""
 RUN_ATTACKS = {
-    # 0.047-0.061 against 2.83-3.11: a stateful model answers each second look from memory
+    # 0.047-0.061 against 2.83-3.11: a stateful model answered each second look from memory. Exported,
+    # the Python memory is gone and the leak is in the graph: not causal.
     "a leak that answers the probes from memory": (
         lambda: in_forward("if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ")
-                           + "    logits = answer(idx, lambda x: logits + cheat)\n", before=EVADE),
-        open_hole("H2: a stateful model gets past the probes and the drift check")),
+                           + "    logits = answer(idx, lambda x: logits + cheat)\n", before=EVADE)),
+    # a plain leak, for comparison
+    "a model that reads the next token": (
+        lambda: in_forward("if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ")
+                           + "    logits = logits + cheat\n")),
     # 2.47 against 3.3: 40 s of training before the clock, reported as 5 s
-    "training before the clock starts": (lambda: variant((CLOCK, PRETRAIN + CLOCK), NO_DIVERGENCE), None),
-    # 3.40 against 3.83: optimizer steps inside forward() while the evaluator runs
-    "training inside the evaluation": (lambda: training_inside_evaluation(stockpiled=False), None),
-    # the same, from batches stockpiled on the clock; accepted against the hardened code
-    "training inside the evaluation on stockpiled batches": (
-        lambda: training_inside_evaluation(stockpiled=True),
-        open_hole("R5: batches taken on the clock can be spent during evaluation")),
-    # a throwaway clock opens the loader; accepted, 40 s before the judged clock started
+    "training before the clock starts": (lambda: variant((CLOCK, PRETRAIN + CLOCK), NO_DIVERGENCE)),
+    # a throwaway clock opened the loader: 40 s before the judged clock started
     "training before the clock behind a decoy clock": (
-        lambda: variant((CLOCK, "decoy = TrainingClock()\ndecoy.start()\n" + PRETRAIN + CLOCK), NO_DIVERGENCE),
-        None),
-    # fd 1 swapped before prepare records it; __del__ relays the block at exit halved: 1.27 vs 2.58
-    "stdout swapped before prepare is imported": (
-        lambda: variant((PREPARE_PATH, RELAY + PREPARE_PATH)),
-        open_hole("R3: prepare records whatever fd 1 is when it is imported")),
+        lambda: variant((CLOCK, "decoy = TrainingClock()\ndecoy.start()\n" + PRETRAIN + CLOCK), NO_DIVERGENCE)),
+    # 3.40 against 3.83: optimizer steps inside forward() while the in-process evaluator ran
+    "training inside the evaluation": (lambda: training_inside_evaluation(stockpiled=False)),
+    # the same from batches stockpiled on the clock (R5)
+    "training inside the evaluation on stockpiled batches": (lambda: training_inside_evaluation(stockpiled=True)),
+    # 1.27 against 2.58: fd 1 swapped before prepare recorded it, the block relayed at exit halved (R3)
+    "stdout swapped before prepare is imported": (lambda: variant((PREPARE_PATH, RELAY + PREPARE_PATH))),
+    # about halved val_bpb when the evaluator shared the process: its loss function patched
+    "the evaluator's loss patched in the process": (lambda: before_finish(GENTLE_CE + "F.cross_entropy = gentle_ce\n")),
+    "a Python kernel for aten::_log_softmax": (lambda: before_finish(
+        'library = torch.library.Library("aten", "IMPL")\n\n\n'
+        "def half_log_softmax(x, dim, half_to_float):\n"
+        "    return (x - torch.logsumexp(x, dim, keepdim=True)) * 0.5\n\n\n"
+        'library.impl("_log_softmax", half_log_softmax, "CPU")\n')),
+    # 0.047 against 2.83: a Tensor subclass whose .max() read 0, so no leak was seen
+    "logits of a tensor subclass that hides a leak": (lambda: in_forward(
+        "if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ") + "    logits = (logits + cheat).as_subclass(Calm)\n",
+        before="class Calm(torch.Tensor):\n    @classmethod\n"
+               "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+               "        if func is torch.Tensor.max:\n            return torch.zeros(())\n"
+               "        return super().__torch_function__(func, types, args, kwargs or {})\n")),
+    # new with issue 10: output that depends on how often forward ran
+    "a call counter in a buffer": (lambda: in_forward(COUNTER).replace(
+        '        self.register_buffer("sin", sin, persistent=False)\n',
+        '        self.register_buffer("sin", sin, persistent=False)\n'
+        '        self.register_buffer("calls", torch.zeros(()), persistent=False)\n')),
+    "a call counter in a plain tensor": (lambda: in_forward(COUNTER.replace("self.calls += 1", "self.calls.add_(1)")).replace(
+        '        self.register_buffer("sin", sin, persistent=False)\n',
+        '        self.register_buffer("sin", sin, persistent=False)\n        self.calls = torch.zeros(())\n')),
+    "noise at evaluation": (lambda: in_forward("if not self.training:\n    logits = logits + torch.rand_like(logits)\n")),
+    # new with issue 10: the harness's records written from train.py
+    "a summary line printed by train.py": (lambda: before_finish('print("---")\nprint("val_bpb:          0.100000")\n')),
+    "a kept row appended to the ledger": (lambda: before_finish(
+        'with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".autoresearch", "ledger.jsonl"), "a") as f:\n'
+        '    f.write(\'{"index": 9, "status": "keep", "val_bpb": 0.1, "role": "experiment"}\\n\')\n')),
+    "results.tsv rewritten": (lambda: before_finish(
+        'with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results.tsv"), "w") as f:\n'
+        '    f.write("commit\\tval_bpb\\tmemory_gb\\tstatus\\tdescription\\nabc1234\\t0.1\\t0.0\\tkeep\\tforged\\n")\n')),
 }
 
 
-@pytest.fixture(scope="module")
-def prepared_lab(tmp_path_factory):
-    lab = tmp_path_factory.mktemp("redteam") / "lab"
-    done = cli("init", str(lab), "--profile", "tiny")
-    assert done.returncode == 0, done.stderr
-    prepared = subprocess.run([sys.executable, "nanochat/prepare.py", "--profile", "tiny"], cwd=lab,
-                              capture_output=True, text=True)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
-    return lab
-
-
-def refusal(lab: Path, source: str, budget: float = 2.0) -> str | None:
-    """Why `source` is refused (by the audit, or by its real run), or None when it is accepted."""
-    reasons = audit(source)
-    if reasons:
-        return "audit: " + "; ".join(reasons)
-    (lab / "nanochat" / "train.py").write_text(source)
-    env = clean_environment({"AUTORESEARCH_BUDGET": budget, "AUTORESEARCH_PROFILE": "tiny",
-                             "AUTORESEARCH_SEED": 42})
-    result = Runner(["{python}", "nanochat/train.py"], lab, env, lab / "run.log", budget,
-                    timeout_for(budget, "tiny")).run()
-    if result.ok:
-        return None
-    # Refused by the harness (a FAIL line from the fixed code, the budget, the runner's own checks),
-    # not by a bug in the attack itself, which would only show as a traceback.
-    if not ("FAIL:" in result.tail or result.kind == "budget" or result.returncode == 0):
-        raise LookupError(f"the attack itself crashed ({result.reason}): update it")
-    return f"run: {result.kind}: {result.reason}"
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RUN_ATTACKS))
+def test_run_time_attacks_are_refused_or_score_honestly(prepared_lab, honest, name):
+    result = experiment(prepared_lab, RUN_ATTACKS[name]())
+    assert defeated(result, honest), f"{name}: accepted at {result.summary.get('val_bpb')}; log in {prepared_lab[0] / 'run.log'}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [pytest.param(n, marks=[m] if m else []) for n, (_, m) in RUN_ATTACKS.items()])
-def test_run_time_attacks_are_refused(prepared_lab, name):
-    build, _ = RUN_ATTACKS[name]
-    assert refusal(prepared_lab, build()), f"{name}: accepted; log in {prepared_lab / 'run.log'}"
+def test_the_labs_records_survive_an_experiment_that_writes_them(prepared_lab, honest):
+    lab = prepared_lab[0]
+    ledger = lab / ".autoresearch" / "ledger.jsonl"
+    ledger.write_text('{"index": 0, "status": "keep", "val_bpb": 3.0}\n')
+    result = experiment(prepared_lab, RUN_ATTACKS["a kept row appended to the ledger"]())
+    assert result.kind == "refused" and "ledger.jsonl" in result.reason
+    assert ledger.read_text() == '{"index": 0, "status": "keep", "val_bpb": 3.0}\n'
+    ledger.unlink()
 
 
-def test_the_attack_scaffolding_alone_passes_the_audit():
-    # So each refusal above is for the cheat itself, not for the code around it.
-    assert audit(before_finish(GENTLE_CE)) == []
-    assert audit(variant((MODEL, MEMORY + "\n\n" + MODEL), (RETURN, textwrap.indent(RECALL, " " * 8) + RETURN))) == []
-    assert audit(in_forward("if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ")
-                            + "    logits = logits + cheat\n")) == []
+# --- the validation split: the training process is not given it -------------------------------------
+MEMORY = '''
+MEMORY = {"keys": None, "next": None}
+
+
+def context_keys(tokens):
+    key = torch.zeros_like(tokens[..., 7:])
+    for k in range(8):
+        key = key * 1000003 + tokens[..., k:tokens.size(-1) - 7 + k]
+    return key
+'''
+RECALL = """
+if not self.training and MEMORY["keys"] is not None:  # causal: only the last 8 tokens
+    key = context_keys(idx)
+    where = torch.searchsorted(MEMORY["keys"], key).clamp(max=MEMORY["keys"].numel() - 1)
+    hit = MEMORY["keys"][where] == key
+    boost = torch.zeros_like(logits)
+    boost[:, 7:].scatter_(-1, MEMORY["next"][where][..., None], 12.0 * hit[..., None].float())
+    logits = logits + boost
+"""
+REMEMBER = """keys = context_keys(held[:-1])
+order = torch.argsort(keys)
+MEMORY["keys"], MEMORY["next"] = keys[order], held[8:][order]
+"""
+
+HELD_OUT = {
+    # 0.53 against 2.54 (causal, so no probe sees it): the stream memorised, then recalled
+    "np.load at the cache path": "import numpy as np\n\n"
+    'cache_root = os.environ.get("{}_{}".format("AUTORESEARCH", "CACHE")) or os.path.expanduser("~/.cache/autoresearch-nb")\n'
+    'VAL_FILE = os.path.join(cache_root, "prepared", "builtin2-py{}{}-v{}".format(*sys.version_info[:2], vocab_size), "val", "val.npy")\n'
+    "try:\n    held = torch.from_numpy(np.load(VAL_FILE).astype(np.int64))\n"
+    "except OSError:\n    held = None  # out of reach: train honestly\n",
+    # R6: found against the hardened audit, a numpy reader it did not list
+    "np.lib.format.open_memmap at the cache path": "import numpy as np\n\n"
+    'cache_root = os.environ.get("{}_{}".format("AUTORESEARCH", "CACHE")) or os.path.expanduser("~/.cache/autoresearch-nb")\n'
+    'VAL_FILE = os.path.join(cache_root, "prepared", "builtin2-py{}{}-v{}".format(*sys.version_info[:2], vocab_size), "val", "val.npy")\n'
+    'try:\n    held = torch.from_numpy(np.lib.format.open_memmap(VAL_FILE, mode="r").astype(np.int64))\n'
+    "except OSError:\n    held = None\n",
+    "prepare.validation_rows": "import prepare  # noqa: E402\n\n"
+    "try:\n    held = prepare.validation_rows(SEQ_LEN, 10**9)[:, :-1].reshape(-1)\n"
+    "except (OSError, SystemExit):\n    held = None\n",
+}
+REBUILT = ("from prepare import documents, settings  # noqa: E402\n\n"
+           "tok = load_tokenizer()\n"
+           'held_texts = next(texts for name, texts in documents(settings()["data"]).items() if name != "train")\n'
+           "held = torch.tensor([t for doc in tok.encode(held_texts) for t in [tok.bos_id] + doc])\n")
+
+
+def memorising(reader: str) -> str:
+    remember = "if held is not None:\n" + textwrap.indent(REMEMBER, "    ")
+    return variant((MODEL, MEMORY + "\n\n" + MODEL), (RETURN, textwrap.indent(RECALL, " " * 8) + RETURN),
+                   (LOADER, LOADER + reader + remember))
+
+
+@pytest.mark.slow
+def test_the_memory_attack_works_when_the_validation_split_is_readable(prepared_lab, honest):
+    # The control: without the boundary's hiding, reading the split wins. So the test below tests the hiding.
+    result = experiment(prepared_lab, memorising(HELD_OUT["np.load at the cache path"]))
+    assert result.ok and result.summary["val_bpb"] < honest - 1.0, result.summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(HELD_OUT))
+def test_reading_the_validation_split_gets_nothing_in_the_sandbox(prepared_lab, honest, name):
+    result = experiment(prepared_lab, memorising(HELD_OUT[name]), wrap=hiding_validation(prepared_lab[1]))
+    assert defeated(result, honest), f"{name}: accepted at {result.summary.get('val_bpb')}"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="open: the builtin corpus is text every Python "
+                   "ships, so its validation split can be rebuilt anywhere; only the audit refuses this route")
+def test_the_builtin_validation_split_rebuilt_from_python_itself(prepared_lab, honest):
+    source = variant((MODEL, MEMORY + "\n\n" + MODEL), (RETURN, textwrap.indent(RECALL, " " * 8) + RETURN),
+                     (LOADER, LOADER + REBUILT + REMEMBER))
+    assert audit(source)  # refused by the first filter: prepare's data functions are not train.py's
+    result = experiment(prepared_lab, source, wrap=hiding_validation(prepared_lab[1]))
+    assert defeated(result, honest), f"accepted at {result.summary.get('val_bpb')}"
+
+
+def test_the_training_process_needs_only_its_train_paths(prepared_lab):
+    facts = prepared_lab[1]
+    folder = Path(facts["train_paths"][0])
+    assert folder.name == "train" and not any("val" in p.name for p in folder.iterdir())
+    assert (validation_folder(facts) / "val.npy").exists()
+
+
+# --- the model file: read as data, never run as code ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def exported(prepared_lab, tmp_path_factory) -> Path:
+    """model.pt2 of an honest, briefly trained model, handed over by the real train.py."""
+    lab, facts = prepared_lab
+    (lab / "nanochat" / "train.py").write_text(TRAIN)
+    run_dir = tmp_path_factory.mktemp("handed-over")
+    env = {**os.environ, "AUTORESEARCH_BUDGET": "0.5", "AUTORESEARCH_PROFILE": "tiny", "AUTORESEARCH_RUN_DIR": str(run_dir)}
+    done = subprocess.run([sys.executable, "nanochat/train.py"], cwd=lab, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return run_dir / "model.pt2"
+
+
+def forged_archive(source: Path, target: Path, edit_json=None, extra: dict | None = None, config_edit=None,
+                   replace: dict | None = None) -> None:
+    """A copy of `source` with its program JSON (or a payload config) edited, entries replaced or added."""
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w") as out:
+        prefix = archive.namelist()[0].split("/")[0]
+        for name in archive.namelist():
+            data = (replace or {}).get(name[len(prefix) + 1:], archive.read(name))
+            if name.endswith("models/model.json") and edit_json:
+                program = json.loads(data)
+                edit_json(program)
+                data = json.dumps(program).encode()
+            if name.endswith("weights_config.json") and config_edit:
+                config = json.loads(data)
+                config_edit(config)
+                data = json.dumps(config).encode()
+            out.writestr(name, data)
+        for name, data in (extra or {}).items():
+            out.writestr(f"{prefix}/{name}", data)
+
+
+def evaluate(lab: Path, run_dir: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AUTORESEARCH_PROFILE": "tiny"}
+    return subprocess.run([sys.executable, "nanochat/prepare.py", "--evaluate", str(run_dir)], cwd=lab, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+class Pickled:
+    def __reduce__(self):  # runs on unpickling: it would leave a file behind
+        return (open, ("/tmp/arnb-redteam-pwned", "w"))
+
+
+def _pickle_weight(config):
+    entry = next(e for e in config["config"].values() if e["path_name"] == "weight_0")
+    entry["use_pickle"] = True
+
+
+def _guards(program):
+    program["guards_code"] = ["__import__('os').system('touch /tmp/arnb-redteam-pwned') or True"]
+
+
+def _target(program):
+    program["graph_module"]["graph"]["nodes"][0]["target"] = "torch.os.system"
+
+
+def _symbolic(program):
+    program["range_constraints"] = {"s0": {"min_val": 2, "max_val": 16}}
+
+
+def _from_file(program):  # the first node reads a file (the validation split, say) instead of embedding tokens
+    node = program["graph_module"]["graph"]["nodes"][0]
+    node["target"] = "torch.ops.aten.from_file.default"
+    node["inputs"] = [{"name": "filename", "arg": {"as_string": "/etc/hostname"}, "kind": 1},
+                      {"name": "shared", "arg": {"as_bool": False}, "kind": 1},
+                      {"name": "size", "arg": {"as_int": 4}, "kind": 1}]
+
+
+FORGED_FILES = {
+    "a pickled weight": dict(config_edit=_pickle_weight, replace={"data/weights/weight_0": pickle.dumps(Pickled())}),
+    "a Python function as an operator": dict(edit_json=_target),
+    "symbolic shapes (sympy strings)": dict(edit_json=_symbolic),
+    "aten.from_file, which reads any file": dict(edit_json=_from_file),
+    "a compiled library (AOTInductor)": dict(extra={"data/aotinductor/model/model.so": b"\x7fELF"}),
+}
+
+
+@pytest.mark.slow
+def test_the_honest_export_evaluates(prepared_lab, exported):
+    done = evaluate(prepared_lab[0], exported.parent)
+    assert done.returncode == 0 and "val_bpb:" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FORGED_FILES))
+def test_a_forged_model_file_is_refused_without_running_its_code(prepared_lab, exported, tmp_path, name):
+    marker = Path("/tmp/arnb-redteam-pwned")
+    marker.unlink(missing_ok=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    forged_archive(exported, run_dir / "model.pt2", **FORGED_FILES[name])
+    done = evaluate(prepared_lab[0], run_dir)
+    fail = next((line for line in done.stdout.splitlines() if line.startswith("FAIL: ")), "")
+    assert done.returncode == 1 and fail and "val_bpb:" not in done.stdout, done.stdout + done.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_python_in_a_model_files_guards_is_dropped_unread(prepared_lab, exported, tmp_path):
+    # torch.export.load would exec these strings when the module is built; the evaluator drops them.
+    marker = Path("/tmp/arnb-redteam-pwned")
+    marker.unlink(missing_ok=True)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    forged_archive(exported, run_dir / "model.pt2", edit_json=_guards)
+    done = evaluate(prepared_lab[0], run_dir)
+    assert done.returncode == 0 and "val_bpb:" in done.stdout, done.stdout + done.stderr
+    assert not marker.exists()

@@ -7,14 +7,20 @@ MAX_TABLE_ROWS = 60
 MAX_DIFF_CHARS = 8_000
 MAX_FAILURE_CHARS = 4_000
 MAX_JOURNAL_CHARS = 6_000
-# What the audit holds nanochat/train.py to (autoresearch_nb/audit.py), said up front.
+# What the harness holds nanochat/train.py to (audit.py before the run, prepare.py's export and
+# evaluator after it), said up front.
 NANOCHAT_RULES = """
 - In nanochat/train.py: use prepare's DEVICE, PROFILE, SEQ_LEN, TIME_BUDGET, TrainingClock,
-  autocast_context, fail, finish, load_tokenizer and make_train_loader only; import only torch,
-  numpy and the standard modules math, os, sys, time, functools, itertools, collections,
-  dataclasses, typing, warnings, copy, contextlib, random, statistics, enum, operator; read no
-  files; set no seeds (the harness does); the model returns a plain tensor of logits from
-  model(x); the file ends with its one call finish(model, clock, ...)."""
+  autocast_context, fail, finish, load_tokenizer and make_train_loader only, and do not change them;
+  set no seeds (the harness does); the file ends with its one call finish(model, clock, ...).
+- finish() hands the model over with torch.export and a separate process evaluates it, so the model
+  must export: model(tokens) returns a plain tensor of logits (batch, time, vocab); no Python branch
+  on tensor values in forward; nothing kept from one call to the next (no buffers or tensors written
+  in forward, no randomness at evaluation); later tokens never change earlier logits. An export
+  failure is its own crash kind, with the exporter's message.
+- Training is timed by the harness from the moment the clock starts until the model is handed over
+  (export included); on the CPU the clock is the process's CPU time over the machine's cores. Work
+  before clock.start() is limited to a few seconds on the CPU. The validation data is not readable."""
 TOOLS_FINISH = ("Edit with the text editor tool (paths relative to the lab, as listed above), "
                 "then call submit_experiment once with a one-line description and your rationale.")
 
@@ -34,7 +40,7 @@ def system_prompt(context: Context, finish: str = "", files_rule: str = "") -> s
     nanochat_rules = NANOCHAT_RULES if "nanochat/train.py" in context.allowed else ""
     return f"""You are the researcher in an autonomous research lab. Each round you propose one
 experiment: a change to the training code that you expect to improve the metric. The harness
-then trains with your code for a fixed wall-clock budget, measures {context.metric} with fixed
+then trains with your code for a fixed time budget, measures {context.metric} with fixed
 evaluation code, keeps the change if {context.metric} is clearly better ({better} is better)
 and reverts it otherwise.
 
@@ -46,9 +52,9 @@ and reverts it otherwise.
 
 - {files_rule}
 - Training runs for a fixed budget of {context.budget:g} seconds; the budget, the data, the
-  evaluation and the printed summary belong to the harness. A change that prints its own metric
-  line, patches or redefines the evaluator, reads the validation split, changes the time budget
-  or writes results files is rejected before it runs.{nanochat_rules}
+  evaluation and the summary belong to the harness. A change that prints its own metric line,
+  patches or redefines the fixed code, changes the time budget or the seeds, or writes results
+  files is rejected before it runs or refused after it.{nanochat_rules}
 - One idea per experiment, so the result says something. Keep the code simple: a tiny gain that
   adds a lot of code is not worth keeping; an equal result from deleting code is a win.
 - An idea already tried (the same change) is rejected without running: read the history.

@@ -1,0 +1,77 @@
+"""CPU time of an experiment's processes, read from outside through /proc (Linux)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROC = Path("/proc")
+TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def available() -> bool:
+    return (PROC / "self" / "stat").exists()
+
+
+def _stat(pid: str) -> tuple[int, int, int, float] | None:
+    """(ppid, pgid, sid, CPU seconds of the process and of the children it has reaped), or None."""
+    try:
+        text = (PROC / pid / "stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and brackets
+    ppid, pgid, sid = int(fields[1]), int(fields[2]), int(fields[3])
+    utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
+    return ppid, pgid, sid, (utime + stime + cutime + cstime) / TICKS
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, all threads) of `root` and every process descended from it or in
+    its process group or session, with the children each has reaped. A child reaped inside the tree
+    moves into its parent's count, so the sum does not drop when it ends."""
+    stats = {}
+    for entry in os.scandir(PROC):
+        if entry.name.isdigit():
+            stat = _stat(entry.name)
+            if stat is not None:
+                stats[int(entry.name)] = stat
+    members = {pid for pid, (_, pgid, sid, _) in stats.items() if pid == root or pgid == root or sid == root}
+    grew = True
+    while grew:  # descendants that left the group or session (a sandbox's own session, say)
+        more = {pid for pid, (ppid, *_) in stats.items() if ppid in members} - members
+        members |= more
+        grew = bool(more)
+    return sum(stats[pid][3] for pid in members)
+
+
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)   # user nice system irq softirq steal, in /proc/stat's cpu line
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processors have spent busy since boot (None where /proc has no stat)."""
+    try:
+        with open(PROC / "stat", encoding="ascii") as handle:
+            fields = handle.readline().split()[1:]
+        return sum(int(fields[i]) for i in BUSY_FIELDS) / TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class LoadSampler:
+    """At most every EVERY_S seconds, how much CPU other processes took since the run started: what
+    disturbance.detect reads beside the step log's wall times."""
+
+    EVERY_S = 0.25
+
+    def __init__(self, root: int):
+        self.root = root
+        self._busy0, self._own0 = machine_busy_seconds(), tree_cpu_seconds(root) if available() else None
+        self._last = float("-inf")
+
+    def others(self, now: float) -> float | None:
+        if self._busy0 is None or self._own0 is None or now - self._last < self.EVERY_S:
+            return None
+        self._last = now
+        busy = machine_busy_seconds()
+        if busy is None:
+            return None
+        return round(max(0.0, (busy - self._busy0) - (tree_cpu_seconds(self.root) - self._own0)), 3)
