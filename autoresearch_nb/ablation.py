@@ -11,15 +11,12 @@ first stopped.
 """
 from __future__ import annotations
 
-import time
-
 import git
 
-from . import facts, inflight
+from . import facts
 from .errors import LabError
-from .inflight import now_iso
-from .plan import Measurement
 from .reapply import reapply
+from .records import base_row
 
 DEFAULT_REPEATS = 2
 
@@ -30,7 +27,7 @@ def targets(rows: list[dict]) -> list[dict]:
 
 
 def run(loop, repeats: int = DEFAULT_REPEATS) -> str:
-    """Measure each kept change's contribution; returns the reason the ablation ended."""
+    """Measure each kept change's contribution on every free worker; returns why the ablation ended."""
     best = loop.lab.head()
     changes = targets(loop.rows())
     if not changes:
@@ -44,48 +41,23 @@ def run(loop, repeats: int = DEFAULT_REPEATS) -> str:
         if commit is None:
             refuse(loop, best, change, problem)
             continue
-        while not loop.stop_requested.is_set() and clean_runs(loop, change) < repeats:
-            loop.measure(Measurement("remeasure", f"the best again, beside the ablation of #{change['index']}"),
-                         loop.rows())
-            without(loop, best, commit, change)
-        if loop.stop_requested.is_set():
-            return "stopped"
+        clean = sum(1 for r in done if facts.value(r, loop.metric) is not None)
+        for _ in range(max(0, repeats - clean)):  # the best again beside each run without the change
+            loop.add_measurement("remeasure", best, f"the best again, beside the ablation of #{change['index']}")
+            loop.add_measurement("ablation", commit, f"without #{change['index']}: {change.get('description', '')}"[:200],
+                                 ablates=change["index"])
+    if loop.drain() == "stopped":
+        return "stopped"
     return f"ablation done: {len(changes)} kept change(s), {repeats} clean run(s) of each without it"
-
-
-def clean_runs(loop, change: dict) -> int:
-    return sum(1 for r in loop.rows() if r.get("role") == "ablation" and r.get("ablates") == change["index"]
-               and facts.segment_of(r) == loop.options.segment and facts.value(r, loop.metric) is not None)
-
-
-def description_of(change: dict) -> str:
-    return f"without #{change['index']}: {change.get('description', '')}"[:200]
 
 
 def refuse(loop, best: str, change: dict, problem: str) -> None:
     """Record once that a change cannot be taken out of the best on its own."""
-    index = len(loop.rows())
-    row = loop.base_row(index, "ablation", "", best, description_of(change), None, now_iso())
-    row.update(status="rejected", kind="no_revert", reason=f"does not revert cleanly: {problem}",
-               ablates=change["index"], val_bpb=None, log=None)
+    row = base_row(loop.options, loop.agent, role="ablation", parent=loop.lab.short(best),
+                   description=f"without #{change['index']}: {change.get('description', '')}"[:200],
+                   status="rejected", kind="no_revert", reason=f"does not revert cleanly: {problem}",
+                   ablates=change["index"], val_bpb=None)
     loop.record(row)
-
-
-def without(loop, best: str, commit: str, change: dict) -> list[dict]:
-    """One run of the best without `change` (its ablated commit, checked out for the run)."""
-    lab = loop.lab
-    index = len(loop.rows())
-    loop._note(index=index, phase="run", role="ablation", parent=best, commit=commit, started_at=now_iso(),
-               description=description_of(change))
-    lab.reset(commit)
-    pending = loop.runs(index, "ablation", commit, best, description_of(change), loop.seed_for(index),
-                        step_started=time.monotonic())
-    for row in pending:
-        row["ablates"] = change["index"]
-        if row.get("status") is None:
-            row["status"] = "discard"
-    lab.reset(best)
-    return loop.record_all(pending, False, commit, best)
 
 
 def ablated_commit(lab, best: str, change: dict) -> tuple[str | None, str]:

@@ -41,18 +41,20 @@ def startup_limit(clock: str, budget: float, allowance: float) -> float:
     return CPU_STARTUP_LIMIT + 0.1 * budget if clock == "cpu" else allowance
 
 
-def for_lab(lab, index: int, facts: dict, budget: float) -> dict:
-    """The Runner's keyword arguments for experiment `index` of `lab` under the conditions `facts`."""
+def for_lab(lab, run_dir: Path, facts: dict, budget: float, tree: Path | None = None) -> dict:
+    """The Runner's keyword arguments for a run of `lab` under the conditions `facts`, writing to
+    `run_dir`, its code checked out in `tree` (a worktree; the lab's own tree by default)."""
     config = lab.config
+    tree = Path(tree or lab.root)
     clock = facts.get("clock", "wall")
     evaluate = config.get("evaluate")
     allowance = startup_allowance(facts.get("name", ""), config.get("startup_allowance"))
     return {
-        "run_dir": lab.state_dir / "runs" / f"{index:04d}",
+        "run_dir": run_dir,
         "evaluate": list(evaluate) if evaluate else None,
         "clock": clock,
         "cores": int(facts.get("cpu_count") or 1),
         "startup_limit": startup_limit(clock, budget, allowance) if evaluate else None,
-        "protected": [lab.root / rel for rel in config.get("locked", [])]
+        "protected": [tree / rel for rel in config.get("locked", [])]
         + [lab.ledger_path, lab.results_path, lab.config_path, lab.journal_path, lab.run_info_path],
     }

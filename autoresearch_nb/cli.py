@@ -81,6 +81,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rebaseline", action="store_true",
                    help="resume under other conditions (budget, data, device...): measure the best again "
                         "and start a new comparison segment")
+    p.add_argument("--workers", type=int, default=1,
+                   help="experiments at once (on a CPU: slots sharing the cores; on GPUs use --gpus)")
+    p.add_argument("--gpus", default=None, help="one worker per CUDA device, e.g. --gpus 0,1,2,3")
+    p.add_argument("--depth", type=int, default=1,
+                   help="proposals the agent drafts ahead while experiments train (0: one after another)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the workers as Ray actors, one GPU each: auto, or a cluster address "
+                        "(pip install autoresearch-nb[ray])")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,8 +140,14 @@ def cmd_run(args) -> int:
                          max_experiments=args.max_experiments, tag=args.tag, policy=args.policy,
                          max_cost=args.max_cost, resume=args.resume, base_url=args.base_url,
                          command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed,
-                         rebaseline=args.rebaseline, agent_timeout=args.agent_timeout)
+                         rebaseline=args.rebaseline, agent_timeout=args.agent_timeout, workers=args.workers,
+                         gpus=gpu_list(args.gpus), depth=args.depth, ray=args.ray)
     return drive(Session(options))
+
+
+def gpu_list(text: str | None) -> list[str] | None:
+    """"0,1,2" -> ["0", "1", "2"]; session.check_options says what is wrong with a bad list."""
+    return None if text is None else [part.strip() for part in text.split(",")]
 
 
 def cmd_ablate(args) -> int:

@@ -43,8 +43,9 @@ def current_segment(rows: list[dict]) -> int:
 
 
 def code_of(row: dict) -> str:
-    """What identifies the code a row ran: its commit (a row without one is code of its own)."""
-    return str(row.get("commit") or f"row@{id(row)}")
+    """What identifies the code a row ran: its allowed files' id (lab.code_id; a charter commit does not
+    change it), else its commit; a row with neither is code of its own."""
+    return str(row.get("code") or row.get("commit") or f"row@{id(row)}")
 
 
 def code_runs(rows: list[dict], segment: int, metric: str = "val_bpb") -> dict[str, list[float]]:
@@ -171,8 +172,8 @@ def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lo
 def _parent_code(rows: list[dict], position: int) -> str | None:
     """The code a change was judged against: its recorded parent, else the best before it."""
     row = rows[position]
-    if row.get("parent"):
-        return str(row["parent"])
+    if row.get("parent_code") or row.get("parent"):
+        return str(row.get("parent_code") or row["parent"])
     before = best_row(rows[:position])
     return code_of(before) if before else None
 

@@ -25,10 +25,17 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def crashpoint(name: str, index: int | None = None) -> None:
-    """Tests name a point here (AUTORESEARCH_CRASHPOINT=name or name:index) to get a real kill -9
-    exactly there."""
-    if os.environ.get("AUTORESEARCH_CRASHPOINT") in (name, f"{name}:{index}"):
+_PASSES: dict[str, int] = {}
+
+
+def crashpoint(name: str) -> None:
+    """Tests name a point here to get a real kill -9 exactly there: AUTORESEARCH_CRASHPOINT=name
+    (the first time), name:k (the k-th time this process passes it)."""
+    wanted = os.environ.get("AUTORESEARCH_CRASHPOINT") or ""
+    if not wanted.startswith(name):
+        return
+    _PASSES[name] = _PASSES.get(name, 0) + 1
+    if wanted in (name, f"{name}:{_PASSES[name]}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 

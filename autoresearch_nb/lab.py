@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import shutil
 import time
 from pathlib import Path
@@ -168,9 +170,36 @@ class Lab:
         self.repo.git.commit("-m", message, "--no-verify", "--allow-empty")
         return self.head()
 
-    def keep_ref(self, index: int, sha: str) -> None:
+    def keep_ref(self, name, sha: str) -> None:
         """Every experiment's commit stays reachable (discarded ones too), so `show` and `diff` work later."""
-        self.repo.git.update_ref(f"refs/experiments/{index:04d}", sha)
+        self.repo.git.update_ref(f"refs/experiments/{name}", sha)
+
+    def commit_files(self, files: dict[str, str], parent: str, message: str) -> str:
+        """A commit of `parent` with `files` replaced, made without touching the working tree or the
+        branch (a private index): how candidates are committed while other experiments run."""
+        index = self.state_dir / f"commit-{os.getpid()}.index"
+        env = {**os.environ, "GIT_INDEX_FILE": str(index)}
+
+        def git_(*args: str, text: str | None = None) -> str:
+            done = subprocess.run(["git", *args], cwd=self.root, env=env, input=text, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise LabError(f"git {args[0]} failed in the lab: {done.stderr.strip()}")
+            return done.stdout.strip()
+
+        try:
+            git_("read-tree", parent)
+            for rel, content in files.items():
+                blob = git_("hash-object", "-w", "--stdin", text=content)
+                git_("update-index", "--add", "--cacheinfo", f"100644,{blob},{rel}")
+            tree = git_("write-tree")
+            return git_("commit-tree", tree, "-p", parent, "-m", message)
+        finally:
+            index.unlink(missing_ok=True)
+
+    def code_id(self, sha: str) -> str:
+        """What identifies the code a commit runs: its allowed files (a charter edit changes nothing)."""
+        blobs = [self.repo.git.rev_parse(f"{sha}:{rel}") for rel in self.config["allowed"]]
+        return hashlib.sha1(" ".join(blobs).encode()).hexdigest()[:12]
 
     def reset(self, sha: str) -> None:
         """Hard reset to `sha` and remove untracked files, so the tree is clean whatever happened.
@@ -229,7 +258,8 @@ class Lab:
         return self.diff_commits(base, row["commit"])
 
     def log_tail(self, index: int, lines: int = 40) -> str:
-        path = self.log_path(index)
+        row = next((r for r in self.rows() if r.get("index") == index), {})
+        path = self.root / row["log"] if row.get("log") else self.log_path(index)
         if not path.exists():
             return ""
         return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])

@@ -1,39 +1,46 @@
-"""The research loop: propose -> validate -> commit -> run until the judge can decide -> keep | revert -> record.
+"""The research loop's coordinator: the one thread that writes the branch, the ledger and results.tsv.
 
-Before each proposal the loop measures what plan.py says is due (the baseline, its repeats, the
-best again). A candidate runs once, and again while the judge asks for more; a run disturbed
-from outside (disturbance.py) is recorded and run again instead of judged. Every state change
-survives `kill -9`: before anything touches the tree, .autoresearch/inflight.json says what is
-under way, which commit to return to and the runs finished so far; rows are appended (fsync)
-before the note is removed, so a resume neither loses nor repeats a row (inflight.py).
+It keeps every worker busy: measurements plan.py says are due, the next run of a candidate the
+judge asked more of, or a new candidate made from a draft the agent wrote meanwhile (drafter.py,
+`depth` drafts ahead: the agent thinks while the workers train). A draft made on a best that has
+moved since is re-applied onto the new best (reapply.py) or drafted again when it conflicts. A
+result whose parent is no longer the best is judged against its own parent: a loss is discarded,
+a win is re-applied onto the current best and confirmed there before it is kept. Every change of
+state is written to .autoresearch/inflight.json before it is acted on (inflight.py), so after
+`kill -9` a resume loses no row, repeats none, and re-queues each run that was under way, once.
 """
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
-from . import boundary, facts, inflight, plan, sandbox
+from . import facts, inflight, plan
 from .agents.base import Agent, Context, ProposalError
 from .audit import fingerprint
 from .checks import fixed_exports, validate
 from .context import build_context
-from .disturbance import detect
 from .describe import describe_change
+from .disturbance import detect
+from .drafter import Drafter
 from .errors import LabError
 from .events import EventBus
-from .inflight import crashpoint, now_iso
+from .inflight import State, crashpoint, now_iso
 from .judge import decide
 from .lab import Lab
-from .ledger import append_row, write_results
-from .runner import RunResult, Runner, clean_environment
+from .ledger import write_results
+from .reapply import reapply
+from .records import base_row, result_fields, settle
+from .tracks import Draft, Job, Track
+from .workers import LocalPool, timeout_for  # noqa: F401  (timeout_for: callers read it here too)
 
 BASE_SEED = 42
+SEED_STEP = 7919              # the k-th run of one code gets seed BASE_SEED + seed + SEED_STEP * k
 MAX_REJECTED_IN_A_ROW = 10
 MAX_BASELINE_FAILURES = 3
 AGENT_OUTAGE_WAITS = (30.0, 60.0, 120.0)
-SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                  "total_tokens_M", "num_steps", "num_params_M", "depth")
+MEASUREMENTS = ("baseline", "noise", "remeasure", "ablation")
 
 
 @dataclass
@@ -50,29 +57,29 @@ class LoopOptions:
     run_info: dict = field(default_factory=dict)
     segment: int = 0            # the comparison segment new rows belong to (session.py decides)
     conditions: dict = field(default_factory=dict)   # what every row records it was measured under
-    segment_reason: str = ""    # why this segment started (what changed), kept on its first rows
-
-
-def timeout_for(budget: float, profile: str, allowance: float | None = None, clock: str = "wall") -> float:
-    """Hard limit of one run: the budget (three times over on the cpu clock, which a starved process
-    spends slowly) plus start-up (imports, data, compile) and evaluation."""
-    return budget * (3.0 if clock == "cpu" else 1.25) + boundary.startup_allowance(profile, allowance)
+    segment_reason: str = ""    # why this segment started (what changed), kept on its rows
+    workers: int = 1            # experiments at once (local slots)
+    gpus: list | None = None    # one CUDA device per slot, e.g. ["0", "1"]
+    depth: int = 1              # drafts the agent keeps ready beyond the free workers (0: no pipelining)
 
 
 class ResearchLoop:
     """Runs experiments on a lab until stopped, bounded, or out of money. One per lab at a time."""
 
-    def __init__(self, lab: Lab, agent: Agent, options: LoopOptions, bus: EventBus | None = None):
+    def __init__(self, lab: Lab, agent: Agent, options: LoopOptions, bus: EventBus | None = None, pool=None):
         self.lab, self.agent, self.options = lab, agent, options
         self.bus = bus or EventBus()
         self.stop_requested = threading.Event()
         self.stop_now = threading.Event()
         self.unpaused = threading.Event()
         self.unpaused.set()
-        self.runner: Runner | None = None
         self.finish_reason = ""
         self.fixed_exports = fixed_exports(lab)
         self.metric, self.direction = lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")
+        self.events: queue.Queue = queue.Queue()
+        self.pool = pool
+        self.state = State()
+        self.drafter: Drafter | None = None
 
     # -- control, from any thread -----------------------------------------------------------
     def stop(self, now: bool = False) -> None:
@@ -80,16 +87,17 @@ class ResearchLoop:
         self.unpaused.set()
         if now:
             self.stop_now.set()
-            runner = self.runner
-            if runner:
-                runner.stop()
+            if self.pool is not None:
+                self.pool.stop_all()
+        self.events.put(("wake",))
 
     def pause(self) -> None:
         self.unpaused.clear()
-        self.bus.emit("state", state="paused", message="paused: the next experiment waits for resume")
+        self.bus.emit("state", state="paused", message="paused: nothing new starts until resume")
 
     def resume(self) -> None:
         self.unpaused.set()
+        self.events.put(("wake",))
         self.bus.emit("state", state="running", message="resumed")
 
     # -- records ----------------------------------------------------------------------------
@@ -97,45 +105,25 @@ class ResearchLoop:
         return self.lab.rows()
 
     def record(self, row: dict, rows: list[dict] | None = None) -> dict:
-        """Append one row (fsync), rebuild results.tsv, add to the journal, tell the front ends."""
+        """Append one row (fsync) with the next index, rebuild results.tsv, tell the front ends."""
         rows = self.rows() if rows is None else rows
         row.setdefault("finished_at", now_iso())
-        row.setdefault("agent", self.agent.name)
-        row.setdefault("model", self.agent.model)
-        best = facts.value_to_beat(rows + [row], self.metric)
-        row["best"] = round(best.mean, 6) if best else None
-        append_row(self.lab.ledger_path, row)
-        crashpoint("after_append", row.get("index"))
-        write_results(self.lab.results_path, rows + [row])
-        self._journal(row)
+        inflight.append(self.lab, rows, row)
+        crashpoint("after_append")
+        write_results(self.lab.results_path, rows)
+        if self.drafter is not None and (row.get("role") == "experiment" or row.get("status") == "crash"):
+            self.drafter.lesson(self.context(rows), row)
         self.bus.emit("experiment_finished", row=row)
         return row
 
-    def record_all(self, pending: list[dict], kept: bool, commit: str, parent: str) -> list[dict]:
-        """Record the runs of one step in order; the note says what they are, so a kill between
-        two appends is repaired on resume with the verdict intact."""
-        note = inflight.read(self.lab)
-        inflight.write(self.lab, **{**note, "phase": "record", "pending": pending, "kept": kept,
-                                    "commit": commit, "parent": parent})
-        rows = self.rows()
-        for row in pending:
-            rows.append(self.record(row, rows))
-        inflight.clear(self.lab)
-        return pending
-
-    def _journal(self, row: dict) -> None:
-        if row.get("role") not in ("experiment", None) and row.get("status") != "crash":
-            return  # measurements of code already judged teach nothing new
-        try:
-            lesson = self.agent.reflect(self.context(row["index"] + 1), row) or ""
-        except Exception:  # a lesson is nice to have; the record is what matters
-            lesson = ""
+    def _journal(self, row: dict, lesson: str) -> None:
+        """The journal's entry for a row (written on the drafter's thread, beside the agent)."""
         value = f"{row[self.metric]:.6f}" if row.get(self.metric) is not None else "-"
         entry = f"\n## {row['index']}: {row.get('status')} ({value}) {row.get('description', '')}\n"
         if row.get("reason"):
             entry += f"- {row.get('kind') or 'reason'}: {row['reason']}\n"
         if row.get("rationale"):
-            entry += f"- hypothesis: {row['rationale'][:500]}\n"
+            entry += f"- hypothesis: {_cut(row['rationale'], 500)}\n"
         if lesson:
             entry += lesson.rstrip() + "\n"
         with open(self.lab.journal_path, "a", encoding="utf-8") as handle:
@@ -143,7 +131,7 @@ class ResearchLoop:
 
     def recover(self) -> None:
         """Make the lab consistent after a crash, a kill -9 or a kernel restart."""
-        inflight.recover(self.lab, self.agent.name)
+        self.state = inflight.recover(self.lab)
 
     def check_lab(self) -> None:
         changed = self.lab.locked_changes()
@@ -161,57 +149,80 @@ class ResearchLoop:
         if "program.md" in self.lab.dirty_files():
             self.lab.commit(["program.md"], "charter updated by the person")
 
-    # -- the loop ---------------------------------------------------------------------------
-    def run(self) -> str:
-        rejected_in_a_row, outages, baseline_failures = 0, 0, 0
+    # -- the run ----------------------------------------------------------------------------
+    def run(self, ablate: int | None = None) -> str:
+        """Research until an end; with `ablate`, measure the best without each kept change instead."""
+        self.state = State.load(self.lab)
+        self._retire_other_segments()
+        if self.pool is None:
+            gpus = list(self.options.gpus) if self.options.gpus else [None] * max(1, self.options.workers)
+            self.pool = LocalPool(gpus)
+        self.pool.attach(self.events, self.lab, self.options)
+        self.drafter = Drafter(self.agent, self.events, self._journal)
+        self.drafter.start()
         self.bus.emit("state", state="running", message="running")
-        while True:
-            if self.stop_requested.is_set():
-                return self._finish("stopped")
-            if not self.unpaused.is_set():
-                self.unpaused.wait()
-                continue
-            rows = self.rows()
-            if self.options.max_experiments is not None and facts.ran(rows) >= self.options.max_experiments:
-                return self._finish(f"reached --max-experiments {self.options.max_experiments}")
-            self.commit_charter()
-            due = plan.next_measurement(rows, self.options.segment, self.options.policy,
-                                        self.options.noise_runs, metric=self.metric)
-            if due is not None:
-                last = self.measure(due, rows)[-1]
-                failed = due.role == "baseline" and last.get("status") == "crash"
-                baseline_failures = baseline_failures + 1 if failed else 0
-                if baseline_failures >= MAX_BASELINE_FAILURES:
-                    return self._finish(f"the baseline itself failed {baseline_failures} times "
-                                        f"({last.get('kind')}: {last.get('reason')}); see its log with `show {last['index']}`")
-                continue
-            if self._over_budget(rows):
-                return self._finish(f"the next proposal would pass --max-cost ${self.options.max_cost:.2f}")
-            row = self.experiment(rows)
-            if row.get("status") == "rejected":
-                rejected_in_a_row += 1
-                if row.get("fatal"):
-                    outages += 1
-                    if outages > len(self.options.outage_waits):
-                        return self._finish(f"the agent failed {outages} times in a row: {row.get('reason')}")
-                    if self.stop_requested.wait(self.options.outage_waits[outages - 1]):
-                        continue
-                if row.get("exhausted"):
-                    return self._finish(row["reason"])
-                if rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
-                    return self._finish(f"{rejected_in_a_row} proposals in a row were rejected; see `status` for why")
-            else:
-                rejected_in_a_row, outages = 0, 0
+        try:
+            if ablate:
+                from .ablation import run as ablation_run
+
+                return self._finish(ablation_run(self, ablate))
+            return self._finish(self._coordinate())
+        finally:
+            self.drafter.stop()
+            self.pool.close()
+            self._late_answers()
+            self._drop_unused_drafts()
+            self.state.save(self.lab)
+            self.pool.forget()
 
     def _finish(self, reason: str) -> str:
         """The session announces the end (run_finished) once the thread is done."""
         self.finish_reason = reason
         return reason
 
+    def _coordinate(self) -> str:
+        self._rejected_in_a_row = self._outages = self._baseline_failures = 0
+        self._draft_after, self._exhausted, ending = 0.0, "", ""
+        while True:
+            rows = self.rows()
+            ending = ending or self._why_end(rows)
+            if self.unpaused.is_set():
+                self.commit_charter()
+                self._dispatch(rows, ending)
+                if not ending:
+                    self._ask_for_drafts(rows)
+            if not self._running():
+                if ending:
+                    self._wind_down()
+                    return ending
+                if self._exhausted and not self.state.drafts and not self._waiting_tracks():
+                    return self._exhausted
+            try:
+                event = self.events.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            ending = self._handle(event) or ending
+
+    def _why_end(self, rows: list[dict]) -> str:
+        if self.stop_now.is_set():
+            self.pool.stop_all()
+            return "stopped"
+        if self.stop_requested.is_set():
+            return "stopped"
+        limit = self.options.max_experiments
+        if limit is not None and facts.ran(rows) >= limit:
+            return f"reached --max-experiments {limit}"
+        if self._over_budget(rows):
+            return f"the next proposal would pass --max-cost ${self.options.max_cost:.2f}"
+        if self._rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
+            return f"{self._rejected_in_a_row} proposals in a row were rejected; see `status` for why"
+        return ""
+
     def _over_budget(self, rows: list[dict]) -> bool:
         if self.options.max_cost is None:
             return False
         costs = [float((r.get("usage") or {}).get("cost_usd") or 0.0) for r in rows]
+        costs += [float((d.usage or {}).get("cost_usd") or 0.0) for d in self.state.drafts]
         spent = sum(costs)
         recent = [c for c in costs[-5:] if c > 0]
         estimate = max(recent) if recent else 0.0
@@ -222,250 +233,425 @@ class ResearchLoop:
                 pass
         return spent + estimate > self.options.max_cost
 
-    # -- measuring code that is already on the branch ---------------------------------------
-    def measure(self, due: plan.Measurement, rows: list[dict]) -> list[dict]:
-        """Run the best code again (baseline, repeat, re-measurement), re-running disturbed runs."""
-        head = self.lab.head()
-        index = len(rows)
-        seed = BASE_SEED + self.options.seed
-        if due.role == "noise":
-            seed += 1000 * (1 + sum(1 for r in rows if r.get("role") == "noise"))
-        elif due.role == "remeasure":
-            seed = self.seed_for(index)
-        before = facts.value_to_beat(rows, self.metric) if due.role == "remeasure" else None
-        pending = self.runs(index, due.role, head, head, due.description, seed, step_started=time.monotonic())
-        last = pending[-1]  # a clean run, a crash, or an interruption: never a disturbed re-run
-        if last.get("status") is None:
-            last["status"] = "keep" if due.role == "baseline" else "discard"
-            self._note_drift(last, before)
-        return self.record_all(pending, True, head, head)
+    # -- what runs where ----------------------------------------------------------------------
+    def _running(self) -> bool:
+        return any(t.job for t in self.state.tracks)
 
-    def _note_drift(self, row: dict, before) -> None:
-        """A re-measurement far from the best's mean says the conditions may have moved."""
-        value = row.get(self.metric)
-        if before is None or value is None or before.half_width is None or before.runs < 2:
-            return
-        spread = before.half_width * before.runs ** 0.5  # back to a single run's Z95 spread
-        if abs(value - before.mean) > 1.5 * spread:
-            row["drift"] = round(value - before.mean, 6)
-            self.bus.emit("message", level="warning", text=(
-                f"the best measured {value:.6f} now against {before.text()} before: conditions may "
-                "have drifted (other load, thermal limits); the mean takes it in"))
+    def _waiting_tracks(self) -> list[Track]:
+        return [t for t in self.state.tracks if not t.job and t.decision is None and not t.parked]
 
-    # -- one proposal -----------------------------------------------------------------------
-    def experiment(self, rows: list[dict]) -> dict:
-        index = len(rows)
-        self._step_started = time.monotonic()
-        parent = self.lab.head()
-        started = now_iso()
-        self._note(index=index, phase="propose", role="experiment", parent=parent, started_at=started)
-        self.bus.emit("proposing", index=index)
-        t0 = time.monotonic()
-        context = self.context(index, rows)
-        try:
-            proposal = self.agent.propose(context)
-        except ProposalError as error:
-            return self._rejected(index, parent, started, "agent", error.reason, usage=error.usage,
-                                  fatal=error.fatal, propose_s=time.monotonic() - t0,
-                                  exhausted="tried every change" in error.reason)
-        except Exception as error:  # a broken agent is recorded, never fatal to the loop
-            return self._rejected(index, parent, started, "agent", f"{type(error).__name__}: {error}",
-                                  propose_s=time.monotonic() - t0)
-        propose_s = time.monotonic() - t0
-        crashpoint("after_propose", index)
-        self.lab.reset(parent)  # whatever the agent did to the tree, the proposal is only its files
-        if self.stop_now.is_set():
-            return self._rejected(index, parent, started, "interrupted", "stopped while the agent was proposing",
-                                  usage=proposal.usage, propose_s=propose_s, description=proposal.description)
-        problem, kind = validate(self.lab, proposal.files, rows, self.fixed_exports, self.options.audit)
-        # The agent's own line when it gave one; otherwise what the code says changed.
-        description = " ".join((proposal.description or "").split())[:200] or describe_change(
-            {p: self.lab.read(p) for p in proposal.files if p in self.lab.config["allowed"]}, proposal.files)
-        extra = dict(usage=proposal.usage, propose_s=propose_s, description=description,
-                     rationale=proposal.rationale, meta=proposal.meta)
-        if problem:
-            return self._rejected(index, parent, started, kind, problem, **extra,
-                                  fingerprint=fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")))
-        self._note(index=index, phase="commit", role="experiment", parent=parent, started_at=started,
-                   description=description)
-        self.lab.write_files(proposal.files)
-        crashpoint("after_write", index)
-        commit = self.lab.commit(list(proposal.files), f"experiment {index}: {description}")
-        self.lab.keep_ref(index, commit)
-        crashpoint("after_commit", index)
-        first = {"rationale": proposal.rationale, "usage": proposal.usage, **proposal.meta,
-                 "timings": {"propose_s": round(propose_s, 3)}}
-        shared = {"fingerprint": fingerprint(proposal.files.get(self.lab.config["allowed"][0], "")),
-                  "diff": self._diff_stats(parent, commit)}
-        pending = self.runs(index, "experiment", commit, parent, description, BASE_SEED + self.options.seed,
-                            step_started=self._step_started, started=started, candidate=True, first=first,
-                            shared=shared)
-        kept = pending[-1].get("status") == "keep"
-        if not kept:
-            self.lab.reset(parent)
-        crashpoint("after_judge", index)
-        self.record_all(pending, kept, commit, parent)
-        return next((r for r in pending if r.get("role") == "experiment"), pending[0])
+    def _free_slots(self) -> list[int]:
+        busy = {t.job["slot"] for t in self.state.tracks if t.job}
+        return [slot for slot in range(self.pool.size) if slot not in busy]
 
-    # -- running code until it has a clean run (or the judge its verdict) --------------------
-    def runs(self, index: int, role: str, commit: str, parent: str, description: str, seed: int,
-             step_started: float, started: str | None = None, candidate: bool = False,
-             first: dict | None = None, shared: dict | None = None) -> list[dict]:
-        """Run `commit` until a measurement has a clean run or a candidate a verdict. Returns the
-        rows still to record, in order; a candidate's carry their final status and the verdict.
-        A disturbed run with nothing before it awaiting a verdict is recorded at once, so the
-        ledger and the front ends see it while its re-run goes on."""
-        pending, values, disturbed_streak, verdict = [], [], 0, None
-        number, run_role, run_seed = index, role, seed
-        while True:
-            started = started or now_iso()
-            self._note(index=number, phase="run", role=run_role, parent=parent, commit=commit,
-                       started_at=started, description=description, log=self._log_rel(number), pending=pending)
-            shown = description if run_role != "confirm" else f"confirm: {description}"
-            self.bus.emit("experiment_started", index=number, description=shown, role=run_role,
-                          budget=self.options.budget, commit=self.lab.short(commit))
-            run_started = time.monotonic()
-            result = self.execute(number, run_seed)
-            row = self.base_row(number, run_role, commit, parent, shown, run_seed, started)
-            row["finished_at"] = now_iso()
-            row.update(self.result_fields(result), **(shared or {}))
-            if number == index and first:
-                row.update({k: v for k, v in first.items() if k != "timings"})
-                row["timings"].update(first.get("timings", {}))
-            row["timings"]["run_s"] = round(result.wall_seconds, 3)
-            row["timings"]["total_s"] = round(time.monotonic() - (step_started if number == index else run_started), 3)
-            started, number = None, number + 1
-            if not result.ok:
-                row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
-                pending.append(row)
-                if candidate:
-                    self._settle(pending, "interrupted" if result.kind == "interrupted" else "discard", verdict)
-                return pending
-            disturbance = detect(result.steps)
-            if disturbance is not None:
-                row["disturbance"] = disturbance.record()
-                if disturbed_streak < plan.MAX_DISTURBED_RERUNS:
-                    disturbed_streak += 1
-                    row.update(status="disturbed", kind="disturbed", reason=disturbance.reason() + "; run again")
-                    self.bus.emit("message", level="warning", text=f"#{row['index']} {disturbance.reason()}: running it again")
-                    if pending:
-                        pending.append(row)
-                    else:
-                        self.record(row)
-                    continue
-                row["reason"] = disturbance.reason() + f"; judged anyway after {disturbed_streak} re-runs"
-            disturbed_streak = 0
-            pending.append(row)
-            if not candidate:
-                return pending
-            values.append(result.summary[self.metric])
-            verdict = plan.verdict(self.rows(), self.options.segment, values, self.options.policy,
-                                   self.direction, self.metric)
-            if verdict.decision == "more" and not self._room_for_another(len(pending)):
-                verdict = decide(values, self._best_values(), verdict.noise, self.options.policy,
-                                 self.direction, max_runs=len(values))
-            if verdict.decision != "more":
-                self._settle(pending, verdict.decision, verdict)
-                return pending
-            run_role, run_seed = "confirm", self.seed_for(number)
-
-    def seed_for(self, index: int) -> int:
-        """The seed of a repeated run of judged code: its own, so repeats measure the noise."""
-        return BASE_SEED + self.options.seed + 7919 * index
-
-    def _room_for_another(self, pending: int) -> bool:
-        if self.stop_requested.is_set():
-            return False
+    def _room(self, rows: list[dict]) -> bool:
         limit = self.options.max_experiments
-        return limit is None or facts.ran(self.rows()) + pending + 1 <= limit
+        if limit is None:
+            return True
+        pending = sum(1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
+        return facts.ran(rows) + pending + sum(1 for t in self.state.tracks if t.job) < limit
 
-    def _best_values(self) -> list[float]:
-        rows = self.rows()
-        best = facts.best_row(rows)
-        return facts.code_runs(rows, self.options.segment, self.metric).get(facts.code_of(best), [])
-
-    def _settle(self, pending: list[dict], decision: str, verdict) -> None:
-        """Give a candidate's runs their final status: the verdict's, or what became of each run."""
-        record = verdict.record() if verdict is not None else None
-        for row in pending:
-            if row.get("status") in (None, "keep", "discard"):
-                row["status"] = decision
-            if record is not None and row.get("status") in ("keep", "discard", "interrupted"):
-                row["judge"] = record
-
-    # -- pieces -----------------------------------------------------------------------------
-    def execute(self, index: int, seed: int) -> RunResult:
-        config = self.lab.config
-        facts = self.options.run_info.get("profile_facts") or {}
-        env = clean_environment({
-            "AUTORESEARCH_BUDGET": self.options.budget, "AUTORESEARCH_SEED": seed,
-            "AUTORESEARCH_PROFILE": self.options.profile, "AUTORESEARCH_DATA": config.get("data", "builtin"),
-            "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None,
-            "AUTORESEARCH_DATA_KEY": facts.get("data_key"),
-        })
-        run_dir = self.lab.state_dir / "runs" / f"{index:04d}"
-        readable = facts.get("train_paths") or sandbox.lab_reads(config, env, self.lab.root)
-        runner = Runner(config["command"], self.lab.root, env, self.lab.log_path(index), self.options.budget,
-                        timeout_for(self.options.budget, self.options.profile, config.get("startup_allowance"),
-                                    facts.get("clock", "wall")),
-                        on_step=lambda step: self.bus.emit("step", index=index, **step),
-                        on_start=lambda pid: inflight.note_pid(self.lab, pid),
-                        wrap=lambda command: sandbox.wrap(command, root=self.lab.root, run_dir=run_dir, env=env,
-                                                          readable=readable),
-                        sandbox=sandbox.probe(), **boundary.for_lab(self.lab, index, facts, self.options.budget))
-        self.runner = runner
+    def _dispatch(self, rows: list[dict], ending: str) -> None:
         if self.stop_now.is_set():
-            runner.stop()
-        try:
-            result = runner.run()
-        finally:
-            self.runner = None
-        return result
+            return
+        for slot in self._free_slots():
+            track = self._next_track(rows, ending)
+            if track is None:
+                return
+            if not self._room(rows):
+                self._out_of_room(track, rows)
+                continue
+            self._start(track, slot)
 
-    def base_row(self, index, role, commit, parent, description, seed, started) -> dict:
-        return {"index": index, "role": role, "commit": self.lab.short(commit) if commit else "",
-                "parent": self.lab.short(parent) if parent else "",
-                "description": description, "seed": seed, "started_at": started, "kind": None, "reason": None,
-                "rationale": "", "usage": {}, "diff": {"files": 0, "added": 0, "removed": 0},
-                "log": self._log_rel(index), "timings": {"propose_s": 0.0, "run_s": 0.0, "judge_s": 0.0},
-                "agent": self.agent.name, "model": self.agent.model, "segment": self.options.segment,
-                "conditions": self.options.conditions, "policy": self.options.policy,
-                "sandbox": sandbox.probe().name,
-                **({"segment_reason": self.options.segment_reason} if self.options.segment_reason else {})}
+    def _next_track(self, rows: list[dict], ending: str) -> Track | None:
+        waiting = sorted(self._waiting_tracks(), key=lambda t: (t.role not in MEASUREMENTS, t.id))
+        if waiting:
+            return waiting[0]
+        if ending and not any(t.parked for t in self.state.tracks):
+            return None
+        in_flight = sum(1 for t in self.state.tracks if t.role in ("baseline", "noise", "remeasure") and not t.decision)
+        due = plan.next_measurement(rows, self.options.segment, self.options.policy, self.options.noise_runs,
+                                    metric=self.metric, in_flight=in_flight)
+        if due is not None:
+            return self._measurement(due, rows)
+        if ending or plan.barrier(rows, self.options.segment, self.options.policy, self.options.noise_runs, self.metric):
+            return None
+        while self.state.drafts and self._rejected_in_a_row < MAX_REJECTED_IN_A_ROW:
+            track = self._candidate(self.state.drafts.pop(0), rows)
+            self.state.save(self.lab)
+            if track is not None:
+                return track
+        return None
 
-    def result_fields(self, result: RunResult) -> dict:
-        fields = {k: result.summary.get(k) for k in SUMMARY_FIELDS}
-        fields["memory_gb"] = round((result.summary.get("peak_vram_mb") or 0.0) / 1024, 1)
-        if not result.ok:
-            fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], val_bpb=None)
-        return {**fields, "run_wall_s": round(result.wall_seconds, 2)}
+    def _measurement(self, due: plan.Measurement, rows: list[dict]) -> Track:
+        return self.add_measurement(due.role, self.lab.head(), due.description, rows)
 
-    def _rejected(self, index, parent, started, kind, reason, usage=None, fatal=False, propose_s=0.0,
-                  description="", rationale="", meta=None, fingerprint=None, exhausted=False) -> dict:
-        self.lab.reset(parent)
-        row = self.base_row(index, "experiment", "", parent, description or "(no proposal)", None, started)
-        row.update(status="rejected" if kind != "interrupted" else "interrupted", kind=kind, reason=reason,
-                   usage=usage or {}, rationale=rationale, fingerprint=fingerprint, val_bpb=None,
-                   **(meta or {}))
-        row["log"] = None
+    def add_measurement(self, role: str, commit: str, description: str, rows: list[dict] | None = None,
+                        ablates: int | None = None) -> Track:
+        """A track that measures code already on the branch (or the best without a change) once."""
+        rows = self.rows() if rows is None else rows
+        code, best = self.lab.code_id(commit), self.lab.head()
+        track = Track(self.state.new_id(), role, commit, best, description, self._seed_for(code, rows),
+                      self.options.segment, ablates=ablates,
+                      shared={"code": code, "parent_code": self.lab.code_id(best)})
+        self.state.tracks.append(track)
+        self.state.save(self.lab)
+        return track
+
+    def drain(self) -> str:
+        """Run the tracks there are, on every free worker, until none is left (or a stop)."""
+        while self.state.tracks:
+            if self.stop_now.is_set():
+                self.pool.stop_all()
+            elif self.unpaused.is_set() and not self.stop_requested.is_set():
+                for slot in self._free_slots():
+                    waiting = self._waiting_tracks()
+                    if not waiting:
+                        break
+                    self._start(waiting[0], slot)
+            if not self._running() and (self.stop_requested.is_set() or not self._waiting_tracks()):
+                for track in [t for t in self.state.tracks if not t.job]:
+                    self._close(track, "dropped")
+                break
+            try:
+                self._handle(self.events.get(timeout=0.25))
+            except queue.Empty:
+                continue
+        return "stopped" if self.stop_requested.is_set() else ""
+
+    def _seed_for(self, code: str, rows: list[dict]) -> int:
+        """Runs of one code get seeds of their own, so repeats measure the noise."""
+        earlier = sum(1 for r in rows if r.get("code") == code and r.get("status") != "disturbed")
+        earlier += sum(1 for t in self.state.tracks if t.shared.get("code") == code)
+        return BASE_SEED + self.options.seed + SEED_STEP * earlier
+
+    def _start(self, track: Track, slot: int) -> None:
+        job = Job(self.state.new_id(), track.id, track.commit, track.seed, self.pool.name(slot),
+                  started_at=now_iso())
+        track.job = {**job.record(), "slot": slot, "log": self._relative(self.pool.log_path(job.id))}
+        track.runs += 1
+        self.state.save(self.lab)
+        tree = self.pool.prepare(slot, track.commit)
+        track.job["cwd"] = str(tree)
+        self.pool.run(slot, job, tree,
+                      on_step=lambda step, j=job: self.bus.emit("step", index=j.id, job=j.id, worker=j.worker, **step),
+                      on_start=lambda pid, j=job: self.events.put(("started", j.id, pid)))
+        confirming = track.role == "experiment" and track.values
+        self.bus.emit("experiment_started", index=job.id, job=job.id, worker=job.worker,
+                      description=f"confirm: {track.description}" if confirming else track.description,
+                      role="confirm" if confirming else track.role, budget=self.options.budget,
+                      commit=self.lab.short(track.commit))
+
+    def _out_of_room(self, track: Track, rows: list[dict]) -> None:
+        """No run left under --max-experiments: a candidate is decided on what it has, the rest dropped."""
+        if track.role == "experiment" and track.values:
+            verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
+                                   self.metric, against=track.shared.get("parent_code"), max_runs=len(track.values))
+            self._conclude(track, verdict)
+        else:
+            self._close(track, "dropped")
+
+    # -- drafts -----------------------------------------------------------------------------
+    def _ask_for_drafts(self, rows: list[dict]) -> None:
+        if (self._exhausted or time.monotonic() < self._draft_after or self.stop_requested.is_set()
+                or self._rejected_in_a_row >= MAX_REJECTED_IN_A_ROW):
+            return
+        free = len(self._free_slots()) - len(self._waiting_tracks())
+        wanted = max(0, free) + self.options.depth
+        have = len(self.state.drafts) + self.drafter.pending
+        while have < wanted:
+            draft_id = self.state.new_id()
+            self.drafter.ask(draft_id, self.lab.head(), self.context(rows))
+            have += 1
+
+    def context(self, rows: list[dict] | None = None) -> Context:
+        rows = self.rows() if rows is None else rows
+        best = facts.value_to_beat(rows, self.metric)
+        context = build_context(self.lab, len(rows), rows, facts.best_row(rows), best.mean if best else None,
+                                self.options.budget, self.options.run_info.get("profile_facts") or {}, self.options.seed)
+        context.in_flight = [t.description for t in self.state.tracks if t.role == "experiment" and not t.decision]
+        context.in_flight += [f"{d.description} (drafted, not yet run)" for d in self.state.drafts]
+        return context
+
+    def _candidate(self, draft: Draft, rows: list[dict]) -> Track | None:
+        """Commit a draft onto the best (re-applied if the best moved since it was drafted), or
+        record why it cannot run."""
+        head = self.lab.head()
+        extra = dict(usage=draft.usage, propose_s=draft.propose_s, rationale=draft.rationale, meta=draft.meta,
+                     started=draft.started_at)
+        files = dict(draft.files)
+        rebased = draft.base != head
+        if rebased:
+            allowed = {p: t for p, t in files.items() if p in self.lab.config["allowed"]}
+            merged = reapply(self.lab, draft.base, allowed, head)
+            if merged is None:
+                self._rejected("conflict", "drafted on a best that has moved since; it does not re-apply onto "
+                               "the new best: drafted again", draft.description, **extra)
+                return None
+            files = {**files, **merged}
+        problem, kind = validate(self.lab, files, rows, self.fixed_exports, self.options.audit)
+        description = " ".join(draft.description.split())[:200] or describe_change(
+            {p: self.lab.read(p) for p in files if p in self.lab.config["allowed"]}, files)
+        code_print = fingerprint(files.get(self.lab.config["allowed"][0], ""))
+        twin = next((t for t in self.state.tracks if t.shared.get("fingerprint") == code_print), None)
+        if not problem and twin is not None:
+            problem, kind = f"already running: the same change as '{twin.description}'", "duplicate"
+        if problem:
+            self._rejected(kind, problem, description, fingerprint=code_print, **extra)
+            return None
+        self._rejected_in_a_row = 0
+        commit = self.lab.commit_files(files, head, f"experiment: {description}")
+        self.lab.keep_ref(self.lab.short(commit), commit)
+        track = Track(self.state.new_id(), "experiment", commit, head, description, BASE_SEED + self.options.seed,
+                      self.options.segment,
+                      first={"rationale": draft.rationale, "usage": draft.usage, **draft.meta,
+                             "timings": {"propose_s": draft.propose_s}, "started_at": draft.started_at},
+                      shared={"fingerprint": code_print, "diff": self._diff_stats(head, commit),
+                              "code": self.lab.code_id(commit), "parent_code": self.lab.code_id(head),
+                              **({"rebased": True, "drafted_on": self.lab.short(draft.base)} if rebased else {})})
+        self.state.tracks.append(track)
+        self.state.save(self.lab)
+        crashpoint("after_commit")
+        return track
+
+    def _rejected(self, kind: str, reason: str, description: str = "", usage=None, propose_s: float = 0.0,
+                  rationale: str = "", meta=None, fingerprint=None, started: str = "", fatal: bool = False,
+                  exhausted: bool = False) -> dict:
+        row = base_row(self.options, self.agent, description=description or "(no proposal)",
+                       status="rejected" if kind != "interrupted" else "interrupted", kind=kind, reason=reason,
+                       usage=usage or {}, rationale=rationale, fingerprint=fingerprint, val_bpb=None,
+                       parent=self.lab.short(self.lab.head()), started_at=started or now_iso(), **(meta or {}))
         row["timings"]["propose_s"] = round(propose_s, 3)
-        row["timings"]["total_s"] = round(time.monotonic() - getattr(self, "_step_started", time.monotonic()), 3)
+        row["timings"]["total_s"] = round(propose_s, 3)
         if fatal:
             row["fatal"] = True
         if exhausted:
             row["exhausted"] = True
-        row = self.record(row)
-        inflight.clear(self.lab)
+        if kind not in ("conflict", "not_run"):
+            self._rejected_in_a_row += 1
+        return self.record(row)
+
+    def _late_answers(self) -> None:
+        """Drafts and failures the agent answered after the run decided to end: recorded all the same."""
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if event[0] == "draft":
+                self.state.drafts.append(event[1])
+            elif event[0] == "draft_failed":
+                self._draft_failed(*event[1:])
+
+    def _drop_unused_drafts(self) -> None:
+        """Drafts the run ended before running: recorded, so what they cost is in the ledger."""
+        for draft in self.state.drafts:
+            self._rejected("not_run", "drafted while the run was ending: not run", draft.description,
+                           usage=draft.usage, propose_s=draft.propose_s, rationale=draft.rationale,
+                           started=draft.started_at)
+        self.state.drafts = []
+
+    # -- events -----------------------------------------------------------------------------
+    def _handle(self, event) -> str:
+        kind = event[0]
+        if kind == "draft":
+            self.state.drafts.append(event[1])
+            self.state.save(self.lab)
+            self._outages = 0
+            crashpoint("after_propose")
+        elif kind == "draft_failed":
+            return self._draft_failed(*event[1:])
+        elif kind == "started":
+            track = self._track_of_job(event[1])
+            if track is not None:
+                track.job["pid"] = event[2]
+                self.state.save(self.lab)
+                crashpoint(f"during_{track.role}")
+        elif kind == "result":
+            track = self._track_of_job(event[1])
+            if track is not None:
+                return self._result(track, event[2])
+        elif kind == "lost":  # a remote worker died: its job goes back in the queue, once
+            track = self._track_of_job(event[1])
+            if track is not None:
+                track.job, track.runs = None, track.runs - 1
+                self.state.save(self.lab)
+                self.bus.emit("message", level="warning", text=f"a worker was lost ({event[2]}): its run is re-queued")
+        return ""
+
+    def _draft_failed(self, draft_id: int, base: str, error: ProposalError, seconds: float, started: str) -> str:
+        exhausted = "tried every change" in error.reason
+        self._rejected("agent", error.reason, usage=error.usage, propose_s=seconds, fatal=error.fatal,
+                       exhausted=exhausted, started=started)
+        if exhausted:
+            self._exhausted = error.reason
+        if error.fatal:
+            self._outages += 1
+            if self._outages > len(self.options.outage_waits):
+                return f"the agent failed {self._outages} times in a row: {error.reason}"
+            self._draft_after = time.monotonic() + self.options.outage_waits[self._outages - 1]
+        return ""
+
+    def _track_of_job(self, job_id: int) -> Track | None:
+        return next((t for t in self.state.tracks if t.job and t.job["id"] == job_id), None)
+
+    def _result(self, track: Track, result) -> str:
+        job = track.job
+        track.job = None
+        row = self._run_row(track, job, result)
+        if not result.ok:
+            row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
+            track.rows.append(row)
+            if track.role == "experiment":
+                self._conclude(track, None, "interrupted" if result.kind == "interrupted" else "discard")
+            else:
+                self._close(track, "crashed")
+                if track.role == "baseline" and result.kind != "interrupted":
+                    self._baseline_failures += 1
+                    if self._baseline_failures >= MAX_BASELINE_FAILURES:
+                        return (f"the baseline itself failed {self._baseline_failures} times ({result.kind}: "
+                                f"{result.reason}); its log: {row.get('log')}")
+            return ""
+        disturbance = detect(result.steps)
+        if disturbance is not None:
+            row["disturbance"] = disturbance.record()
+            if track.disturbed_streak < plan.MAX_DISTURBED_RERUNS:
+                track.disturbed_streak += 1
+                row.update(status="disturbed", kind="disturbed", reason=disturbance.reason() + "; run again")
+                self.bus.emit("message", level="warning", text=f"{disturbance.reason()}: running it again")
+                if track.rows:
+                    track.rows.append(row)
+                else:
+                    self.record(row)
+                self.state.save(self.lab)
+                return ""
+            row["reason"] = disturbance.reason() + f"; judged anyway after {track.disturbed_streak} re-runs"
+        track.disturbed_streak = 0
+        track.rows.append(row)
+        if track.role != "experiment":
+            self._baseline_failures = 0
+            row["status"] = "keep" if track.role == "baseline" else "discard"
+            self._close(track, "measured")
+            self._judge_parked()
+            return ""
+        track.values.append(result.summary[self.metric])
+        track.seed = BASE_SEED + self.options.seed + SEED_STEP * len(track.values)  # its next run's own seed
+        self._judge(track)
+        return ""
+
+    def _run_row(self, track: Track, job: dict, result) -> dict:
+        first = not track.rows and not track.values and track.runs <= 1 + track.disturbed_streak and bool(track.first)
+        description = track.description if track.role != "experiment" or not track.values else \
+            f"confirm: {track.description}"
+        role = track.role if track.role != "experiment" or not track.values else "confirm"
+        row = base_row(self.options, self.agent, role=role, commit=self.lab.short(track.commit),
+                       parent=self.lab.short(track.parent), description=description, seed=job["seed"],
+                       started_at=job.get("started_at") or now_iso(), finished_at=now_iso(), log=job.get("log"),
+                       job=job["id"], worker=job.get("worker"), host=self.pool.host, device=self.pool.device(job["slot"]),
+                       **track.shared)
+        if track.ablates is not None:
+            row["ablates"] = track.ablates
+        row.update(result_fields(result, self.metric))
+        if first:
+            row.update({k: v for k, v in track.first.items() if k not in ("timings", "started_at")})
+            row["timings"].update(track.first.get("timings", {}))
+            row["started_at"] = track.first.get("started_at") or row["started_at"]
+        row["timings"]["run_s"] = round(result.wall_seconds, 3)
+        row["timings"]["total_s"] = round(result.wall_seconds + (row["timings"].get("propose_s") or 0.0), 3)
         return row
 
-    def context(self, index: int, rows: list[dict] | None = None) -> Context:
-        rows = self.rows() if rows is None else rows
-        best = facts.value_to_beat(rows, self.metric)
-        return build_context(self.lab, index, rows, facts.best_row(rows), best.mean if best else None,
-                             self.options.budget, self.options.run_info.get("profile_facts") or {}, self.options.seed)
+    # -- verdicts ---------------------------------------------------------------------------
+    def _judge(self, track: Track) -> None:
+        rows = self.rows()
+        head_code = self.lab.code_id(self.lab.head())
+        against = track.shared.get("parent_code")
+        measuring = any(t.role in ("remeasure", "baseline", "noise") and not t.decision for t in self.state.tracks)
+        if self.options.policy == "noise" and against == head_code and (
+                measuring or plan.best_runs(rows, self.options.segment, self.metric) < 2):
+            track.parked = True  # the value to beat is being measured: judge against it once it is
+            self.state.save(self.lab)
+            return
+        track.parked = False
+        verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
+                               self.metric, against=against)
+        if verdict.decision == "more" and not self._room(rows):
+            verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
+                                   self.metric, against=against, max_runs=len(track.values))
+        if verdict.decision == "more":
+            self.state.save(self.lab)
+            return
+        self._conclude(track, verdict)
 
+    def _judge_parked(self) -> None:
+        for track in [t for t in self.state.tracks if t.parked and t.decision is None]:
+            self._judge(track)
+
+    def _conclude(self, track: Track, verdict, decision: str | None = None) -> None:
+        """Settle a candidate: keep it (the branch moves), discard it, or re-apply it onto a best that
+        moved while it ran."""
+        record = verdict.record() if verdict is not None else None
+        decision = decision or verdict.decision
+        head = self.lab.head()
+        moved = decision == "keep" and track.shared.get("parent_code") != self.lab.code_id(head)
+        if moved:
+            self._rebase(track, head, record)
+            decision = "discard"
+        elif decision == "keep" and head != self.lab.repo.git.rev_parse(track.parent):
+            # only the charter moved: the same code goes on top of it
+            track.commit = self.lab.commit_files({p: self.lab.file_at_commit(track.commit, p)
+                                                  for p in self.lab.config["allowed"]}, head,
+                                                 f"experiment: {track.description}")
+        settle(track.rows, decision, record)
+        self._close(track, decision)
+
+    def _rebase(self, track: Track, head: str, record: dict) -> None:
+        """A result that beat its own parent after the best moved: re-applied onto the new best and
+        confirmed there (a new candidate), or discarded when it does not re-apply."""
+        files = {p: self.lab.file_at_commit(track.commit, p) for p in self.lab.config["allowed"]}
+        merged = reapply(self.lab, track.parent, files, head)
+        if merged is None:
+            for row in track.rows:
+                row["reason"] = "beat its own parent, but the best moved meanwhile and it does not re-apply onto it"
+            return
+        commit = self.lab.commit_files(merged, head, f"experiment (re-applied): {track.description}")
+        self.lab.keep_ref(self.lab.short(commit), commit)
+        again = Track(self.state.new_id(), "experiment", commit, head, track.description, track.seed,
+                      self.options.segment, first={"rationale": track.first.get("rationale", "")},
+                      shared={**track.shared, "code": self.lab.code_id(commit), "parent_code": self.lab.code_id(head),
+                              "rebased": True, "rebased_from": self.lab.short(track.commit),
+                              "diff": self._diff_stats(head, commit)})
+        for row in track.rows:
+            row["reason"] = f"beat its own parent ({self.lab.short(track.parent)}); re-applied onto the new best to be confirmed there"
+        self.state.tracks.append(again)
+
+    def _close(self, track: Track, decision: str) -> None:
+        """Record a finished track's rows (the note first says the verdict, so a kill between two
+        appends is finished on resume as decided) and, for a kept change, move the branch."""
+        track.decision = decision
+        self.state.save(self.lab)
+        crashpoint("after_judge")
+        if decision == "keep":
+            self.lab.reset(track.commit)
+        rows = self.rows()
+        for row in track.rows:
+            self.record(row, rows)
+        self.state.tracks.remove(track)
+        self.state.save(self.lab)
+
+    def _wind_down(self) -> None:
+        """The run is ending: candidates are decided on the runs they have, other tracks dropped."""
+        for track in [t for t in self.state.tracks if t.decision is None and not t.job]:
+            self._out_of_room(track, self.rows())
+
+    def _retire_other_segments(self) -> None:
+        """Tracks left from a session under other conditions: their runs are recorded, not judged."""
+        for track in [t for t in self.state.tracks if t.segment != self.options.segment]:
+            settle(track.rows, "interrupted", None)
+            self._close(track, "interrupted")
+
+    # -- pieces -----------------------------------------------------------------------------
     def _diff_stats(self, old: str, new: str) -> dict:
-        out = self.lab.repo.git.diff("--numstat", old, new)
+        out = self.lab.repo.git.diff("--numstat", old, new, "--", *self.lab.config["allowed"])
         added = removed = files = 0
         for line in out.splitlines():
             a, r, _ = line.split("\t", 2)
@@ -474,8 +660,11 @@ class ResearchLoop:
             removed += int(r) if r.isdigit() else 0
         return {"files": files, "added": added, "removed": removed}
 
-    def _note(self, **data) -> None:
-        inflight.write(self.lab, segment=self.options.segment, **data)
+    def _relative(self, path) -> str:
+        return str(path.relative_to(self.lab.root))
 
-    def _log_rel(self, index: int) -> str:
-        return str(self.lab.log_path(index).relative_to(self.lab.root))
+
+def _cut(text: str, limit: int) -> str:
+    """At most `limit` characters, cut between words."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"

@@ -51,6 +51,11 @@ def build_parser() -> tuple[MagicArgumentParser, _Commands]:
                        help="the command agent's CLI, e.g. \"claude -p\" (recipes: README)")
     start.add_argument("--agent-timeout", type=float, metavar="S",
                        help="seconds the command agent may take per proposal (default 900)")
+    start.add_argument("--workers", type=int, default=1, metavar="N", help="experiments at once (CPU slots)")
+    start.add_argument("--gpus", metavar="LIST", help="one worker per CUDA device, e.g. 0,1,2,3")
+    start.add_argument("--depth", type=int, default=1, metavar="N",
+                       help="proposals drafted ahead while experiments train (0: one after another)")
+    start.add_argument("--ray", metavar="ADDRESS", help="workers as Ray actors: auto or a cluster address")
     start.add_argument("--rebaseline", action="store_true",
                        help="resume under other conditions: measure the best again, start a new segment")
     ablate = commands.add_parser("ablate", help="measure each kept change's own contribution to the best")

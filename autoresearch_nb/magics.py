@@ -156,7 +156,8 @@ class AutoresearchMagics(Magics):
                              tag=args.tag, policy=args.policy, max_cost=args.max_cost,
                              resume=args.resume, base_url=args.base_url,
                              command=args.agent_command, rebaseline=args.rebaseline,
-                             agent_timeout=args.agent_timeout)
+                             agent_timeout=args.agent_timeout, workers=args.workers, depth=args.depth,
+                             gpus=[g.strip() for g in args.gpus.split(",")] if args.gpus else None, ray=args.ray)
         self._launch(Session(options), lab, f"Started a run in {lab.root} ({args.agent} agent).")
 
     def _do_ablate(self, args):

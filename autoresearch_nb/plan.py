@@ -28,10 +28,13 @@ class Measurement:
 
 
 def next_measurement(rows: list[dict], segment: int, policy: str = "noise", noise_runs: int = 2,
-                     every: int = REMEASURE_EVERY, metric: str = "val_bpb") -> Measurement | None:
-    """The measurement due before the next proposal in `segment`, or None."""
+                     every: int = REMEASURE_EVERY, metric: str = "val_bpb", in_flight: int = 0) -> Measurement | None:
+    """The measurement due before the next proposal in `segment`, or None. `in_flight`:
+    measurements of the best already running (several workers can run the repeats at once)."""
     best = facts.best_row(rows)
     runs = facts.code_runs(rows, segment, metric).get(facts.code_of(best), []) if best else []
+    if in_flight and (not runs or len(runs) + in_flight >= 1 + noise_runs or policy != "noise"):
+        return None
     if not runs:
         if best is None:
             return Measurement("baseline", "baseline")
@@ -41,8 +44,10 @@ def next_measurement(rows: list[dict], segment: int, policy: str = "noise", nois
         return None
     in_segment = [r for r in rows if facts.segment_of(r) == segment]
     experiments = [r for r in in_segment if r.get("role") in CANDIDATE_ROLES and r.get("status") in facts.RAN_STATUSES]
-    if not experiments and len(runs) < 1 + noise_runs:
-        return Measurement("noise", f"baseline repeat {len(runs)} of {noise_runs} (noise estimate)")
+    if not experiments and len(runs) + in_flight < 1 + noise_runs:
+        return Measurement("noise", f"baseline repeat {len(runs) + in_flight} of {noise_runs} (noise estimate)")
+    if in_flight:
+        return None
     if len(runs) < 2:
         return Measurement("remeasure", f"re-measure the best (#{best.get('index')}): one run is not a value")
     code = facts.code_of(best)
@@ -55,8 +60,31 @@ def next_measurement(rows: list[dict], segment: int, policy: str = "noise", nois
     return None
 
 
+def barrier(rows: list[dict], segment: int, policy: str = "noise", noise_runs: int = 2,
+            metric: str = "val_bpb") -> bool:
+    """True while no candidate may run: the segment's baseline (and, for the noise policy, its
+    repeats) are not all in the ledger yet."""
+    best = facts.best_row(rows)
+    runs = facts.code_runs(rows, segment, metric).get(facts.code_of(best), []) if best else []
+    if not runs:
+        return True
+    experiments = any(r.get("role") in CANDIDATE_ROLES and facts.segment_of(r) == segment
+                      and r.get("status") in facts.RAN_STATUSES for r in rows)
+    return policy == "noise" and not experiments and len(runs) < 1 + noise_runs
+
+
+def best_runs(rows: list[dict], segment: int, metric: str = "val_bpb") -> int:
+    best = facts.best_row(rows)
+    return len(facts.code_runs(rows, segment, metric).get(facts.code_of(best), [])) if best else 0
+
+
 def verdict(rows: list[dict], segment: int, candidate: list[float], policy: str = "noise",
-            direction: str = "lower", metric: str = "val_bpb") -> Verdict:
-    """Judge a candidate's clean runs so far (not yet in the ledger) against the best's runs."""
-    best = facts.code_runs(rows, segment, metric).get(facts.code_of(facts.best_row(rows)), [])
-    return decide(candidate, best, facts.noise(rows, segment, metric, pending=candidate), policy, direction)
+            direction: str = "lower", metric: str = "val_bpb", against: str | None = None,
+            max_runs: int | None = None) -> Verdict:
+    """Judge a candidate's clean runs so far (not yet in the ledger) against the runs of the code
+    `against` (the best's by default: a result whose parent is no longer the best is judged
+    against its own parent)."""
+    code = against or facts.code_of(facts.best_row(rows))
+    values = facts.code_runs(rows, segment, metric).get(code, [])
+    return decide(candidate, values, facts.noise(rows, segment, metric, pending=candidate), policy, direction,
+                  max_runs=max_runs)

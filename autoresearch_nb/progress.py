@@ -43,7 +43,9 @@ class TerminalProgress:
     def __init__(self, stream=sys.stdout):
         self.stream = stream
         self.bar: tqdm | None = None
+        self.bar_job = None
         self.best: float | None = None
+        self.lines_only = False   # several workers: a line each, no bar
 
     def handle(self, event: Event) -> None:
         data = event.data
@@ -53,16 +55,22 @@ class TerminalProgress:
                         f"({data.get('device')}), budget {data.get('budget'):g}s, policy {data.get('policy')}")
             if data.get("sandbox"):
                 self._print(f"sandbox: {data['sandbox']}")
+            workers = data.get("workers") or 1
+            self.lines_only = workers > 1
+            if workers > 1:
+                self._print(f"{workers} workers: a line per run")
             self._print(f"{'exp':>4}  {'status':<7}  {'val_bpb':<8}  {'vs best':>10}  description")
         elif event.kind == "experiment_started":
             self._close_bar()
-            if not getattr(self.stream, "isatty", lambda: False)():
-                self._print(f"{data.get('index'):>4}  running  {str(data.get('description', ''))[:70]}")
+            worker = str(data.get("worker") or "").split(" ")[0]
+            if self.lines_only or not getattr(self.stream, "isatty", lambda: False)():
+                self._print(f"{'·':>4}  running  {worker:<3} {str(data.get('description', ''))[:70]}")
                 return
-            label = f"{data.get('index'):>4} {str(data.get('description', ''))[:40]}"
+            label = f"{'·':>4} {worker} {str(data.get('description', ''))[:40]}"
+            self.bar_job = data.get("job")
             self.bar = tqdm(total=100, desc=label, unit="%", leave=False, file=self.stream,
                             bar_format="{desc} |{bar}| {n:.0f}% {postfix}", dynamic_ncols=True)
-        elif event.kind == "step" and self.bar is not None:
+        elif event.kind == "step" and self.bar is not None and data.get("job") == self.bar_job:
             self.bar.n = min(100.0, 100.0 * float(data.get("progress", 0.0)))
             if "loss" in data:
                 self.bar.set_postfix_str(f"loss {data['loss']:.3f}", refresh=False)

@@ -11,7 +11,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from . import ablation, conditions, facts
+from . import conditions, facts
 from .agents import AGENTS, make_agent
 from .errors import LabError
 from .events import Event, EventBus
@@ -44,6 +44,10 @@ class RunOptions:
     agent_timeout: float | None = None
     rebaseline: bool = False     # other conditions than the rows continued: measure the best again
     ablate: int | None = None    # instead of research: ablate the best, this many runs per change
+    workers: int = 1             # experiments at once: local slots (CPU) or one per GPU in `gpus`
+    gpus: list | None = None     # CUDA devices, one worker each, e.g. ["0", "1"]
+    depth: int = 1               # drafts the agent keeps ready ahead of the workers (0: no pipelining)
+    ray: str | None = None       # run the workers as Ray actors: "auto" or a cluster address
 
 
 def default_tag() -> str:
@@ -60,6 +64,12 @@ def check_options(options: RunOptions) -> None:
         raise LabError(f"unknown --policy {options.policy!r}: choose noise (the default) or greedy")
     if options.max_cost is not None and options.max_cost <= 0:
         raise LabError(f"--max-cost must be a positive number of dollars (got {options.max_cost:g})")
+    if options.workers < 1:
+        raise LabError(f"--workers must be at least 1 (got {options.workers})")
+    if options.depth < 0:
+        raise LabError(f"--depth must be 0 (no pipelining) or more (got {options.depth})")
+    if options.gpus is not None and (not options.gpus or any(not str(g).strip().isdigit() for g in options.gpus)):
+        raise LabError(f"--gpus takes CUDA device numbers, e.g. --gpus 0,1,2,3 (got {','.join(map(str, options.gpus))})")
     if options.ablate is not None and options.ablate < 1:
         raise LabError(f"--repeats must be at least 1 (got {options.ablate})")
     if options.noise_runs < 1:
@@ -98,7 +108,7 @@ class Session:
         self._lock = threading.Lock()
         self._rows = self.lab.rows()
         self._header: dict = {}
-        self._current: dict | None = None
+        self._lanes: dict[str, dict] = {}   # what each worker is running, by worker name
         self._state, self._message = "idle", ""
         self._thread: threading.Thread | None = None
         # Set when the loop thread has really finished. Thread.join/is_alive are not trusted:
@@ -177,9 +187,11 @@ class Session:
         with self._lock:
             rows = copy.deepcopy(self._rows)
             header = dict(self._header)
-            current = copy.deepcopy(self._current)
+            lanes = copy.deepcopy(self._lanes)
             state, message = self._state, self._message
-        return {"header": header, "rows": rows, "current": current, "state": state, "message": message}
+        current = max(lanes.values(), key=lambda lane: lane.get("started_at", 0), default=None)
+        return {"header": header, "rows": rows, "current": current, "lanes": lanes, "state": state,
+                "message": message}
 
     # -- set-up (main thread, before the loop thread exists) -----------------------------
     def _previous_run(self) -> dict:
@@ -194,8 +206,11 @@ class Session:
                                                          max_experiments=self.options.max_experiments,
                                                          policy=self.options.policy, noise_runs=self.options.noise_runs,
                                                          max_cost=self.options.max_cost, seed=self.options.seed,
-                                                         audit=self.audit),
-                            self.bus)
+                                                         audit=self.audit, depth=self.options.depth,
+                                                         workers=len(self.options.gpus or []) or self.options.workers,
+                                                         gpus=[str(g).strip() for g in self.options.gpus]
+                                                         if self.options.gpus else None),
+                            self.bus, pool=self._ray_pool())
         if self.options.resume and lab.inflight_path.exists():
             if lab.branch() != branch and branch in lab.repo.heads:
                 lab.repo.git.checkout("-f", branch)
@@ -226,6 +241,7 @@ class Session:
                     "budget": loop.options.budget, "policy": self.options.policy,
                     "max_experiments": self.options.max_experiments, "max_cost": self.options.max_cost,
                     "noise_runs": self.options.noise_runs, "conditions": loop.options.conditions,
+                    "workers": loop.options.workers, "depth": self.options.depth,
                     "segment": segment, "segment_reason": reason,
                     "sandbox": str(sandbox.probe()),
                     "started_at": self._previous_run().get("started_at") if self.options.resume else None}
@@ -233,10 +249,7 @@ class Session:
             info["resumed_at"] = now_iso() if self.options.resume else None
             atomic_write(self.lab.run_info_path, json.dumps(info, indent=2))
             self.bus.emit("run_started", **info)
-            if self.options.ablate:
-                loop.finish_reason = ablation.run(loop, self.options.ablate)
-            else:
-                loop.run()
+            loop.run(ablate=self.options.ablate)
             self._set_state("finished", loop.finish_reason)
         except LabError as error:
             self.error = str(error)
@@ -272,6 +285,14 @@ class Session:
         loop.options.segment, loop.options.conditions, loop.options.segment_reason = segment, now, reason
         return segment, reason
 
+    def _ray_pool(self):
+        """Ray actors as the workers when --ray is given (the extra autoresearch-nb[ray])."""
+        if not self.options.ray:
+            return None
+        from .ray_workers import RayPool
+
+        return RayPool.connect(self.options.ray, self.options.workers, self.bus)
+
     def _setup_data(self) -> dict:
         """Resolve the profile and prepare data in subprocesses, so the kernel imports no torch."""
         self._set_state("preparing", "preparing data and tokenizer (cached after the first time)")
@@ -304,17 +325,24 @@ class Session:
             if event.kind == "run_started":
                 self._header = dict(event.data)
             elif event.kind == "experiment_started":
-                self._current = {**event.data, "progress": 0.0, "losses": [], "started_at": event.time}
-            elif event.kind == "step" and self._current is not None:
-                self._current["progress"] = float(event.data.get("progress", 0.0))
+                self._lanes[str(event.data.get("worker"))] = {**event.data, "progress": 0.0, "losses": [],
+                                                              "started_at": event.time}
+            elif event.kind == "step":
+                lane = self._lanes.get(str(event.data.get("worker")))
+                if lane is None or lane.get("job") != event.data.get("job"):
+                    return
+                lane["progress"] = float(event.data.get("progress", 0.0))
                 if "loss" in event.data:
-                    losses = self._current["losses"]
+                    losses = lane["losses"]
                     losses.append((event.data.get("step", len(losses)), event.data["loss"]))
                     if len(losses) > LOSS_POINTS:
                         del losses[::2]
             elif event.kind == "experiment_finished":
-                self._rows.append(event.data["row"])
-                self._current = None
+                row = event.data["row"]
+                self._rows.append(row)
+                for name, lane in list(self._lanes.items()):
+                    if row.get("job") is not None and lane.get("job") == row.get("job"):
+                        del self._lanes[name]
             elif event.kind == "state":
                 self._state, self._message = event.data["state"], event.data.get("message", "")
             elif event.kind == "message":

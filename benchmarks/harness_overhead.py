@@ -60,7 +60,7 @@ def boundary_cost(profile: str, experiments: int, budget: float | None) -> None:
                                  "AUTORESEARCH_PROFILE": profile, "AUTORESEARCH_DATA_KEY": facts["data_key"]})
         result = Runner(lab.config["command"], lab.root, env, lab.log_path(index), budget,
                         timeout_for(budget, profile, None, facts["clock"]),
-                        **boundary.for_lab(lab, index, facts, budget)).run()
+                        **boundary.for_lab(lab, lab.state_dir / "runs" / f"{index:04d}", facts, budget)).run()
         if not result.ok:
             raise SystemExit(f"run {index} failed: {result.kind}: {result.reason}")
         t = result.timings

@@ -29,7 +29,7 @@ def researched(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=train()[TRAIN])
     agent = ScriptedAgent([(train(x=1), "X on"), (train(x=1, a=1), "A to 1"), (train(x=1, y=1, a=1), "Y on"),
                            (train(x=1, y=1, a=2), "A to 2"), (train(x=1, y=1, a=2, b=1), "B on")])
-    ResearchLoop(lab, agent, LoopOptions(budget=1.0, policy="noise", profile="tiny")).run()
+    ResearchLoop(lab, agent, LoopOptions(budget=1.0, policy="noise", profile="tiny", depth=0)).run()
     rows = assert_consistent(lab)
     assert [r["description"] for r in rows if r["status"] == "keep" and r["role"] == "experiment"] == \
         ["X on", "A to 1", "Y on", "A to 2", "B on"]

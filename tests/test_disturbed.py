@@ -73,7 +73,7 @@ def working_lab(tmp_path, baseline: str = "SCORE = 1.0\n"):
 
 
 def run(lab, agent, neighbour: Neighbour) -> list[dict]:
-    loop = ResearchLoop(lab, agent, LoopOptions(budget=5.0, policy="greedy", profile="tiny"))
+    loop = ResearchLoop(lab, agent, LoopOptions(budget=5.0, policy="greedy", profile="tiny", depth=0))
     loop.bus.subscribe(neighbour.on_event)
     try:
         loop.run()

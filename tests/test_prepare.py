@@ -479,7 +479,7 @@ def test_a_model_that_cannot_be_exported_is_an_export_crash_with_the_exporters_m
                                       capture_output=True, text=True).stdout.splitlines()[-1])
     env = clean_environment({"AUTORESEARCH_BUDGET": 1, "AUTORESEARCH_PROFILE": "tiny", "AUTORESEARCH_SEED": 42})
     result = Runner(["{python}", "nanochat/train.py"], tiny_lab, env, tiny_lab / "run.log", 1.0, 120.0,
-                    **boundary.for_lab(Lab.open(tiny_lab), 0, facts, 1.0)).run()
+                    **boundary.for_lab(Lab.open(tiny_lab), Lab.open(tiny_lab).state_dir / "runs" / "0000", facts, 1.0)).run()
     assert not result.ok and result.kind == "export", (result.kind, result.reason)
     assert "data-dependent" in result.reason and "torch.export" in result.reason
     assert "the exporter said:" in (tiny_lab / "run.log").read_text()

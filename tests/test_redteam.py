@@ -167,7 +167,7 @@ def experiment(lab_and_facts, source: str, wrap=None) -> RunResult:
                              "AUTORESEARCH_DATA_KEY": facts["data_key"]})
     runner = Runner(["{python}", "nanochat/train.py"], lab, env, lab / "run.log", BUDGET,
                     timeout_for(BUDGET, "tiny", None, facts["clock"]), wrap=wrap,
-                    **boundary.for_lab(Lab.open(lab), 0, facts, BUDGET))
+                    **boundary.for_lab(Lab.open(lab), Lab.open(lab).state_dir / "runs" / "0000", facts, BUDGET))
     return runner.run()
 
 

@@ -1,9 +1,9 @@
-"""Resume after kill -9 at every point of an experiment, and after Ctrl-C: no row lost or repeated,
-the interrupted experiment recorded, the tree clean at the best commit, no orphaned training run.
+"""Resume after kill -9 at every point of an experiment, and after Ctrl-C: no row lost or repeated, each
+run that was under way re-queued exactly once, no orphaned training run, no worktree left behind.
 
-The CLI is killed for real (AUTORESEARCH_CRASHPOINT makes the loop SIGKILL itself at a named point).
-The lab is the scored target of test_loop.py with a train.py the heuristic agent can edit, so each
-run is a fraction of a second and the tests spend their time on the kills and resumes.
+The CLI is killed for real (AUTORESEARCH_CRASHPOINT makes the coordinator SIGKILL itself at a named
+point). The lab is the scored target of test_loop.py with a train.py the heuristic agent can edit,
+so each run is a fraction of a second and the tests spend their time on the kills and resumes.
 """
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import re
 import signal
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 
 from autoresearch_nb.lab import Lab
+from autoresearch_nb.worktrees import Worktrees
 from conftest import cli
 from test_loop import assert_consistent, scored_lab
 from test_runner import gone, wait_gone
@@ -39,10 +41,9 @@ SCORE = 1.0 + abs(MATRIX_LR - 0.04) + abs(EMBED_LR - 0.6) / 10 + abs(WARMDOWN_FR
 '''
 
 
-def run(lab: Lab, *args: str, crash: str | None = None, sleep: float = 0,
-        unconfined: bool = False) -> subprocess.CompletedProcess:
+def run(lab: Lab, *args: str, crash: str | None = None, sleep: float = 0, unconfined: bool = False):
     env = {"AUTORESEARCH_CRASHPOINT": crash or "", "TEST_SLEEP": str(sleep)}
-    if unconfined:  # no sandbox: an experiment then outlives a killed loop (bwrap's would die with it)
+    if unconfined:  # the sandbox ends an experiment with its killed coordinator; here it must outlive it
         env["AUTORESEARCH_SANDBOX"] = "none"
     return cli("run", "--lab", str(lab.root), *args, env=env, timeout=300)
 
@@ -51,81 +52,113 @@ def killed(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == -signal.SIGKILL, (done.returncode, done.stdout, done.stderr)
 
 
-def indices(lab: Lab) -> list[int]:
+def each_run_once(lab: Lab, finished: bool = True) -> list[dict]:
+    """The ledger: contiguous, every job recorded at most once; once a run has ended, no worktree left."""
     rows = lab.rows()
-    found = [r["index"] for r in rows]
-    assert found == list(range(len(rows))), found  # contiguous and unique, after every kill
-    return found
+    assert [r["index"] for r in rows] == list(range(len(rows)))
+    jobs = Counter(r["job"] for r in rows if r.get("job") is not None)
+    assert all(count == 1 for count in jobs.values()), jobs
+    if finished:
+        assert Worktrees(lab).leftovers() == []
+    return rows
 
 
 def test_kill_9_at_every_point_then_resume(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
-    start = ("--policy", "greedy", "--budget", "1", "--max-experiments", "11", "--tag", "night")
-    # baseline (0) runs; the proposal of 1 is killed before anything touches the tree
-    killed(run(lab, *start, crash="after_propose:1", unconfined=True))
-    assert indices(lab) == [0] and lab.inflight_path.exists()
-    steps = [("after_write", 2), ("after_commit", 3), ("during_experiment", 4), ("after_judge", 5),
-             ("after_append", 6)]
+    start = ("--policy", "greedy", "--budget", "1", "--max-experiments", "8", "--tag", "night", "--depth", "1")
+    killed(run(lab, *start, crash="after_propose"))           # a draft made, not yet committed
+    assert json.loads(lab.inflight_path.read_text())["drafts"]
     orphan = None
-    for point, index in steps:
-        done = run(lab, "--resume", crash=f"{point}:{index}", sleep=120 if point == "during_experiment" else 0,
-                   unconfined=True)
+    for point in ("after_commit", "during_experiment", "after_judge", "after_append:2"):
+        before = len(lab.rows())
+        done = run(lab, "--resume", crash=point, sleep=120 if point == "during_experiment" else 0,
+                   unconfined=point == "during_experiment")
         killed(done)
-        rows = lab.rows()
-        assert indices(lab)[-1] == (index if point == "after_append" else index - 1), (point, rows)
-        assert rows[index - 1]["status"] == "interrupted", (point, rows[index - 1])
+        rows = each_run_once(lab, finished=False)
+        assert not any(r["status"] == "interrupted" for r in rows), "a killed run is re-queued, not given up"
+        assert len(rows) >= before
         if orphan is not None:
             assert wait_gone(orphan), "resume left the orphaned experiment running"
             orphan = None
         if point == "during_experiment":
-            orphan = json.loads(lab.inflight_path.read_text())["pid"]
-            assert not gone(orphan), "the experiment should outlive the killed loop (until resume ends it)"
-    done = run(lab, "--resume", unconfined=True)
+            tracks = json.loads(lab.inflight_path.read_text())["tracks"]
+            orphan = next(t["job"]["pid"] for t in tracks if t.get("job") and t["job"].get("pid"))
+            assert not gone(orphan), "the experiment should outlive the killed coordinator (until resume ends it)"
+    done = run(lab, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
-    assert len(rows) >= 11 and "reached --max-experiments 11" in done.stdout
-    interrupted = [r["index"] for r in rows if r["status"] == "interrupted"]
-    assert interrupted == [1, 2, 3, 4, 5]
-    assert rows[6]["status"] in ("keep", "discard")  # appended before the kill: kept as it was, once
+    each_run_once(lab)
+    assert "reached --max-experiments 8" in done.stdout
+    assert sum(1 for r in rows if r["status"] in ("keep", "discard", "crash")) == 8
     assert [r["role"] for r in rows].count("baseline") == 1
     assert lab.branch() == "autoresearch/night"
-    # the run's settings survived the kills
     assert '"policy": "greedy"' in lab.run_info_path.read_text()
+
+
+def test_a_killed_run_is_re_queued_exactly_once(tmp_path):
+    lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
+    killed(run(lab, "--policy", "greedy", "--budget", "1", "--max-experiments", "3", "--tag", "q",
+               crash="during_experiment", sleep=2))
+    running = [t for t in json.loads(lab.inflight_path.read_text())["tracks"] if t.get("job")]
+    assert len(running) == 1
+    commit = running[0]["commit"]
+    done = run(lab, "--resume")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = assert_consistent(lab)
+    each_run_once(lab)
+    ran = [r for r in rows if r.get("commit") and commit.startswith(r["commit"])]
+    assert len(ran) == 1 and ran[0]["status"] in ("keep", "discard"), rows
 
 
 def test_kill_9_during_the_noise_estimate_then_resume(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
     killed(run(lab, "--budget", "1", "--noise-runs", "2", "--max-experiments", "4", "--tag", "n",
-               crash="during_noise:1"))
-    assert indices(lab) == [0]
+               crash="during_noise"))
+    assert [r["role"] for r in lab.rows()] == ["baseline"]
     done = run(lab, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
-    assert [(r["role"], r["status"]) for r in rows[:4]] == [("baseline", "keep"), ("noise", "interrupted"),
-                                                            ("noise", "discard"), ("noise", "discard")]
+    assert [(r["role"], r["status"]) for r in rows[:3]] == [("baseline", "keep"), ("noise", "discard"),
+                                                            ("noise", "discard")]
 
 
 def test_kill_9_during_the_baseline_then_resume(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
     killed(run(lab, "--policy", "greedy", "--budget", "1", "--max-experiments", "2", "--tag", "b",
-               crash="during_baseline:0"))
-    assert indices(lab) == []
+               crash="during_baseline"))
+    assert lab.rows() == []
     done = run(lab, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
-    assert [(r["role"], r["status"]) for r in rows[:2]] == [("baseline", "interrupted"), ("baseline", "keep")]
+    assert [(r["role"], r["status"]) for r in rows[:1]] == [("baseline", "keep")]
+
+
+def test_kill_9_with_two_workers_re_queues_both_runs_and_leaves_no_worktree(tmp_path):
+    lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
+    killed(run(lab, "--policy", "greedy", "--budget", "1", "--max-experiments", "6", "--tag", "w",
+               "--workers", "2", crash="during_experiment:2", sleep=3))
+    running = [t for t in json.loads(lab.inflight_path.read_text())["tracks"] if t.get("job")]
+    assert len(running) == 2 and len({t["job"]["worker"] for t in running}) == 2
+    assert len(Worktrees(lab).leftovers()) == 2   # left by the kill; the resume removes them
+    done = run(lab, "--resume", "--workers", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = assert_consistent(lab)
+    each_run_once(lab)
+    for track in running:
+        assert sum(1 for r in rows if r.get("commit") and track["commit"].startswith(r["commit"])) >= 1
+    assert {r["worker"] for r in rows if r.get("worker")} == {"w0", "w1"}
 
 
 def test_ctrl_c_stops_cleanly_and_resume_continues(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
     env = {**os.environ, "TEST_SLEEP": "120", "AUTORESEARCH_CRASHPOINT": ""}
     process = subprocess.Popen([sys.executable, "-m", "autoresearch_nb", "run", "--lab", str(lab.root), "--policy",
-                                "greedy", "--budget", "1", "--max-experiments", "4", "--tag", "c"],
+                                "greedy", "--budget", "1", "--max-experiments", "4", "--tag", "c", "--depth", "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = []
     for line in process.stdout:
         seen.append(line)
-        if re.match(r"^\s+1\s+running", line):
+        if re.match(r"^\s+·\s+running\s+w0\s+(?!baseline)\S", line):
             break
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)

@@ -278,7 +278,7 @@ def test_a_tampered_clock_is_refused(tiny_lab, name):
     train.write_text(train.read_text().replace(old, new))
     env = clean_environment({"AUTORESEARCH_BUDGET": 1, "AUTORESEARCH_PROFILE": "tiny", "AUTORESEARCH_SEED": 42})
     runner = Runner(["{python}", "nanochat/train.py"], tiny_lab, env, tiny_lab / "run.log", 1.0, 120.0,
-                    **boundary.for_lab(Lab.open(tiny_lab), 0, facts, 1.0))
+                    **boundary.for_lab(Lab.open(tiny_lab), Lab.open(tiny_lab).state_dir / "runs" / "0000", facts, 1.0))
     result = runner.run()
     assert not result.ok and "val_bpb" not in result.summary, result.tail
     assert "clock" in result.reason, result.reason

@@ -41,6 +41,7 @@ class Context:
     lab_dir: str = ""                 # the lab's root (read only: agents edit copies)
     seed: int = 0
     baseline_files: dict[str, str] = field(default_factory=dict)  # allowed files at experiment 0
+    in_flight: list[str] = field(default_factory=list)  # experiments running (or drafted) right now
 
 
 @dataclass

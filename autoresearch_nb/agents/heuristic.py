@@ -229,6 +229,7 @@ class HeuristicAgent(Agent):
     def __init__(self, seed: int = 0, max_cost_factor: float = 3.0, **_ignored):
         self.seed = seed
         self.max_cost_factor = max_cost_factor
+        self.issued: set[str] = set()   # proposed this session: some may be running, not yet in the history
 
     def candidates(self, context: Context) -> list[Move]:
         source = context.files[TRAIN_FILE]
@@ -257,6 +258,7 @@ class HeuristicAgent(Agent):
         tried = {r.get("fingerprint") for r in context.history if r.get("fingerprint")
                  and r.get("status") != "interrupted" and r.get("kind") != "interrupted"}
         tried.add(fingerprint(source))
+        tried |= self.issued
         baseline_values = self._baseline_values(context)
         for move in self.candidates(context):
             new_source = apply_move(source, move)
@@ -269,6 +271,7 @@ class HeuristicAgent(Agent):
                 continue  # beyond what this hardware can train usefully in the budget
             if values.get("DEVICE_BATCH", 0) > 2 * context.profile.get("device_batch", 10**9):
                 continue
+            self.issued.add(fingerprint(new_source))
             return Proposal({TRAIN_FILE: new_source}, move.description, move.rationale,
                             meta={"move": move.key})
         raise ProposalError("the heuristic agent has tried every change in its catalogue from this point")
@@ -280,7 +283,7 @@ class HeuristicAgent(Agent):
     def reflect(self, context: Context, row: dict) -> str:
         status, description = row.get("status"), row.get("description", "")
         if status == "keep":
-            return f"- kept: {description} (gain {row.get('judge', {}).get('delta', 0):+.4f})"
+            return f"- kept: {description} (gain {(row.get('judge') or {}).get('gain') or 0:+.4f})"
         if status == "discard":
             return f"- no gain: {description}"
         if status in ("crash", "interrupted"):

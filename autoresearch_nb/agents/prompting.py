@@ -96,6 +96,10 @@ def situation_block(context: Context, task: str = "") -> str:
         notes = "\n".join(f"- {note}" for note in context.steering)
         sections.append("# Notes from the person steering this run (newest last; follow them)\n\n"
                         + notes)
+    if context.in_flight:
+        running = "\n".join(f"- {what}" for what in context.in_flight)
+        sections.append("# Experiments running now (their results are not in yet; propose something else)\n\n"
+                        + running)
     task = task or "make one focused change with the editor, then call submit_experiment."
     sections.append(f"# Your task\n\nPropose experiment #{context.index}: {task}")
     return "\n\n".join(sections)

@@ -1,0 +1,125 @@
+"""Where experiments run: worker slots on this machine, one per GPU (or N on a CPU), each in a worktree.
+
+A worker only runs jobs; it never writes the branch, the ledger or results.tsv. The coordinator
+(loop.py) checks the slot's worktree out at the job's commit, hands the job over, and gets the
+result back on its event queue as ("result", job id, RunResult). `experiment_runner` is the one
+place a Runner is put together (environment, sandbox, boundary, timeouts) for every kind of worker.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from typing import Callable
+
+from . import boundary, sandbox
+from .runner import RunResult, Runner, clean_environment
+from .worktrees import Worktrees
+
+
+def timeout_for(budget: float, profile: str, allowance: float | None = None, clock: str = "wall") -> float:
+    """Hard limit of one run: the budget (three times over on the cpu clock, which a starved process
+    spends slowly) plus start-up (imports, data, compile) and evaluation."""
+    return budget * (3.0 if clock == "cpu" else 1.25) + boundary.startup_allowance(profile, allowance)
+
+
+def experiment_runner(lab, tree: Path, job_id: int, seed: int, budget: float, profile: str, facts: dict,
+                      on_step: Callable[[dict], None] | None = None,
+                      on_start: Callable[[int], None] | None = None, gpu: str | None = None) -> Runner:
+    """A Runner for one job of `lab`: its code checked out in `tree`, its log and run directory its own."""
+    config = lab.config
+    env = clean_environment({
+        "AUTORESEARCH_BUDGET": budget, "AUTORESEARCH_SEED": seed, "AUTORESEARCH_PROFILE": profile,
+        "AUTORESEARCH_DATA": config.get("data", "builtin"),
+        "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None,
+        "AUTORESEARCH_DATA_KEY": facts.get("data_key"),
+        "CUDA_VISIBLE_DEVICES": gpu,
+    })
+    run_dir = lab.state_dir / "runs" / f"run-{job_id:05d}"
+    readable = facts.get("train_paths") or sandbox.lab_reads(config, env, tree)
+    return Runner(config["command"], tree, env, log_path(lab, job_id), budget,
+                  timeout_for(budget, profile, config.get("startup_allowance"), facts.get("clock", "wall")),
+                  on_step=on_step, on_start=on_start,
+                  wrap=lambda command: sandbox.wrap(command, root=tree, run_dir=run_dir, env=env, readable=readable),
+                  sandbox=sandbox.probe(), **boundary.for_lab(lab, run_dir, facts, budget, tree))
+
+
+def log_path(lab, job_id: int) -> Path:
+    return lab.state_dir / "logs" / f"run-{job_id:05d}.log"
+
+
+class LocalPool:
+    """Slots on this machine: `gpus` names one CUDA device per slot; None entries are CPU slots."""
+
+    kind = "local"
+
+    def __init__(self, gpus: list[str | None]):
+        self.gpus = list(gpus)
+        self.host = socket.gethostname()
+        self.events = self.lab = self.options = self.worktrees = None
+        self._runners: dict[int, Runner] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def attach(self, events, lab, options) -> None:
+        """The coordinator's queue for results, its lab and its options (the run's settled budget)."""
+        self.events, self.lab, self.options = events, lab, options
+        self.worktrees = Worktrees(lab)
+
+    @property
+    def size(self) -> int:
+        return len(self.gpus)
+
+    def name(self, slot: int) -> str:
+        gpu = self.gpus[slot]
+        return f"w{slot}" + (f" (GPU {gpu})" if gpu is not None else "")
+
+    def device(self, slot: int) -> str:
+        return self.options.conditions.get("device_name") or self.options.profile
+
+    def log_path(self, job_id: int) -> Path:
+        return log_path(self.lab, job_id)
+
+    def prepare(self, slot: int, commit: str) -> Path:
+        """The slot's worktree at the job's commit (on the coordinator's thread: the one git writer)."""
+        return self.worktrees.checkout(slot, commit)
+
+    def forget(self) -> None:
+        """No worktree is left behind when the run ends."""
+        self.worktrees.remove_all()
+
+    def busy(self) -> set[int]:
+        with self._lock:
+            return set(self._runners)
+
+    def run(self, slot: int, job, tree: Path, on_step, on_start) -> None:
+        """Start `job` in `slot`'s worktree `tree`; the result arrives on the event queue."""
+        facts = self.options.run_info.get("profile_facts") or {}
+        runner = experiment_runner(self.lab, tree, job.id, job.seed, self.options.budget, self.options.profile,
+                                   facts, on_step, on_start, self.gpus[slot])
+        with self._lock:
+            self._runners[slot] = runner
+
+        def work():
+            try:
+                result = runner.run()
+            except Exception as error:  # the harness's own failure is recorded as the run's
+                result = RunResult(False, "exception", f"the harness failed to run it: {type(error).__name__}: {error}")
+            with self._lock:
+                self._runners.pop(slot, None)
+            self.events.put(("result", job.id, result))
+
+        thread = threading.Thread(target=work, name=f"autoresearch-worker-{slot}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def stop_all(self) -> None:
+        with self._lock:
+            runners = list(self._runners.values())
+        for runner in runners:
+            runner.stop()
+
+    def close(self, wait: float = 30.0) -> None:
+        self.stop_all()
+        for thread in self._threads:
+            thread.join(timeout=wait)
