@@ -12,6 +12,7 @@ import pytest
 
 from autoresearch_nb.lab import Lab
 from autoresearch_nb.ledger import RESULTS_HEADER, read_results_tsv
+from autoresearch_nb.progress import STATUS_MARK
 from conftest import cli
 
 
@@ -164,7 +165,7 @@ def test_the_ledger_and_results_tsv_agree(real_run):
     for row, line in zip(ran, results):
         if row["status"] in ("keep", "discard"):
             assert line["val_bpb"] == pytest.approx(row["val_bpb"], abs=1e-6)
-            assert lab.log_path(row["index"]).exists() and "val_bpb:" in lab.log_tail(row["index"])
+            assert (lab.root / row["log"]).exists() and "val_bpb:" in lab.log_tail(row["index"])
         assert row["agent"] == "heuristic" and row["timings"]["run_s"] > 0
 
 
@@ -182,7 +183,7 @@ def test_the_branch_holds_exactly_the_kept_changes(real_run):
             # not on the branch, but kept reachable for show/diff
             assert row["commit"] not in log
             assert lab.file_at(row["index"]) != lab.file_at_commit(row["parent"], "nanochat/train.py")
-            assert git(lab.root, "rev-parse", "--short=7", f"refs/experiments/{row['index']:04d}") == row["commit"]
+            assert git(lab.root, "rev-parse", "--short=7", f"refs/experiments/{row['commit']}") == row["commit"]
     # each experiment's diff is the one change it describes
     for row in rows:
         if row["role"] == "experiment" and row.get("commit"):
@@ -198,7 +199,8 @@ def test_terminal_progress_shows_each_experiment(real_run):
     assert "run t1 on autoresearch/t1" in out and "heuristic baseline" in out
     rows = Lab.open(lab_dir).rows()
     for row in rows:
-        assert any(line.split()[:2] == [str(row["index"]), row["status"]] for line in out.splitlines()), row
+        mark = STATUS_MARK[row["status"]].strip()
+        assert any(line.split()[:2] == [str(row["index"]), mark] for line in out.splitlines()), row
     assert out.strip().splitlines()[-1].startswith("done: 4 runs")
 
 
@@ -235,9 +237,9 @@ def test_each_run_is_evaluated_in_a_second_process_from_what_it_handed_over(real
     ran = [r for r in lab.rows() if r["status"] in ("keep", "discard")]
     assert ran
     for row in ran:
-        log = lab.log_path(row["index"]).read_text()
+        log = (lab.root / row["log"]).read_text()
         assert "training clock started" in log and "handover: model exported" in log
         assert "evaluating in a separate process" in log and "--evaluate" in log
         assert f"val_bpb:          {row['val_bpb']:.6f}" in log.split("the run's summary")[1]
-        handed = lab.state_dir / "runs" / f"{row['index']:04d}"
+        handed = lab.state_dir / "runs" / f"run-{row['job']:05d}"
         assert (handed / "handover.json").exists() and not (handed / "model.pt2").exists()

@@ -96,5 +96,5 @@ def test_the_loop_describes_a_proposal_that_came_without_a_description(tmp_path)
         "SCORE 1.0 -> 0.9", "SCORE 0.9 -> 0.8", "my own words"]
     assert "SCORE 1.0 -> 0.9" in lab.results_path.read_text()
     assert git(lab.root, "log", "-1", "--format=%s", rows[2]["commit"]) == \
-        "experiment 2: SCORE 0.9 -> 0.8"
+        "experiment: SCORE 0.9 -> 0.8"
     assert "## 2: keep (0.800000) SCORE 0.9 -> 0.8" in lab.journal_path.read_text()

@@ -36,24 +36,32 @@ print("---")
 print(f"val_bpb:          {namespace.get('SCORE', 1.0):.6f}")
 print("training_seconds: 3.0")
 '''
-SPINNERS = 8
+SPINNERS = 4
 
 
 class Neighbour:
-    """Busy processes started and stopped on given step lines of given runs: other work on the machine."""
+    """Busy processes started and stopped on given step lines of given runs (counted in the order they
+    start, the baseline being run 0): other work on the machine."""
 
     def __init__(self, runs: set[int], start_step: int = 20, stop_step: int = 70):
         self.runs, self.start_step, self.stop_step = runs, start_step, stop_step
         self.processes: list[subprocess.Popen] = []
         self.disturbed: list[int] = []
+        self.jobs: list = []          # job ids in the order their runs started
 
     def on_event(self, event) -> None:
-        if event.kind != "step" or event.data.get("index") not in self.runs:
+        if event.kind == "experiment_started":
+            self.jobs.append(event.data["job"])
+        if event.kind != "step" or event.data.get("job") not in self.jobs:
+            return
+        number = self.jobs.index(event.data["job"])
+        if number not in self.runs:
             return
         step = event.data.get("step", 0)
-        if step >= self.start_step and not self.processes and event.data["index"] not in self.disturbed:
-            self.disturbed.append(event.data["index"])
-            self.processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        if step >= self.start_step and not self.processes and number not in self.disturbed:
+            self.disturbed.append(number)
+            # programs of their own (own sessions): Linux schedules sessions fairly against each other
+            self.processes = [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
                               for _ in range(SPINNERS)]
         elif step >= self.stop_step and self.processes:
             self.stop()

@@ -93,11 +93,11 @@ def assert_consistent(lab: Lab) -> list[dict]:
     """What must hold after any run: contiguous rows, results.tsv = ran rows, tree clean at the best."""
     rows = lab.rows()
     assert [r["index"] for r in rows] == list(range(len(rows)))
-    ran = [r for r in rows if r["status"] in ("keep", "discard", "crash", "interrupted")]
+    ran = [r for r in rows if r["status"] in ("keep", "discard", "crash", "interrupted", "disturbed")]
     results = read_results_tsv(lab.results_path)
     assert [r["commit"] for r in results] == [r["commit"] for r in ran]
-    assert [r["status"] for r in results] == [r["status"] if r["status"] in ("keep", "discard") else "crash"
-                                               for r in ran]
+    shown = {"keep": "keep", "discard": "discard", "disturbed": "discard"}  # autoresearch's three statuses
+    assert [r["status"] for r in results] == [shown.get(r["status"], "crash") for r in ran]
     assert lab.dirty_files() == []
     best = [r for r in rows if r["status"] == "keep"][-1]
     assert lab.short(lab.head()) == best["commit"]
