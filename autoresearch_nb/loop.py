@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import facts, inflight, plan
+from . import facts, inflight, plan, sandbox
 from .agents.base import Agent, Context, ProposalError
 from .audit import fingerprint
 from .checks import fixed_exports, validate
@@ -358,6 +358,11 @@ class ResearchLoop:
             return
         free = len(self._free_slots()) - len(self._waiting_tracks())
         wanted = max(0, free) + self.options.depth
+        limit = self.options.max_experiments
+        if limit is not None:  # no draft that --max-experiments leaves no run for
+            used = facts.ran(rows) + sum(1 for t in self.state.tracks if t.job) + sum(
+                1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
+            wanted = min(wanted, limit - used)
         have = len(self.state.drafts) + self.drafter.pending
         while have < wanted:
             draft_id = self.state.new_id()
@@ -547,10 +552,12 @@ class ResearchLoop:
         row = base_row(self.options, self.agent, role=role, commit=self.lab.short(track.commit),
                        parent=self.lab.short(track.parent), description=description, seed=job["seed"],
                        started_at=job.get("started_at") or now_iso(), finished_at=now_iso(), log=job.get("log"),
-                       job=job["id"], worker=job.get("worker"), host=self.pool.host, device=self.pool.device(job["slot"]),
+                       job=job["id"], worker=job.get("worker"), host=self.pool.host_of(job["slot"]),
+                       device=self.pool.device(job["slot"]),
                        **track.shared)
         if track.ablates is not None:
             row["ablates"] = track.ablates
+        row["sandbox"] = sandbox.probe().name
         row.update(result_fields(result, self.metric))
         if first:
             row.update({k: v for k, v in track.first.items() if k not in ("timings", "started_at")})

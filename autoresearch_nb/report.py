@@ -177,10 +177,13 @@ def progress_note(record: dict) -> str:
     done = f"{len(rows)} experiment{'' if len(rows) == 1 else 's'} finished"
     if run.get("max_experiments"):
         done += f" of at most {run['max_experiments']}"
-    current = inflight.get("index")
-    if current is None:
-        return done
-    what = inflight.get("description") or inflight.get("role") or ""
-    phase = f" ({inflight['phase']} phase)" if inflight.get("phase") else ""
-    return (done + f"; experiment #{current} was under way{phase}"
-            + (f": {what}" if what else ""))
+    running = [t for t in inflight.get("tracks") or [] if t.get("job")]
+    waiting = [t for t in inflight.get("tracks") or [] if not t.get("job")]
+    if running:
+        done += "; running now: " + "; ".join(
+            f"{t.get('description') or t.get('role')} ({t['job'].get('worker', '')})" for t in running)
+    if waiting:
+        done += f"; {len(waiting)} waiting for a worker"
+    if inflight.get("drafts"):
+        done += f"; {len(inflight['drafts'])} drafted, not yet run"
+    return done

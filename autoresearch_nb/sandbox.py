@@ -106,12 +106,14 @@ def _runtime_paths(env: dict) -> set[Path]:
     return {Path(os.path.realpath(p)) for p in paths if p and os.path.isdir(p)}
 
 
-def lab_reads(config: dict, env: dict, root: Path) -> list[Path]:
-    """What a nanochat experiment reads besides the lab and Python: the prepared data (prepare.CACHE_DIR,
-    found the way prepare.py finds it) and a local data source, which prepare.py stats to name its cache."""
+def lab_reads(config: dict, env: dict, root: Path, train_paths=None) -> list[Path]:
+    """What a nanochat experiment reads besides the lab and Python: the training split and tokenizer
+    (`train_paths`, from `prepare.py --conditions`; never the validation split), else the whole
+    prepared-data cache (prepare.CACHE_DIR, found the way prepare.py finds it), and a local data
+    source, which prepare.py stats to name its cache."""
     home = env.get("HOME") or _account_home() or "/"
     cache = Path(env.get("AUTORESEARCH_CACHE") or os.path.join(home, ".cache", "autoresearch-nb"))
-    reads = [cache / "data", cache / "last_prepared.json"]
+    reads = [Path(p) for p in train_paths] if train_paths else [cache / "prepared"]
     source = Path(str(config.get("data") or "builtin")).expanduser()
     source = source if source.is_absolute() else Path(root) / source
     if source.exists():  # a path source; "builtin" and the hub names are no files in the lab

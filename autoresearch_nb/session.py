@@ -229,8 +229,8 @@ class Session:
     # -- the loop thread --------------------------------------------------------------------
     def _main(self) -> None:
         try:
-            probe = self._setup_data()
             loop = self.loop
+            probe = loop.pool.probe(self.lab) if hasattr(loop.pool, "probe") else self._setup_data()
             loop.options.profile = probe["name"]
             loop.options.budget = float(self.options.budget or self.lab.config.get("budget") or probe["time_budget"])
             loop.options.run_info = {"profile_facts": probe}

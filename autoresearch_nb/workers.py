@@ -36,7 +36,7 @@ def experiment_runner(lab, tree: Path, job_id: int, seed: int, budget: float, pr
         "CUDA_VISIBLE_DEVICES": gpu,
     })
     run_dir = lab.state_dir / "runs" / f"run-{job_id:05d}"
-    readable = facts.get("train_paths") or sandbox.lab_reads(config, env, tree)
+    readable = sandbox.lab_reads(config, env, tree, facts.get("train_paths"))
     return Runner(config["command"], tree, env, log_path(lab, job_id), budget,
                   timeout_for(budget, profile, config.get("startup_allowance"), facts.get("clock", "wall")),
                   on_step=on_step, on_start=on_start,
@@ -73,6 +73,9 @@ class LocalPool:
     def name(self, slot: int) -> str:
         gpu = self.gpus[slot]
         return f"w{slot}" + (f" (GPU {gpu})" if gpu is not None else "")
+
+    def host_of(self, slot: int) -> str:
+        return self.host
 
     def device(self, slot: int) -> str:
         return self.options.conditions.get("device_name") or self.options.profile

@@ -165,13 +165,14 @@ def test_cli_export_of_a_missing_lab_is_one_line(tmp_path):
 
 def test_export_while_a_run_is_going_says_how_far_it_got(hand_lab, tmp_path):
     (hand_lab / ".autoresearch" / "inflight.json").write_text(json.dumps(
-        {"index": 4, "phase": "run", "description": "DEPTH 6 -> 8", "role": "experiment"}))
+        {"format": 2, "next_id": 9, "drafts": [],
+         "tracks": [{"id": 7, "role": "experiment", "commit": "c", "parent": "p", "description": "DEPTH 6 -> 8",
+                     "seed": 42, "job": {"id": 8, "track": 7, "commit": "c", "seed": 42, "worker": "w0"}}]}))
     out = export_lab(hand_lab, tmp_path / "running.ipynb")
     notebook = nbformat.read(out, as_version=4)
     assert "still going when this was exported" in notebook.cells[0].source
     text = outputs_text(notebook)
-    assert ("4 experiments finished of at most 6; experiment #4 was under way (run phase): "
-            "DEPTH 6 -> 8") in text
+    assert "4 experiments finished of at most 6; running now: DEPTH 6 -> 8 (w0)" in text
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +190,8 @@ def finished_run(tmp_path_factory):
     try:
         inflight = root / ".autoresearch" / "inflight.json"
         while run.poll() is None and midrun is None:
-            facts = analysis.read_json(inflight)
-            if facts.get("index") == 1 and facts.get("phase") == "run":
+            state = analysis.read_json(inflight)
+            if any(t.get("job") and t.get("role") == "experiment" for t in state.get("tracks", [])):
                 out = export_lab(root, base / "midrun.ipynb")
                 # the experiment may have ended between the look and the export: look again
                 if analysis.load(out)["inflight"]:
@@ -211,8 +212,7 @@ def test_export_during_a_run_says_how_far_it_got_and_leaves_the_run_alone(finish
     notebook = nbformat.read(midrun, as_version=4)
     nbformat.validate(notebook)
     assert "still going when this was exported" in notebook.cells[0].source
-    assert "1 experiment finished of at most 3; experiment #1 was under way (run phase)" \
-        in outputs_text(notebook)
+    assert "1 experiment finished of at most 3; running now: " in outputs_text(notebook)
     assert len(analysis.load(root)["rows"]) == 3                # the run went on to the end
     assert git(root, "status", "--porcelain") == ""             # with a clean tree
 
