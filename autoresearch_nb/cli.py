@@ -197,10 +197,17 @@ def cmd_status(args) -> int:
     lab = Lab.open(args.lab)
     header = read_json(lab.run_info_path)
     header["lab"] = str(lab.root)
-    state = "interrupted" if lab.inflight_path.exists() else "idle"
-    message = ("an experiment was in flight when the run stopped: `run --resume` records it"
-               if lab.inflight_path.exists() else "")
-    snapshot = {"header": header, "rows": lab.rows(), "state": state, "message": message}
+    note = read_json(lab.inflight_path)
+    tracks = note.get("tracks") or []
+    lanes = {t["job"].get("worker", "?"): {"description": t.get("description", ""), "worker": t["job"].get("worker"),
+                                           "role": t.get("role")} for t in tracks if t.get("job")}
+    queue = {"waiting": [t.get("description") for t in tracks if not t.get("job")],
+             "drafts": len(note.get("drafts") or [])}
+    state = "running" if lanes else "idle"
+    message = ("experiments under way (or left by a stopped run: `run --resume` re-queues them)" if lanes
+               else "work waiting: `run --resume` goes on with it" if tracks or note.get("drafts") else "")
+    snapshot = {"header": header, "rows": lab.rows(), "state": state, "message": message, "lanes": lanes,
+                "current": next(iter(lanes.values()), None), "queue": queue}
     print(status_text(snapshot, lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower"),
                       limit=None))
     table = ablation_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower"))

@@ -9,9 +9,9 @@ from typing import Callable
 # Event kinds and their data:
 #   run_started          {lab, tag, agent, agent_label, model, profile, device, budget,
 #                         max_experiments, policy, max_cost}
-#   proposing            {index}
-#   experiment_started   {index, description, role, budget, commit}
-#   step                 {index, step, loss, lr, tok_s, progress, elapsed}
+#   experiment_started   {job, worker, description, role, budget, commit}  (index: the job, too)
+#   step                 {job, worker, step, loss, lr, tok_s, progress, elapsed, wall}
+#   queue                {waiting, drafts, parked}   what is not running yet
 #   experiment_finished  {row}          a ledger row (see ledger.py)
 #   state                {state, message}   state in idle|running|paused|stopping|stopped|finished|error
 #   message              {text, level}  a line for the person (info|warning|error)

@@ -197,11 +197,20 @@ class ResearchLoop:
                     return ending
                 if self._exhausted and not self.state.drafts and not self._waiting_tracks():
                     return self._exhausted
+            self._tell_queue()
             try:
                 event = self.events.get(timeout=0.25)
             except queue.Empty:
                 continue
             ending = self._handle(event) or ending
+
+    def _tell_queue(self) -> None:
+        """What waits (not running): the front ends show it beside the workers' lanes."""
+        now = {"waiting": [t.description for t in self._waiting_tracks()], "drafts": len(self.state.drafts),
+               "parked": sum(1 for t in self.state.tracks if t.parked)}
+        if now != getattr(self, "_queue_told", None):
+            self._queue_told = now
+            self.bus.emit("queue", **now)
 
     def _why_end(self, rows: list[dict]) -> str:
         if self.stop_now.is_set():

@@ -51,11 +51,11 @@ def experiments_table(record: dict) -> dict:
         best = best_after.get(row.get("index"), best)
         usage, seconds = row.get("usage") or {}, row_seconds(row)
         cells.append([row.get("index", position), row.get("status", ""), row.get("role") or "",
-                      number(value), delta, row.get("memory_gb", "") or "", row.get("kind") or "",
+                      number(value), delta, row.get("worker") or "", row.get("memory_gb", "") or "", row.get("kind") or "",
                       "" if seconds is None else f"{float(seconds):.0f}",
                       f"{float(usage['cost_usd']):.4f}" if usage.get("cost_usd") else "",
                       row.get("description", "")])
-    return table_display(["#", "status", "role", metric, "Δ vs best", "memory_gb", "kind", "seconds",
+    return table_display(["#", "status", "role", metric, "Δ vs best", "worker", "memory_gb", "kind", "seconds",
                           "cost $", "description"], cells)
 
 

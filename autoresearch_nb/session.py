@@ -109,6 +109,7 @@ class Session:
         self._rows = self.lab.rows()
         self._header: dict = {}
         self._lanes: dict[str, dict] = {}   # what each worker is running, by worker name
+        self._queue: dict = {}
         self._state, self._message = "idle", ""
         self._thread: threading.Thread | None = None
         # Set when the loop thread has really finished. Thread.join/is_alive are not trusted:
@@ -188,10 +189,11 @@ class Session:
             rows = copy.deepcopy(self._rows)
             header = dict(self._header)
             lanes = copy.deepcopy(self._lanes)
+            queue = dict(self._queue)
             state, message = self._state, self._message
         current = max(lanes.values(), key=lambda lane: lane.get("started_at", 0), default=None)
-        return {"header": header, "rows": rows, "current": current, "lanes": lanes, "state": state,
-                "message": message}
+        return {"header": header, "rows": rows, "current": current, "lanes": lanes, "queue": queue,
+                "state": state, "message": message}
 
     # -- set-up (main thread, before the loop thread exists) -----------------------------
     def _previous_run(self) -> dict:
@@ -343,6 +345,8 @@ class Session:
                 for name, lane in list(self._lanes.items()):
                     if row.get("job") is not None and lane.get("job") == row.get("job"):
                         del self._lanes[name]
+            elif event.kind == "queue":
+                self._queue = dict(event.data)
             elif event.kind == "state":
                 self._state, self._message = event.data["state"], event.data.get("message", "")
             elif event.kind == "message":

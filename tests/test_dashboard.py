@@ -206,7 +206,7 @@ def test_text_views_hold_what_a_terminal_user_needs():
                         "current": {"index": 5, "description": "tie embeddings",
                                     "progress": 0.25, "losses": [(3, 3.25)]}})
     lines = text.splitlines()
-    assert "state: running" in text and "now: #5 tie embeddings — 25%, loss 3.2500" in text
+    assert "state: running" in text and "now: tie embeddings — 25%, loss 3.2500" in text
     table = lines[lines.index(next(line for line in lines if line.strip().startswith("#"))):]
     assert table[1].split()[0] == "4" and table[-1].split()[0] == "0"
     full = experiment_text(ROWS[2], DIFF, "last log line")
@@ -233,3 +233,26 @@ def _event(kind, **data):
     from autoresearch_nb.events import Event
 
     return Event(kind, data)
+
+
+def test_each_worker_has_a_lane_and_the_queue_is_shown():
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=0.05)
+    bus.subscribe(dashboard.handle)
+    bus.emit("run_started", lab="/labs/demo", tag="wide", agent="heuristic", agent_label="heuristic baseline",
+             model=None, profile="cpu", device="cpu", budget=5, max_experiments=9, policy="noise",
+             max_cost=None, workers=2)
+    bus.emit("state", state="running", message="")
+    bus.emit("experiment_started", index=3, job=3, worker="w0", description="wider mlp", role="experiment",
+             budget=5, commit="a")
+    bus.emit("experiment_started", index=4, job=4, worker="w1", description="deeper", role="experiment",
+             budget=5, commit="b")
+    bus.emit("step", index=4, job=4, worker="w1", step=3, loss=3.0, progress=0.5, elapsed=2.5)
+    bus.emit("queue", waiting=["lr up"], drafts=1, parked=0)
+    settle(dashboard)
+    lanes = dashboard.lanes.value
+    assert "w0" in lanes and "wider mlp" in lanes and "w1" in lanes and "deeper" in lanes and "50%" in lanes
+    assert "1 waiting for a worker" in lanes and "1 drafted" in lanes
+    bus.emit("experiment_finished", row=row(5, "keep", 1.9, "deeper", job=4, worker="w1"))
+    settle(dashboard)
+    assert "deeper" not in dashboard.lanes.value and "wider mlp" in dashboard.lanes.value

@@ -37,6 +37,8 @@ class RunView:
         self.info: dict = {}
         self.rows: list[dict] = []
         self.current: dict | None = None
+        self.lanes: dict[str, dict] = {}     # worker -> what it runs
+        self.queue: dict = {}
         self.state = "idle"
         self.message = ""
         if snapshot:
@@ -45,8 +47,12 @@ class RunView:
     def load(self, snapshot: dict) -> None:
         self.info = dict(snapshot.get("header") or {})
         self.rows = list(snapshot.get("rows") or [])
+        self.lanes = {name: dict(lane, losses=list(lane.get("losses") or []))
+                      for name, lane in (snapshot.get("lanes") or {}).items()}
         current = snapshot.get("current")
-        self.current = dict(current, losses=list(current.get("losses") or [])) if current else None
+        self.current = next((lane for lane in self.lanes.values() if current and lane.get("job") == current.get("job")),
+                            dict(current, losses=list(current.get("losses") or [])) if current else None)
+        self.queue = dict(snapshot.get("queue") or {})
         self.state = snapshot.get("state") or "idle"
         self.message = snapshot.get("message") or ""
 
@@ -57,30 +63,34 @@ class RunView:
             self.info.update(data)
             self.info.setdefault("started_at", event.time)
             return {"header"}
-        if kind == "proposing":
-            self.current = {"index": data.get("index"), "description": "", "role": None,
-                            "progress": 0.0, "losses": [], "started_at": event.time}
-            return {"current"}
         if kind == "experiment_started":
-            self.current = {"index": data.get("index"), "description": data.get("description", ""),
-                            "role": data.get("role"), "budget": data.get("budget"),
-                            "progress": 0.0, "losses": [], "started_at": event.time}
+            lane = {"index": data.get("index"), "job": data.get("job"), "worker": data.get("worker"),
+                    "description": data.get("description", ""), "role": data.get("role"),
+                    "budget": data.get("budget"), "progress": 0.0, "losses": [], "started_at": event.time}
+            self.lanes[str(data.get("worker"))] = lane
+            self.current = lane
             return {"current"}
         if kind == "step":
-            if self.current is None or self.current.get("index") != data.get("index"):
-                self.current = {"index": data.get("index"), "description": "", "progress": 0.0,
-                                "losses": [], "started_at": event.time}
+            lane = self.lanes.get(str(data.get("worker")))
+            if lane is None or lane.get("job") != data.get("job"):
+                return set()
             if data.get("loss") is not None:
-                self.current["losses"].append((data.get("step", 0), data["loss"]))
+                lane["losses"].append((data.get("step", 0), data["loss"]))
             if data.get("progress") is not None:
-                self.current["progress"] = float(data["progress"])
-            self.current["elapsed"] = data.get("elapsed")
+                lane["progress"] = float(data["progress"])
+            lane["elapsed"] = data.get("elapsed")
             return {"current"}
         if kind == "experiment_finished":
             row = data.get("row") or {}
             self.rows = [r for r in self.rows if r.get("index") != row.get("index")] + [row]
-            self.current = None
+            self.lanes = {name: lane for name, lane in self.lanes.items()
+                          if row.get("job") is None or lane.get("job") != row.get("job")}
+            if self.current is not None and self.current.get("job") == row.get("job"):
+                self.current = max(self.lanes.values(), key=lambda lane: lane["started_at"], default=None)
             return {"rows", "current", "header"}
+        if kind == "queue":
+            self.queue = dict(data)
+            return {"current"}
         if kind == "state":
             self.state = data.get("state", self.state)
             self.message = data.get("message") or self.message
@@ -93,6 +103,7 @@ class RunView:
                 self.state = "finished"
             self.message = data.get("reason") or self.message
             self.current = None
+            self.lanes = {}
             return {"state", "current"}
         return set()
 
@@ -149,10 +160,11 @@ class Dashboard:
         self.detail = widgets.HTML(value=self._placeholder("Choose an experiment to see its "
                                                            "change, rationale and log."))
         self.ablation = widgets.HTML()
+        self.lanes = widgets.HTML()
         current = widgets.VBox([self.current_title, self.progress, self.progress_label, self.loss],
                                layout=widgets.Layout(min_width="330px"))
         self.widget = widgets.VBox(
-            [self.title, self.header, widgets.HBox([self.chart, current]),
+            [self.title, self.header, widgets.HBox([self.chart, current]), self.lanes,
              widgets.HBox([self.stop_button, self.pause_button, self.message]),
              widgets.HTML(TABLE_STYLE), self.table_header, self.table, self.ablation, self.detail])
         self.widget.add_class("arnb-dashboard")
@@ -203,6 +215,8 @@ class Dashboard:
                 current = dict(self.view.current) if self.view.current else None
                 if current:
                     current["losses"] = list(current.get("losses") or [])
+                lanes = {name: dict(lane) for name, lane in self.view.lanes.items()}
+                queue = dict(self.view.queue)
                 state, message = self.view.state, self.view.message
             self.renders += 1
             self._render_header(rows, info, state)
@@ -210,6 +224,7 @@ class Dashboard:
                 self._render_rows(rows)
             if "current" in dirty or "rows" in dirty:
                 self._render_current(current, state)
+                self._render_lanes(lanes, queue, info)
             if "state" in dirty or "header" in dirty:
                 self._render_state(state, message)
 
@@ -276,6 +291,31 @@ class Dashboard:
             with self._lock:  # not drawn this time: keep it dirty so a later render draws it
                 self._dirty.add("current")
                 self._schedule_locked()
+
+    def _render_lanes(self, lanes: dict, queue: dict, info: dict) -> None:
+        """A lane per worker (what it runs, how far) and the queue, when more than one works."""
+        if (info.get("workers") or 1) <= 1 and len(lanes) <= 1:
+            self.lanes.value = ""
+            return
+        cells = []
+        for name, lane in sorted(lanes.items()):
+            progress = min(1.0, max(0.0, float(lane.get("progress") or 0.0)))
+            role = f" ({html.escape(str(lane['role']))})" if lane.get("role") not in (None, "experiment") else ""
+            cells.append(f'<div style="font-size:12px;"><b>{html.escape(name)}</b> '
+                         f'<span style="display:inline-block;width:120px;height:8px;background:#eaeef2;">'
+                         f'<span style="display:block;width:{progress * 100:.0f}%;height:8px;background:#54aeff;">'
+                         f'</span></span> {progress:.0%} · {html.escape(str(lane.get("description", "")))}{role}</div>')
+        if not lanes:
+            cells.append('<div style="font-size:12px;color:#57606a;">no worker busy</div>')
+        waiting = list(queue.get("waiting") or [])
+        parts = [f"{len(waiting)} waiting for a worker"] if waiting else []
+        if queue.get("drafts"):
+            parts.append(f"{queue['drafts']} drafted")
+        if queue.get("parked"):
+            parts.append(f"{queue['parked']} judged once the best is measured")
+        if parts:
+            cells.append(f'<div style="font-size:12px;color:#57606a;">queue: {html.escape(", ".join(parts))}</div>')
+        self.lanes.value = '<div style="margin:4px 0;">' + "".join(cells) + "</div>"
 
     def _render_state(self, state: str, message: str) -> None:
         ended = state in ENDED_STATES

@@ -127,7 +127,24 @@ def current_line(current: dict | None) -> str:
     losses = current.get("losses") or []
     loss = f", loss {losses[-1][1]:.4f}" if losses else ""
     description = current.get("description") or "(proposing)"
-    return f"now: #{current.get('index', '?')} {description} — {progress:.0%}{loss}"
+    worker = str(current.get("worker") or "").split(" ")[0]
+    return f"now: {worker + ' ' if worker else ''}{description} — {progress:.0%}{loss}"
+
+
+def lane_lines(snapshot: dict) -> list[str]:
+    """What each worker runs now, and what waits: one line each (the current one alone for one worker)."""
+    lanes = snapshot.get("lanes") or {}
+    lines = [current_line(lane) for _, lane in sorted(lanes.items())] if len(lanes) > 1 else \
+        [current_line(snapshot.get("current"))]
+    queue = snapshot.get("queue") or {}
+    waiting = [f"{len(queue['waiting'])} waiting for a worker"] if queue.get("waiting") else []
+    if queue.get("drafts"):
+        waiting.append(f"{queue['drafts']} drafted")
+    if queue.get("parked"):
+        waiting.append(f"{queue['parked']} judged once the best is measured")
+    if waiting:
+        lines.append("queue: " + ", ".join(waiting))
+    return lines
 
 
 def status_text(snapshot: dict, metric: str = "val_bpb", direction: str = "lower",
@@ -143,7 +160,7 @@ def status_text(snapshot: dict, metric: str = "val_bpb", direction: str = "lower
     message = snapshot.get("message") or ""
     lines.append(f"state: {state}" + (f" — {message}" if message and message != state else ""))
     if state in ("running", "paused", "stopping"):
-        lines.append(current_line(snapshot.get("current")))
+        lines += lane_lines(snapshot)
     lines.append("")
     lines += table_lines(rows, metric, limit)
     return "\n".join(lines)
