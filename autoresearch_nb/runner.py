@@ -27,6 +27,7 @@ SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")
 HANDOVER_KEYS = ("peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth")
 CLOCK_MARKER = "training clock started"  # printed by the fixed TrainingClock.start()
 LINGER_SECONDS = 3.0  # after the training process ends, its leftover children get this long
+CPU_POLL_S = 0.05     # how often the cpu clock reads a sandboxed experiment's CPU time from outside
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Runner:
         self.protected = list(protected)
         self.sandbox = sandbox          # the sandbox `wrap` put around training, for the log and crash reasons
         self._load: proctime.LoadSampler | None = None
+        self._cpu_seen = 0.0
         if self.run_dir:
             self.env["AUTORESEARCH_RUN_DIR"] = str(self.run_dir)
         if clock == "cpu":
@@ -145,6 +147,16 @@ class Runner:
         for process in (self._training, self._evaluator):
             if process:
                 process.kill()
+
+    def _count_cpu(self, process: _Process) -> None:
+        """The process tree's CPU time, read every CPU_POLL_S while it runs. wait4 reports it exactly when
+        training is our child, but not through a sandbox's pid namespace, whose init reaps it: there
+        the last reading counts (at most CPU_POLL_S of work after it goes uncounted)."""
+        while not process.exited.is_set():
+            seen = proctime.tree_cpu_seconds(process.pid)
+            if not process.exited.is_set():
+                self._cpu_seen = max(self._cpu_seen, seen)
+            process.exited.wait(CPU_POLL_S)
 
     def _watch(self, process: _Process, deadline: float) -> None:
         """Kill `process` at the deadline, on stop, or shortly after it ended if children keep its output open."""
@@ -224,6 +236,8 @@ class Runner:
                 return RunResult(False, "exception", f"could not start {self.command[0]}: {error}")
             self.process = self._training.popen
             self._load = proctime.LoadSampler(self._training.pid)
+            if self._cpu_clock:
+                threading.Thread(target=self._count_cpu, args=(self._training,), daemon=True).start()
             if self.on_start:
                 self.on_start(self._training.pid)
             if self._stop.is_set():
@@ -285,7 +299,7 @@ class Runner:
         marked_wall, marked_cpu = self._marked
         if self._cpu_clock:
             startup = marked_cpu / self.cores
-            training_seconds = (max(training.cpu_seconds, marked_cpu) - marked_cpu) / self.cores
+            training_seconds = (max(training.cpu_seconds, self._cpu_seen, marked_cpu) - marked_cpu) / self.cores
         else:
             startup = marked_wall - self._started
             training_seconds = training.exit_time - marked_wall
