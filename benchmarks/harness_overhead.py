@@ -29,18 +29,20 @@ def loop_overhead(profile: str, experiments: int) -> None:
     starts: dict[int, float] = {}
 
     def on_event(event):
-        if event.kind in ("proposing", "experiment_started"):
-            starts.setdefault(event.data["index"], time.monotonic())
+        if event.kind == "experiment_started":
+            starts.setdefault(event.data["job"], time.monotonic())
         elif event.kind == "experiment_finished":
             marks.append((time.monotonic(), event.data["row"]))
 
-    options = RunOptions(lab=str(lab), policy="greedy", max_experiments=experiments)
+    # depth 0: the agent proposes between runs, so its time is the row's propose_s and not overlapped
+    options = RunOptions(lab=str(lab), policy="greedy", max_experiments=experiments, depth=0)
     run_session(options, on_event=on_event)
     overheads = []
     for finished, row in marks:
-        started = starts[row["index"]]
+        if row.get("job") not in starts:
+            continue  # a row that is not a run (a rejected proposal)
         timings = row.get("timings") or {}
-        overheads.append(finished - started - timings.get("run_s", 0.0) - timings.get("propose_s", 0.0))
+        overheads.append(finished - starts[row["job"]] - timings.get("run_s", 0.0))
     print(f"{len(overheads)} experiments on the {profile} profile")
     print(f"harness overhead per experiment: median {statistics.median(overheads) * 1000:.0f} ms, "
           f"max {max(overheads) * 1000:.0f} ms")

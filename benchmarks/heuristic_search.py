@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from autoresearch_nb.facts import summary
 from autoresearch_nb.progress import TerminalProgress
 from autoresearch_nb.session import RunOptions
 
@@ -22,9 +23,10 @@ def main() -> None:
     progress = TerminalProgress()
     options = RunOptions(lab=str(lab), budget=args.budget, max_experiments=args.experiments, policy=args.policy)
     session, wall = run_session(options, on_event=progress.handle)
-    header = session.snapshot()["header"]
-    print(f"baseline {header['baseline']:.4f} -> best {header['best']:.4f} (gain {header['gain']:.4f}) after "
-          f"{header['done']} runs, kept {header['counts']['keep'] - 1}, wall {wall / 60:.1f} min; lab {lab}")
+    found = summary(session.snapshot()["rows"])
+    print(f"baseline {found['baseline'].text()} -> best {found['best'].text()} (gain {found['gain']:+.4f}"
+          f" ± {found['gain_half_width'] or 0:.4f}) after {found['done']} runs, kept {found['changes']} changes, "
+          f"wall {wall / 60:.1f} min; lab {lab}")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_a_run_in_a_real_kernel_survives_a_restart(tmp_path):
     assert "baseline" in final["_options_labels"][-1]
     headers = [m["state"].get("value", "") for m in models
                if m["state"].get("_model_name") == "HTMLModel"]
-    assert any("5/5 experiments" in value for value in headers)
+    assert any("5/5 runs" in value for value in headers)
     buttons = {m["state"].get("description") for m in models
                if m["state"].get("_model_name") == "ButtonModel"}
     assert {"Stop", "Pause"} <= buttons
