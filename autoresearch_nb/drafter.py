@@ -76,6 +76,7 @@ class Drafter:
                                          dict(proposal.meta or {}), round(time.monotonic() - t0, 3), started)))
 
     def _answer(self, event) -> None:
+        # on the queue first: counted as pending until the coordinator can see it, never as neither
+        self.events.put(event)
         with self._lock:
             self.pending -= 1
-        self.events.put(event)

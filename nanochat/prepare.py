@@ -125,12 +125,13 @@ def cpu_cores() -> int:
 
 def get_profile(requested: str | None = None) -> dict:
     """The profile in force, with the budget override (AUTORESEARCH_BUDGET or the lab's budget) applied.
-    The clock is CPU time on the CPU (a busy neighbour cannot steal it) and wall time on a GPU."""
+    The clock is CPU time on the CPU (a busy neighbour cannot steal it) and wall time on a GPU;
+    AUTORESEARCH_CLOCK=wall keeps wall time on the CPU too (benchmarks/cpu_clock.py compares them)."""
     name = profile_name(requested)
     profile = cuda_profile() if name == "cuda" else dict(PROFILES[name])
     profile["name"] = name
     profile["device"] = {"cuda": "cuda", "mps": "mps"}.get(name, "cpu")
-    profile["clock"] = "cpu" if profile["device"] == "cpu" else "wall"
+    profile["clock"] = "cpu" if profile["device"] == "cpu" and os.environ.get("AUTORESEARCH_CLOCK") != "wall" else "wall"
     if settings()["budget"]:
         profile["time_budget"] = settings()["budget"]
     return profile

@@ -46,7 +46,7 @@ def test_analysis_notebook_reads_a_bare_autoresearch_results_tsv(tmp_path, monke
                             AUTORESEARCH_SOURCE=str(tsv))
     text = outputs_text(notebook)
     assert "7 experiments from" in text and "(results.tsv)" in text
-    assert "baseline 0.997900 → best 0.986100 (#4)" in text
+    assert "baseline 0.997900 (1 run) → best 0.986100 (1 run) (#4)" in text
     assert has_image(notebook)
     ranked = text[text.index("gain %"):]
     # warmup gained 0.007100 over 0.993200, the LR change 0.004700 over the baseline: warmup first

@@ -64,3 +64,24 @@ def test_a_resume_under_another_budget_is_refused_then_rebaselined_into_a_new_se
 
     notebook = nbformat.read(export_lab(lab.root, tmp_path / "results.ipynb"), as_version=4)
     assert "conditions changed at #" in outputs_text(notebook)
+
+
+def test_the_cli_and_the_notebook_print_the_same_figures_for_a_lab(tmp_path, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from autoresearch_nb.magics import CURRENT
+
+    lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
+    done = run(lab, "--budget", "1", "--max-experiments", "6", "--tag", "same")
+    assert done.returncode == 0, done.stdout + done.stderr
+    status = cli("status", "--lab", str(lab.root))
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "autoresearch_nb")
+    try:
+        capsys.readouterr()
+        shell.run_cell(f"%autoresearch init {lab.root}\n%autoresearch status", store_history=False)
+        notebook = capsys.readouterr().out
+    finally:
+        CURRENT.__init__()
+    header = [line for line in status.stdout.splitlines()[:6] if line.startswith(("best ", "noise ", "heuristic"))]
+    assert header and all(line in notebook for line in header), (status.stdout, notebook)
