@@ -17,30 +17,23 @@ import time
 from dataclasses import dataclass, field
 
 from . import facts, inflight, plan, sandbox
-from .agents.base import Agent, Context, ProposalError
-from .audit import fingerprint
-from .checks import fixed_exports, validate
-from .context import build_context
-from .describe import describe_change
+from .agents.base import Agent, ProposalError
+from .checks import fixed_exports
 from .disturbance import detect
 from .drafter import Drafter
 from .errors import LabError
 from .events import EventBus
 from .inflight import State, crashpoint, now_iso
-from .judge import decide
 from .lab import Lab
 from .ledger import write_results
-from .reapply import reapply
-from .records import base_row, result_fields, settle
-from .tracks import Draft, Job, Track
+from .records import base_row, result_fields
+from .scheduling import BASE_SEED, MAX_REJECTED_IN_A_ROW, SEED_STEP, Scheduling  # noqa: F401  (read here too)
+from .tracks import Track
+from .verdicts import Verdicts
 from .workers import LocalPool, timeout_for  # noqa: F401  (timeout_for: callers read it here too)
 
-BASE_SEED = 42
-SEED_STEP = 7919              # the k-th run of one code gets seed BASE_SEED + seed + SEED_STEP * k
-MAX_REJECTED_IN_A_ROW = 10
 MAX_BASELINE_FAILURES = 3
 AGENT_OUTAGE_WAITS = (30.0, 60.0, 120.0)
-MEASUREMENTS = ("baseline", "noise", "remeasure", "ablation")
 
 
 @dataclass
@@ -63,7 +56,7 @@ class LoopOptions:
     depth: int = 1              # drafts the agent keeps ready beyond the free workers (0: no pipelining)
 
 
-class ResearchLoop:
+class ResearchLoop(Scheduling, Verdicts):
     """Runs experiments on a lab until stopped, bounded, or out of money. One per lab at a time."""
 
     def __init__(self, lab: Lab, agent: Agent, options: LoopOptions, bus: EventBus | None = None, pool=None):
@@ -242,229 +235,6 @@ class ResearchLoop:
                 pass
         return spent + estimate > self.options.max_cost
 
-    # -- what runs where ----------------------------------------------------------------------
-    def _running(self) -> bool:
-        return any(t.job for t in self.state.tracks)
-
-    def _waiting_tracks(self) -> list[Track]:
-        return [t for t in self.state.tracks if not t.job and t.decision is None and not t.parked]
-
-    def _free_slots(self) -> list[int]:
-        busy = {t.job["slot"] for t in self.state.tracks if t.job}
-        return [slot for slot in range(self.pool.size) if slot not in busy]
-
-    def _room(self, rows: list[dict]) -> bool:
-        limit = self.options.max_experiments
-        if limit is None:
-            return True
-        pending = sum(1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
-        return facts.ran(rows) + pending + sum(1 for t in self.state.tracks if t.job) < limit
-
-    def _dispatch(self, rows: list[dict], ending: str) -> None:
-        if self.stop_now.is_set():
-            return
-        for slot in self._free_slots():
-            track = self._next_track(rows, ending)
-            if track is None:
-                return
-            if not self._room(rows):
-                self._out_of_room(track, rows)
-                continue
-            self._start(track, slot)
-
-    def _next_track(self, rows: list[dict], ending: str) -> Track | None:
-        waiting = sorted(self._waiting_tracks(), key=lambda t: (t.role not in MEASUREMENTS, t.id))
-        if waiting:
-            return waiting[0]
-        if ending and not any(t.parked for t in self.state.tracks):
-            return None
-        in_flight = sum(1 for t in self.state.tracks if t.role in ("baseline", "noise", "remeasure") and not t.decision)
-        due = plan.next_measurement(rows, self.options.segment, self.options.policy, self.options.noise_runs,
-                                    metric=self.metric, in_flight=in_flight)
-        if due is not None:
-            return self._measurement(due, rows)
-        if ending or plan.barrier(rows, self.options.segment, self.options.policy, self.options.noise_runs, self.metric):
-            return None
-        while self.state.drafts and self._rejected_in_a_row < MAX_REJECTED_IN_A_ROW:
-            track = self._candidate(self.state.drafts.pop(0), rows)
-            self.state.save(self.lab)
-            if track is not None:
-                return track
-        return None
-
-    def _measurement(self, due: plan.Measurement, rows: list[dict]) -> Track:
-        return self.add_measurement(due.role, self.lab.head(), due.description, rows)
-
-    def add_measurement(self, role: str, commit: str, description: str, rows: list[dict] | None = None,
-                        ablates: int | None = None) -> Track:
-        """A track that measures code already on the branch (or the best without a change) once."""
-        rows = self.rows() if rows is None else rows
-        code, best = self.lab.code_id(commit), self.lab.head()
-        track = Track(self.state.new_id(), role, commit, best, description, self._seed_for(code, rows),
-                      self.options.segment, ablates=ablates,
-                      shared={"code": code, "parent_code": self.lab.code_id(best)})
-        self.state.tracks.append(track)
-        self.state.save(self.lab)
-        return track
-
-    def drain(self) -> str:
-        """Run the tracks there are, on every free worker, until none is left (or a stop)."""
-        while self.state.tracks:
-            if self.stop_now.is_set():
-                self.pool.stop_all()
-            elif self.unpaused.is_set() and not self.stop_requested.is_set():
-                for slot in self._free_slots():
-                    waiting = self._waiting_tracks()
-                    if not waiting:
-                        break
-                    self._start(waiting[0], slot)
-            if not self._running() and (self.stop_requested.is_set() or not self._waiting_tracks()):
-                for track in [t for t in self.state.tracks if not t.job]:
-                    self._close(track, "dropped")
-                break
-            try:
-                self._handle(self.events.get(timeout=0.25))
-            except queue.Empty:
-                continue
-        return "stopped" if self.stop_requested.is_set() else ""
-
-    def _seed_for(self, code: str, rows: list[dict]) -> int:
-        """Runs of one code get seeds of their own, so repeats measure the noise."""
-        earlier = sum(1 for r in rows if r.get("code") == code and r.get("status") != "disturbed")
-        earlier += sum(1 for t in self.state.tracks if t.shared.get("code") == code)
-        return BASE_SEED + self.options.seed + SEED_STEP * earlier
-
-    def _start(self, track: Track, slot: int) -> None:
-        job = Job(self.state.new_id(), track.id, track.commit, track.seed, self.pool.name(slot),
-                  started_at=now_iso())
-        track.job = {**job.record(), "slot": slot, "log": self._relative(self.pool.log_path(job.id))}
-        track.runs += 1
-        self.state.save(self.lab)
-        tree = self.pool.prepare(slot, track.commit)
-        track.job["cwd"] = str(tree)
-        self.pool.run(slot, job, tree,
-                      on_step=lambda step, j=job: self.bus.emit("step", index=j.id, job=j.id, worker=j.worker, **step),
-                      on_start=lambda pid, j=job: self.events.put(("started", j.id, pid)))
-        confirming = track.role == "experiment" and track.values
-        self.bus.emit("experiment_started", index=job.id, job=job.id, worker=job.worker,
-                      description=f"confirm: {track.description}" if confirming else track.description,
-                      role="confirm" if confirming else track.role, budget=self.options.budget,
-                      commit=self.lab.short(track.commit))
-
-    def _out_of_room(self, track: Track, rows: list[dict]) -> None:
-        """No run left under --max-experiments: a candidate is decided on what it has, the rest dropped."""
-        if track.role == "experiment" and track.values:
-            verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
-                                   self.metric, against=track.shared.get("parent_code"), max_runs=len(track.values))
-            self._conclude(track, verdict)
-        else:
-            self._close(track, "dropped")
-
-    # -- drafts -----------------------------------------------------------------------------
-    def _ask_for_drafts(self, rows: list[dict]) -> None:
-        if (self._exhausted or time.monotonic() < self._draft_after or self.stop_requested.is_set()
-                or self._rejected_in_a_row >= MAX_REJECTED_IN_A_ROW):
-            return
-        free = len(self._free_slots()) - len(self._waiting_tracks())
-        wanted = max(0, free) + self.options.depth
-        limit = self.options.max_experiments
-        if limit is not None:  # no draft that --max-experiments leaves no run for
-            used = facts.ran(rows) + sum(1 for t in self.state.tracks if t.job) + sum(
-                1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
-            wanted = min(wanted, limit - used)
-        have = len(self.state.drafts) + self.drafter.pending
-        while have < wanted:
-            draft_id = self.state.new_id()
-            self.drafter.ask(draft_id, self.lab.head(), self.context(rows))
-            have += 1
-
-    def context(self, rows: list[dict] | None = None) -> Context:
-        rows = self.rows() if rows is None else rows
-        best = facts.value_to_beat(rows, self.metric)
-        context = build_context(self.lab, len(rows), rows, facts.best_row(rows), best.mean if best else None,
-                                self.options.budget, self.options.run_info.get("profile_facts") or {}, self.options.seed)
-        context.in_flight = [t.description for t in self.state.tracks if t.role == "experiment" and not t.decision]
-        context.in_flight += [f"{d.description} (drafted, not yet run)" for d in self.state.drafts]
-        return context
-
-    def _candidate(self, draft: Draft, rows: list[dict]) -> Track | None:
-        """Commit a draft onto the best (re-applied if the best moved since it was drafted), or
-        record why it cannot run."""
-        head = self.lab.head()
-        extra = dict(usage=draft.usage, propose_s=draft.propose_s, rationale=draft.rationale, meta=draft.meta,
-                     started=draft.started_at)
-        files = dict(draft.files)
-        rebased = draft.base != head
-        if rebased:
-            allowed = {p: t for p, t in files.items() if p in self.lab.config["allowed"]}
-            merged = reapply(self.lab, draft.base, allowed, head)
-            if merged is None:
-                self._rejected("conflict", "drafted on a best that has moved since; it does not re-apply onto "
-                               "the new best: drafted again", draft.description, **extra)
-                return None
-            files = {**files, **merged}
-        problem, kind = validate(self.lab, files, rows, self.fixed_exports, self.options.audit)
-        description = " ".join(draft.description.split())[:200] or describe_change(
-            {p: self.lab.read(p) for p in files if p in self.lab.config["allowed"]}, files)
-        code_print = fingerprint(files.get(self.lab.config["allowed"][0], ""))
-        twin = next((t for t in self.state.tracks if t.shared.get("fingerprint") == code_print), None)
-        if not problem and twin is not None:
-            problem, kind = f"already running: the same change as '{twin.description}'", "duplicate"
-        if problem:
-            self._rejected(kind, problem, description, fingerprint=code_print, **extra)
-            return None
-        self._rejected_in_a_row = 0
-        commit = self.lab.commit_files(files, head, f"experiment: {description}")
-        self.lab.keep_ref(self.lab.short(commit), commit)
-        track = Track(self.state.new_id(), "experiment", commit, head, description, BASE_SEED + self.options.seed,
-                      self.options.segment,
-                      first={"rationale": draft.rationale, "usage": draft.usage, **draft.meta,
-                             "timings": {"propose_s": draft.propose_s}, "started_at": draft.started_at},
-                      shared={"fingerprint": code_print, "diff": self._diff_stats(head, commit),
-                              "code": self.lab.code_id(commit), "parent_code": self.lab.code_id(head),
-                              **({"rebased": True, "drafted_on": self.lab.short(draft.base)} if rebased else {})})
-        self.state.tracks.append(track)
-        self.state.save(self.lab)
-        crashpoint("after_commit")
-        return track
-
-    def _rejected(self, kind: str, reason: str, description: str = "", usage=None, propose_s: float = 0.0,
-                  rationale: str = "", meta=None, fingerprint=None, started: str = "", fatal: bool = False,
-                  exhausted: bool = False) -> dict:
-        row = base_row(self.options, self.agent, description=description or "(no proposal)",
-                       status="rejected" if kind != "interrupted" else "interrupted", kind=kind, reason=reason,
-                       usage=usage or {}, rationale=rationale, fingerprint=fingerprint, val_bpb=None,
-                       parent=self.lab.short(self.lab.head()), started_at=started or now_iso(), **(meta or {}))
-        row["timings"]["propose_s"] = round(propose_s, 3)
-        row["timings"]["total_s"] = round(propose_s, 3)
-        if fatal:
-            row["fatal"] = True
-        if exhausted:
-            row["exhausted"] = True
-        if kind not in ("conflict", "not_run"):
-            self._rejected_in_a_row += 1
-        return self.record(row)
-
-    def _late_answers(self) -> None:
-        """Drafts and failures the agent answered after the run decided to end: recorded all the same."""
-        while True:
-            try:
-                event = self.events.get_nowait()
-            except queue.Empty:
-                return
-            if event[0] == "draft":
-                self.state.drafts.append(event[1])
-            elif event[0] == "draft_failed":
-                self._draft_failed(*event[1:])
-
-    def _drop_unused_drafts(self) -> None:
-        """Drafts the run ended before running: recorded, so what they cost is in the ledger."""
-        for draft in self.state.drafts:
-            self._rejected("not_run", "drafted while the run was ending: not run", draft.description,
-                           usage=draft.usage, propose_s=draft.propose_s, rationale=draft.rationale,
-                           started=draft.started_at)
-        self.state.drafts = []
-
     # -- events -----------------------------------------------------------------------------
     def _handle(self, event) -> str:
         kind = event[0]
@@ -575,95 +345,6 @@ class ResearchLoop:
         row["timings"]["run_s"] = round(result.wall_seconds, 3)
         row["timings"]["total_s"] = round(result.wall_seconds + (row["timings"].get("propose_s") or 0.0), 3)
         return row
-
-    # -- verdicts ---------------------------------------------------------------------------
-    def _judge(self, track: Track) -> None:
-        rows = self.rows()
-        head_code = self.lab.code_id(self.lab.head())
-        against = track.shared.get("parent_code")
-        measuring = any(t.role in ("remeasure", "baseline", "noise") and not t.decision for t in self.state.tracks)
-        if self.options.policy == "noise" and against == head_code and (
-                measuring or plan.best_runs(rows, self.options.segment, self.metric) < 2):
-            track.parked = True  # the value to beat is being measured: judge against it once it is
-            self.state.save(self.lab)
-            return
-        track.parked = False
-        verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
-                               self.metric, against=against)
-        if verdict.decision == "more" and not self._room(rows):
-            verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
-                                   self.metric, against=against, max_runs=len(track.values))
-        if verdict.decision == "more":
-            self.state.save(self.lab)
-            return
-        self._conclude(track, verdict)
-
-    def _judge_parked(self) -> None:
-        for track in [t for t in self.state.tracks if t.parked and t.decision is None]:
-            self._judge(track)
-
-    def _conclude(self, track: Track, verdict, decision: str | None = None) -> None:
-        """Settle a candidate: keep it (the branch moves), discard it, or re-apply it onto a best that
-        moved while it ran."""
-        record = verdict.record() if verdict is not None else None
-        decision = decision or verdict.decision
-        head = self.lab.head()
-        moved = decision == "keep" and track.shared.get("parent_code") != self.lab.code_id(head)
-        if moved:
-            self._rebase(track, head, record)
-            decision = "discard"
-        elif decision == "keep" and head != self.lab.repo.git.rev_parse(track.parent):
-            # only the charter moved: the same code goes on top of it
-            track.commit = self.lab.commit_files({p: self.lab.file_at_commit(track.commit, p)
-                                                  for p in self.lab.config["allowed"]}, head,
-                                                 f"experiment: {track.description}")
-        settle(track.rows, decision, record)
-        self._close(track, decision)
-
-    def _rebase(self, track: Track, head: str, record: dict) -> None:
-        """A result that beat its own parent after the best moved: re-applied onto the new best and
-        confirmed there (a new candidate), or discarded when it does not re-apply."""
-        files = {p: self.lab.file_at_commit(track.commit, p) for p in self.lab.config["allowed"]}
-        merged = reapply(self.lab, track.parent, files, head)
-        if merged is None:
-            for row in track.rows:
-                row["reason"] = "beat its own parent, but the best moved meanwhile and it does not re-apply onto it"
-            return
-        commit = self.lab.commit_files(merged, head, f"experiment (re-applied): {track.description}")
-        self.lab.keep_ref(self.lab.short(commit), commit)
-        again = Track(self.state.new_id(), "experiment", commit, head, track.description, track.seed,
-                      self.options.segment, first={"rationale": track.first.get("rationale", "")},
-                      shared={**track.shared, "code": self.lab.code_id(commit), "parent_code": self.lab.code_id(head),
-                              "rebased": True, "rebased_from": self.lab.short(track.commit),
-                              "diff": self._diff_stats(head, commit)})
-        for row in track.rows:
-            row["reason"] = f"beat its own parent ({self.lab.short(track.parent)}); re-applied onto the new best to be confirmed there"
-        self.state.tracks.append(again)
-
-    def _close(self, track: Track, decision: str) -> None:
-        """Record a finished track's rows (the note first says the verdict, so a kill between two
-        appends is finished on resume as decided) and, for a kept change, move the branch."""
-        track.decision = decision
-        self.state.save(self.lab)
-        crashpoint("after_judge")
-        if decision == "keep":
-            self.lab.reset(track.commit)
-        rows = self.rows()
-        for row in track.rows:
-            self.record(row, rows)
-        self.state.tracks.remove(track)
-        self.state.save(self.lab)
-
-    def _wind_down(self) -> None:
-        """The run is ending: candidates are decided on the runs they have, other tracks dropped."""
-        for track in [t for t in self.state.tracks if t.decision is None and not t.job]:
-            self._out_of_room(track, self.rows())
-
-    def _retire_other_segments(self) -> None:
-        """Tracks left from a session under other conditions: their runs are recorded, not judged."""
-        for track in [t for t in self.state.tracks if t.segment != self.options.segment]:
-            settle(track.rows, "interrupted", None)
-            self._close(track, "interrupted")
 
     # -- pieces -----------------------------------------------------------------------------
     def _diff_stats(self, old: str, new: str) -> dict:

@@ -12,8 +12,20 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 
+class Record:
+    """Plain data that goes to inflight.json and comes back (unknown keys from newer files are dropped)."""
+
+    def record(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def load(cls, data: dict):
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass
-class Job:
+class Job(Record):
     """One run of a track's code: {job id, parent commit, code commit, seed, budget} in, a result out."""
 
     id: int
@@ -26,12 +38,9 @@ class Job:
     started_at: str = ""
     log: str = ""                # path relative to the lab
 
-    def record(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
-class Track:
+class Track(Record):
     id: int
     role: str                    # baseline | noise | remeasure | ablation | experiment
     commit: str                  # the code (full sha)
@@ -55,17 +64,9 @@ class Track:
     def candidate(self) -> bool:
         return self.role == "experiment"
 
-    def record(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, data: dict) -> "Track":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 @dataclass
-class Draft:
+class Draft(Record):
     """A proposal the agent made on commit `base`, waiting to be committed and run."""
 
     id: int
@@ -77,11 +78,3 @@ class Draft:
     meta: dict = field(default_factory=dict)
     propose_s: float = 0.0
     started_at: str = ""
-
-    def record(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def load(cls, data: dict) -> "Draft":
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})

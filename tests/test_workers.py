@@ -8,7 +8,7 @@ import time
 import pytest
 
 from autoresearch_nb import facts
-from autoresearch_nb.ledger import RESULTS_HEADER, read_results_tsv
+from autoresearch_nb.ledger import RESULTS_HEADER
 from autoresearch_nb.loop import LoopOptions, ResearchLoop
 from autoresearch_nb.worktrees import Worktrees
 from test_loop import TRAIN, ScriptedAgent, assert_consistent, scored_lab

@@ -1,0 +1,252 @@
+"""The coordinator's scheduling: which track runs next on which worker, and when the agent drafts.
+
+A mixin of ResearchLoop (loop.py), split out so each file reads in one sitting: measurements
+plan.py says are due come first, then the runs the judge asked for, then new candidates made from
+the agent's drafts (re-applied onto the best when it moved since they were drafted).
+"""
+from __future__ import annotations
+
+import queue
+import time
+
+from . import facts, plan
+from .audit import fingerprint
+from .checks import validate
+from .context import build_context
+from .describe import describe_change
+from .inflight import crashpoint, now_iso
+from .agents.base import Context
+from .reapply import reapply
+from .records import base_row
+from .tracks import Draft, Job, Track
+
+BASE_SEED = 42
+SEED_STEP = 7919              # the k-th run of one code gets seed BASE_SEED + seed + SEED_STEP * k
+MAX_REJECTED_IN_A_ROW = 10
+MEASUREMENTS = ("baseline", "noise", "remeasure", "ablation")
+
+
+class Scheduling:
+    # -- what runs where ----------------------------------------------------------------------
+    def _running(self) -> bool:
+        return any(t.job for t in self.state.tracks)
+
+    def _waiting_tracks(self) -> list[Track]:
+        return [t for t in self.state.tracks if not t.job and t.decision is None and not t.parked]
+
+    def _free_slots(self) -> list[int]:
+        busy = {t.job["slot"] for t in self.state.tracks if t.job}
+        return [slot for slot in range(self.pool.size) if slot not in busy]
+
+    def _room(self, rows: list[dict]) -> bool:
+        limit = self.options.max_experiments
+        if limit is None:
+            return True
+        pending = sum(1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
+        return facts.ran(rows) + pending + sum(1 for t in self.state.tracks if t.job) < limit
+
+    def _dispatch(self, rows: list[dict], ending: str) -> None:
+        if self.stop_now.is_set():
+            return
+        for slot in self._free_slots():
+            track = self._next_track(rows, ending)
+            if track is None:
+                return
+            if not self._room(rows):
+                self._out_of_room(track, rows)
+                continue
+            self._start(track, slot)
+
+    def _next_track(self, rows: list[dict], ending: str) -> Track | None:
+        waiting = sorted(self._waiting_tracks(), key=lambda t: (t.role not in MEASUREMENTS, t.id))
+        if waiting:
+            return waiting[0]
+        if ending and not any(t.parked for t in self.state.tracks):
+            return None
+        in_flight = sum(1 for t in self.state.tracks if t.role in ("baseline", "noise", "remeasure") and not t.decision)
+        due = plan.next_measurement(rows, self.options.segment, self.options.policy, self.options.noise_runs,
+                                    metric=self.metric, in_flight=in_flight)
+        if due is not None:
+            return self._measurement(due, rows)
+        if ending or plan.barrier(rows, self.options.segment, self.options.policy, self.options.noise_runs, self.metric):
+            return None
+        while self.state.drafts and self._rejected_in_a_row < MAX_REJECTED_IN_A_ROW:
+            track = self._candidate(self.state.drafts.pop(0), rows)
+            self.state.save(self.lab)
+            if track is not None:
+                return track
+        return None
+
+    def _measurement(self, due: plan.Measurement, rows: list[dict]) -> Track:
+        return self.add_measurement(due.role, self.lab.head(), due.description, rows)
+
+    def add_measurement(self, role: str, commit: str, description: str, rows: list[dict] | None = None,
+                        ablates: int | None = None) -> Track:
+        """A track that measures code already on the branch (or the best without a change) once."""
+        rows = self.rows() if rows is None else rows
+        code, best = self.lab.code_id(commit), self.lab.head()
+        track = Track(self.state.new_id(), role, commit, best, description, self._seed_for(code, rows),
+                      self.options.segment, ablates=ablates,
+                      shared={"code": code, "parent_code": self.lab.code_id(best)})
+        self.state.tracks.append(track)
+        self.state.save(self.lab)
+        return track
+
+    def drain(self) -> str:
+        """Run the tracks there are, on every free worker, until none is left (or a stop)."""
+        while self.state.tracks:
+            if self.stop_now.is_set():
+                self.pool.stop_all()
+            elif self.unpaused.is_set() and not self.stop_requested.is_set():
+                for slot in self._free_slots():
+                    waiting = self._waiting_tracks()
+                    if not waiting:
+                        break
+                    self._start(waiting[0], slot)
+            if not self._running() and (self.stop_requested.is_set() or not self._waiting_tracks()):
+                for track in [t for t in self.state.tracks if not t.job]:
+                    self._close(track, "dropped")
+                break
+            try:
+                self._handle(self.events.get(timeout=0.25))
+            except queue.Empty:
+                continue
+        return "stopped" if self.stop_requested.is_set() else ""
+
+    def _seed_for(self, code: str, rows: list[dict]) -> int:
+        """Runs of one code get seeds of their own, so repeats measure the noise."""
+        earlier = sum(1 for r in rows if r.get("code") == code and r.get("status") != "disturbed")
+        earlier += sum(1 for t in self.state.tracks if t.shared.get("code") == code)
+        return BASE_SEED + self.options.seed + SEED_STEP * earlier
+
+    def _start(self, track: Track, slot: int) -> None:
+        job = Job(self.state.new_id(), track.id, track.commit, track.seed, self.pool.name(slot),
+                  started_at=now_iso())
+        track.job = {**job.record(), "slot": slot, "log": self._relative(self.pool.log_path(job.id))}
+        track.runs += 1
+        self.state.save(self.lab)
+        tree = self.pool.prepare(slot, track.commit)
+        track.job["cwd"] = str(tree)
+        self.pool.run(slot, job, tree,
+                      on_step=lambda step, j=job: self.bus.emit("step", index=j.id, job=j.id, worker=j.worker, **step),
+                      on_start=lambda pid, j=job: self.events.put(("started", j.id, pid)))
+        confirming = track.role == "experiment" and track.values
+        self.bus.emit("experiment_started", index=job.id, job=job.id, worker=job.worker,
+                      description=f"confirm: {track.description}" if confirming else track.description,
+                      role="confirm" if confirming else track.role, budget=self.options.budget,
+                      commit=self.lab.short(track.commit))
+
+    def _out_of_room(self, track: Track, rows: list[dict]) -> None:
+        """No run left under --max-experiments: a candidate is decided on what it has, the rest dropped."""
+        if track.role == "experiment" and track.values:
+            verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
+                                   self.metric, against=track.shared.get("parent_code"), max_runs=len(track.values))
+            self._conclude(track, verdict)
+        else:
+            self._close(track, "dropped")
+
+    # -- drafts -----------------------------------------------------------------------------
+    def _ask_for_drafts(self, rows: list[dict]) -> None:
+        if (self._exhausted or time.monotonic() < self._draft_after or self.stop_requested.is_set()
+                or self._rejected_in_a_row >= MAX_REJECTED_IN_A_ROW):
+            return
+        free = len(self._free_slots()) - len(self._waiting_tracks())
+        wanted = max(0, free) + self.options.depth
+        limit = self.options.max_experiments
+        if limit is not None:  # no draft that --max-experiments leaves no run for
+            used = facts.ran(rows) + sum(1 for t in self.state.tracks if t.job) + sum(
+                1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
+            wanted = min(wanted, limit - used)
+        have = len(self.state.drafts) + self.drafter.pending
+        while have < wanted:
+            draft_id = self.state.new_id()
+            self.drafter.ask(draft_id, self.lab.head(), self.context(rows))
+            have += 1
+
+    def context(self, rows: list[dict] | None = None) -> Context:
+        rows = self.rows() if rows is None else rows
+        best = facts.value_to_beat(rows, self.metric)
+        context = build_context(self.lab, len(rows), rows, facts.best_row(rows), best.mean if best else None,
+                                self.options.budget, self.options.run_info.get("profile_facts") or {}, self.options.seed)
+        context.in_flight = [t.description for t in self.state.tracks if t.role == "experiment" and not t.decision]
+        context.in_flight += [f"{d.description} (drafted, not yet run)" for d in self.state.drafts]
+        return context
+
+    def _candidate(self, draft: Draft, rows: list[dict]) -> Track | None:
+        """Commit a draft onto the best (re-applied if the best moved since it was drafted), or
+        record why it cannot run."""
+        head = self.lab.head()
+        extra = dict(usage=draft.usage, propose_s=draft.propose_s, rationale=draft.rationale, meta=draft.meta,
+                     started=draft.started_at)
+        files = dict(draft.files)
+        rebased = draft.base != head
+        if rebased:
+            allowed = {p: t for p, t in files.items() if p in self.lab.config["allowed"]}
+            merged = reapply(self.lab, draft.base, allowed, head)
+            if merged is None:
+                self._rejected("conflict", "drafted on a best that has moved since; it does not re-apply onto "
+                               "the new best: drafted again", draft.description, **extra)
+                return None
+            files = {**files, **merged}
+        problem, kind = validate(self.lab, files, rows, self.fixed_exports, self.options.audit)
+        description = " ".join(draft.description.split())[:200] or describe_change(
+            {p: self.lab.read(p) for p in files if p in self.lab.config["allowed"]}, files)
+        code_print = fingerprint(files.get(self.lab.config["allowed"][0], ""))
+        twin = next((t for t in self.state.tracks if t.shared.get("fingerprint") == code_print), None)
+        if not problem and twin is not None:
+            problem, kind = f"already running: the same change as '{twin.description}'", "duplicate"
+        if problem:
+            self._rejected(kind, problem, description, fingerprint=code_print, **extra)
+            return None
+        self._rejected_in_a_row = 0
+        commit = self.lab.commit_files(files, head, f"experiment: {description}")
+        self.lab.keep_ref(self.lab.short(commit), commit)
+        track = Track(self.state.new_id(), "experiment", commit, head, description, BASE_SEED + self.options.seed,
+                      self.options.segment,
+                      first={"rationale": draft.rationale, "usage": draft.usage, **draft.meta,
+                             "timings": {"propose_s": draft.propose_s}, "started_at": draft.started_at},
+                      shared={"fingerprint": code_print, "diff": self._diff_stats(head, commit),
+                              "code": self.lab.code_id(commit), "parent_code": self.lab.code_id(head),
+                              **({"rebased": True, "drafted_on": self.lab.short(draft.base)} if rebased else {})})
+        self.state.tracks.append(track)
+        self.state.save(self.lab)
+        crashpoint("after_commit")
+        return track
+
+    def _rejected(self, kind: str, reason: str, description: str = "", usage=None, propose_s: float = 0.0,
+                  rationale: str = "", meta=None, fingerprint=None, started: str = "", fatal: bool = False,
+                  exhausted: bool = False) -> dict:
+        row = base_row(self.options, self.agent, description=description or "(no proposal)",
+                       status="rejected" if kind != "interrupted" else "interrupted", kind=kind, reason=reason,
+                       usage=usage or {}, rationale=rationale, fingerprint=fingerprint, val_bpb=None,
+                       parent=self.lab.short(self.lab.head()), started_at=started or now_iso(), **(meta or {}))
+        row["timings"]["propose_s"] = round(propose_s, 3)
+        row["timings"]["total_s"] = round(propose_s, 3)
+        if fatal:
+            row["fatal"] = True
+        if exhausted:
+            row["exhausted"] = True
+        if kind not in ("conflict", "not_run"):
+            self._rejected_in_a_row += 1
+        return self.record(row)
+
+    def _late_answers(self) -> None:
+        """Drafts and failures the agent answered after the run decided to end: recorded all the same."""
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if event[0] == "draft":
+                self.state.drafts.append(event[1])
+            elif event[0] == "draft_failed":
+                self._draft_failed(*event[1:])
+
+    def _drop_unused_drafts(self) -> None:
+        """Drafts the run ended before running: recorded, so what they cost is in the ledger."""
+        for draft in self.state.drafts:
+            self._rejected("not_run", "drafted while the run was ending: not run", draft.description,
+                           usage=draft.usage, propose_s=draft.propose_s, rationale=draft.rationale,
+                           started=draft.started_at)
+        self.state.drafts = []
+
