@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import facts
+from .facts import timestamp  # noqa: F401  (notebooks call analysis.timestamp)
 from .errors import LabError
 from .ledger import read_results_tsv, read_rows
 
@@ -230,19 +231,6 @@ def time_and_money(rows: list[dict]) -> dict:
         cost += float(usage.get("cost_usd") or 0.0)
     return {"timed_rows": timed, **spent, "total_s": total, "by_status": by_status,
             "tokens": tokens, "cost_usd": cost}
-
-
-def timestamp(value) -> float | None:
-    """Seconds since the epoch from an ISO string or a number; None if unreadable."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, (int, float)):
-        return float(value)
-    try:
-        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment.timestamp()  # a naive time is the machine's local time, as the loop writes it
 
 
 def wall_time(record: dict) -> float | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from .judge import Estimate, Noise, estimate, estimate_noise, gain_interval
 from .ledger import RAN_STATUSES
@@ -191,11 +192,22 @@ def ran(rows: list[dict]) -> int:
     return sum(1 for r in rows if r.get("status") in RAN_STATUSES)
 
 
+def timestamp(value) -> float | None:
+    """Seconds since the epoch from an ISO string or a number; None if unreadable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp()  # a naive time is the machine's local time, as the loop writes it
+
+
 def active_seconds(rows: list[dict]) -> float:
     """Wall time the run was working: the union of its rows' [started, finished] spans, so
     stops between sessions do not count and runs that overlap are not counted twice."""
-    from .analysis import timestamp
-
     spans = []
     for row in rows:
         start, end = timestamp(row.get("started_at")), timestamp(row.get("finished_at"))

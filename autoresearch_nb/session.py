@@ -213,7 +213,7 @@ class Session:
                                                          gpus=[str(g).strip() for g in self.options.gpus]
                                                          if self.options.gpus else None),
                             self.bus, pool=self._ray_pool())
-        if self.options.resume and lab.inflight_path.exists():
+        if lab.inflight_path.exists():  # a run stopped uncleanly (even before its first row): repair first
             if lab.branch() != branch and branch in lab.repo.heads:
                 lab.repo.git.checkout("-f", branch)
             loop.recover()
