@@ -37,12 +37,15 @@ def loop_overhead(profile: str, experiments: int) -> None:
     # depth 0: the agent proposes between runs, so its time is the row's propose_s and not overlapped
     options = RunOptions(lab=str(lab), policy="greedy", max_experiments=experiments, depth=0)
     run_session(options, on_event=on_event)
-    overheads = []
+    overheads, previous = [], None
     for finished, row in marks:
         if row.get("job") not in starts:
             continue  # a row that is not a run (a rejected proposal)
         timings = row.get("timings") or {}
-        overheads.append(finished - starts[row["job"]] - timings.get("run_s", 0.0))
+        after = finished - starts[row["job"]] - timings.get("run_s", 0.0)      # records, results.tsv
+        before = 0.0 if previous is None else max(0.0, starts[row["job"]] - previous - timings.get("propose_s", 0.0))
+        overheads.append(before + after)                                        # + validation, commit, worktree
+        previous = finished
     print(f"{len(overheads)} experiments on the {profile} profile")
     print(f"harness overhead per experiment: median {statistics.median(overheads) * 1000:.0f} ms, "
           f"max {max(overheads) * 1000:.0f} ms")
