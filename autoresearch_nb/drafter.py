@@ -21,7 +21,7 @@ class Drafter:
         self.agent, self.events, self.journal = agent, events, journal
         self.requests: queue.Queue = queue.Queue()
         self.busy = threading.Event()        # a proposal is being made
-        self.pending = 0                     # requests not yet answered
+        self.pending = 0                     # requests whose answer the coordinator has not taken yet
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._main, name="autoresearch-drafter", daemon=True)
@@ -76,7 +76,9 @@ class Drafter:
                                          dict(proposal.meta or {}), round(time.monotonic() - t0, 3), started)))
 
     def _answer(self, event) -> None:
-        # on the queue first: counted as pending until the coordinator can see it, never as neither
-        self.events.put(event)
+        self.events.put(event)  # still pending until the coordinator takes it (settled)
+
+    def settled(self) -> None:
+        """The coordinator took an answer off its queue: one request fewer is pending."""
         with self._lock:
             self.pending -= 1
