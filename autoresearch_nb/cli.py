@@ -71,7 +71,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="seconds the command agent may take per proposal before it is killed (default 900)")
     p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment")
     p.add_argument("--max-experiments", type=int, default=None,
-                   help="bound on results.tsv rows (baseline repeats and confirmations included)")
+                   help="bound on runs (baseline repeats and confirmations included; "
+                        "runs disturbed from outside are run again and not counted)")
     p.add_argument("--tag", default=None, help="run name; the branch is autoresearch/<tag> (default: the date)")
     p.add_argument("--policy", default="noise", choices=["noise", "greedy"])
     p.add_argument("--noise-runs", type=int, default=2, help="extra baseline runs that measure the noise")

@@ -113,7 +113,7 @@ def record_cell(record: dict) -> nbformat.NotebookNode:
     source = ("# The lab's record (ledger rows, config, charter, diffs, final files).\n"
               + RECORD_OPEN + text + RECORD_CLOSE
               + "\nMETRIC, DIRECTION = analysis.metric_of(RECORD)\n"
-              + 'print(f"{len(RECORD[\'rows\'])} experiments from lab {RECORD[\'lab\']!r}")')
+              + 'print(f"{len(RECORD[\'rows\'])} experiment{\'\' if len(RECORD[\'rows\']) == 1 else \'s\'} from lab {RECORD[\'lab\']!r}")')
     return new_code_cell(source, metadata={"tags": [RECORD_TAG],
                                            "jupyter": {"source_hidden": True}})
 

@@ -188,8 +188,20 @@ def counts(rows: list[dict]) -> dict[str, int]:
 
 
 def ran(rows: list[dict]) -> int:
-    """Rows that used training time: what --max-experiments counts."""
+    """Rows that used training time."""
     return sum(1 for r in rows if r.get("status") in RAN_STATUSES)
+
+
+def charged(row: dict) -> bool:
+    """Does this row count against --max-experiments? Every run that used training time, except one
+    disturbed from outside: that is run again (at most plan.MAX_DISTURBED_RERUNS times), and the
+    limit would otherwise end a night on a run it promised to repeat."""
+    return row.get("status") in RAN_STATUSES and row.get("status") != "disturbed"
+
+
+def counted(rows: list[dict]) -> int:
+    """Rows --max-experiments counts (see charged)."""
+    return sum(1 for r in rows if charged(r))
 
 
 def timestamp(value) -> float | None:
@@ -225,12 +237,13 @@ def active_seconds(rows: list[dict]) -> float:
 
 
 def pace(rows: list[dict], max_experiments: int | None = None) -> tuple[float | None, float | None]:
-    """(experiments per hour, seconds left until --max-experiments) from the active time."""
+    """(runs per hour, seconds left until --max-experiments) from the active time."""
     done, working = ran(rows), active_seconds(rows)
     if working < MIN_PACE_SECONDS or not done:
         return None, None
     per_hour = done * 3600.0 / working
-    eta = (max_experiments - done) * 3600.0 / per_hour if max_experiments and done < max_experiments else None
+    left = max_experiments - counted(rows) if max_experiments else 0
+    eta = left * 3600.0 / per_hour if left > 0 else None
     return per_hour, eta
 
 
@@ -265,7 +278,7 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
     cost = sum(float((r.get("usage") or {}).get("cost_usd") or 0.0) for r in rows)
     spread = noise(rows, segment, metric)
     starts = segment_starts(rows)
-    return {"metric": metric, "direction": direction, "counts": counts(rows), "done": ran(rows),
+    return {"metric": metric, "direction": direction, "counts": counts(rows), "done": ran(rows), "counted": counted(rows),
             "baseline": start, "best": best, "best_row": best_row(rows), "gain": gain, "gain_half_width": half,
             "gain_pct": 100.0 * gain / start.mean if gain is not None and start and start.mean else None,
             "noise": spread, "segment": segment, "segment_start": starts[-1]["index"] if starts else None,

@@ -212,7 +212,7 @@ class ResearchLoop(Scheduling, Verdicts):
         if self.stop_requested.is_set():
             return "stopped"
         limit = self.options.max_experiments
-        if limit is not None and facts.ran(rows) >= limit:
+        if limit is not None and facts.counted(rows) >= limit:
             return f"reached --max-experiments {limit}"
         if self._over_budget(rows):
             return f"the next proposal would pass --max-cost ${self.options.max_cost:.2f}"
@@ -238,6 +238,8 @@ class ResearchLoop(Scheduling, Verdicts):
     # -- events -----------------------------------------------------------------------------
     def _handle(self, event) -> str:
         kind = event[0]
+        if kind in ("draft", "draft_failed"):
+            self.drafter.settled()
         if kind == "draft":
             self.state.drafts.append(event[1])
             self.state.save(self.lab)

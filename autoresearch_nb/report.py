@@ -176,7 +176,7 @@ def progress_note(record: dict) -> str:
     inflight = record.get("inflight") or {}
     done = f"{len(rows)} experiment{'' if len(rows) == 1 else 's'} finished"
     if run.get("max_experiments"):
-        done += f" of at most {run['max_experiments']}"
+        done += f" ({facts.counted(rows)} of at most {run['max_experiments']} runs counted)"
     running = [t for t in inflight.get("tracks") or [] if t.get("job")]
     waiting = [t for t in inflight.get("tracks") or [] if not t.get("job")]
     if running:

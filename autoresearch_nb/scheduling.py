@@ -42,8 +42,8 @@ class Scheduling:
         limit = self.options.max_experiments
         if limit is None:
             return True
-        pending = sum(1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
-        return facts.ran(rows) + pending + sum(1 for t in self.state.tracks if t.job) < limit
+        pending = sum(1 for t in self.state.tracks for r in t.rows if facts.charged(r))
+        return facts.counted(rows) + pending + sum(1 for t in self.state.tracks if t.job) < limit
 
     def _dispatch(self, rows: list[dict], ending: str) -> None:
         if self.stop_now.is_set():
@@ -154,8 +154,8 @@ class Scheduling:
         wanted = max(0, free) + self.options.depth
         limit = self.options.max_experiments
         if limit is not None:  # no draft that --max-experiments leaves no run for
-            used = facts.ran(rows) + sum(1 for t in self.state.tracks if t.job) + sum(
-                1 for t in self.state.tracks for r in t.rows if r.get("status") in facts.RAN_STATUSES)
+            used = facts.counted(rows) + sum(1 for t in self.state.tracks if t.job) + sum(
+                1 for t in self.state.tracks for r in t.rows if facts.charged(r))
             wanted = min(wanted, limit - used)
         have = len(self.state.drafts) + self.drafter.pending
         while have < wanted:
@@ -237,6 +237,8 @@ class Scheduling:
                 event = self.events.get_nowait()
             except queue.Empty:
                 return
+            if event[0] in ("draft", "draft_failed"):
+                self.drafter.settled()
             if event[0] == "draft":
                 self.state.drafts.append(event[1])
             elif event[0] == "draft_failed":

@@ -14,6 +14,7 @@ import pytest
 
 from autoresearch_nb.ledger import read_results_tsv
 from autoresearch_nb.loop import LoopOptions, ResearchLoop
+from autoresearch_nb.ui import text
 from test_loop import ScriptedAgent, TRAIN, assert_consistent, git, scored_lab
 
 pytestmark = pytest.mark.slow
@@ -80,8 +81,8 @@ def working_lab(tmp_path, baseline: str = "SCORE = 1.0\n"):
     return lab
 
 
-def run(lab, agent, neighbour: Neighbour) -> list[dict]:
-    loop = ResearchLoop(lab, agent, LoopOptions(budget=5.0, policy="greedy", profile="tiny", depth=0))
+def run(lab, agent, neighbour: Neighbour, **options) -> list[dict]:
+    loop = ResearchLoop(lab, agent, LoopOptions(budget=5.0, policy="greedy", profile="tiny", depth=0, **options))
     loop.bus.subscribe(neighbour.on_event)
     try:
         loop.run()
@@ -103,6 +104,18 @@ def test_a_run_disturbed_from_outside_is_run_again_and_the_clean_run_is_judged(t
     assert "disturbance" not in rows[2]
     results = read_results_tsv(lab.results_path)
     assert results[1]["status"] == "discard" and results[1]["description"].endswith("[disturbed: run again]")
+
+
+def test_a_disturbed_run_is_not_charged_to_max_experiments(tmp_path):
+    # the limit would otherwise end the night on a run the loop had said it would repeat
+    lab = working_lab(tmp_path)
+    rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\n"}, "better"), ({TRAIN: "SCORE = 0.8\n"}, "more")]),
+               Neighbour(runs={1}), max_experiments=2)
+    assert [(r["role"], r["status"]) for r in rows] == [
+        ("baseline", "keep"), ("experiment", "disturbed"), ("experiment", "keep")]
+    assert rows[2]["description"] == rows[1]["description"] == "better"
+    header = text.header_lines(text.summarize(rows, {"max_experiments": 2}))
+    assert "3 (2/2 counted) runs" in header[1]
 
 
 def test_a_run_disturbed_again_and_again_is_judged_after_the_cap(tmp_path):

@@ -172,7 +172,7 @@ def test_export_while_a_run_is_going_says_how_far_it_got(hand_lab, tmp_path):
     notebook = nbformat.read(out, as_version=4)
     assert "still going when this was exported" in notebook.cells[0].source
     text = outputs_text(notebook)
-    assert "4 experiments finished of at most 6; running now: DEPTH 6 -> 8 (w0)" in text
+    assert "4 experiments finished (4 of at most 6 runs counted); running now: DEPTH 6 -> 8 (w0)" in text
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_export_during_a_run_says_how_far_it_got_and_leaves_the_run_alone(finish
     notebook = nbformat.read(midrun, as_version=4)
     nbformat.validate(notebook)
     assert "still going when this was exported" in notebook.cells[0].source
-    assert "1 experiment finished of at most 3; running now: " in outputs_text(notebook)
+    assert "1 experiment finished (1 of at most 3 runs counted); running now: " in outputs_text(notebook)
     assert len(analysis.load(root)["rows"]) == 3                # the run went on to the end
     assert git(root, "status", "--porcelain") == ""             # with a clean tree
 

@@ -67,7 +67,8 @@ def test_a_real_tiny_run_on_ray_through_the_cli(tmp_path):
 
     rows = Lab.open(lab).rows()
     ran = [r for r in rows if r["status"] in ("keep", "discard")]
-    assert len(ran) == 3 and all(r["val_bpb"] > 0 for r in ran)
+    assert len(ran) == 3 and all(r["val_bpb"] > 0 for r in ran), (
+        [(r["status"], r["description"], r.get("error"), r.get("disturbance")) for r in rows], done.stdout)
     assert all(r["worker"].startswith(("r0", "r1")) for r in ran)
     log = (lab / ran[-1]["log"]).read_text()
     assert "evaluating in a separate process" in log  # the same boundary as a local worker

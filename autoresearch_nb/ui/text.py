@@ -52,9 +52,12 @@ def header_lines(found: dict) -> list[str]:
     counts = found["counts"]
     tally = ", ".join(f"{counts[s]} {STATUS_WORDS[s]}" for s in STATUSES
                       if counts.get(s) or s in ("keep", "discard", "crash"))
-    of_limit = f"/{found['max_experiments']}" if found.get("max_experiments") else ""
+    ran = f"{found['done']}"
+    if found.get("max_experiments"):  # disturbed runs are run again and not charged to the limit
+        ran = (f"{found['done']}/{found['max_experiments']}" if found["counted"] == found["done"]
+               else f"{found['done']} ({found['counted']}/{found['max_experiments']} counted)")
     lines = [f"{who}" + (f" · {where}" if where else ""),
-             f"{found['done']}{of_limit} runs, {found['changes']} change{'' if found['changes'] == 1 else 's'} "
+             f"{ran} runs, {found['changes']} change{'' if found['changes'] == 1 else 's'} "
              f"kept: {tally}"]
     metric, best, base = found["metric"], found["best"], found["baseline"]
     if best is None:
