@@ -20,7 +20,6 @@ class Drafter:
     def __init__(self, agent: Agent, events: queue.Queue, journal):
         self.agent, self.events, self.journal = agent, events, journal
         self.requests: queue.Queue = queue.Queue()
-        self.busy = threading.Event()        # a proposal is being made
         self.pending = 0                     # requests whose answer the coordinator has not taken yet
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -58,25 +57,20 @@ class Drafter:
                 self.journal(row, lesson)
                 continue
             _, draft_id, base, context = item
-            self.busy.set()
             started, t0 = now_iso(), time.monotonic()
+            # each answer stays pending until the coordinator takes it off the queue (settled)
             try:
                 proposal = self.agent.propose(context)
             except ProposalError as error:
-                self._answer(("draft_failed", draft_id, base, error, time.monotonic() - t0, started))
+                self.events.put(("draft_failed", draft_id, base, error, time.monotonic() - t0, started))
                 continue
             except Exception as error:  # a broken agent is recorded, never fatal to the loop
                 failure = ProposalError(f"{type(error).__name__}: {error}")
-                self._answer(("draft_failed", draft_id, base, failure, time.monotonic() - t0, started))
+                self.events.put(("draft_failed", draft_id, base, failure, time.monotonic() - t0, started))
                 continue
-            finally:
-                self.busy.clear()
-            self._answer(("draft", Draft(draft_id, base, dict(proposal.files), proposal.description or "",
-                                         proposal.rationale or "", dict(proposal.usage or {}),
-                                         dict(proposal.meta or {}), round(time.monotonic() - t0, 3), started)))
-
-    def _answer(self, event) -> None:
-        self.events.put(event)  # still pending until the coordinator takes it (settled)
+            self.events.put(("draft", Draft(draft_id, base, dict(proposal.files), proposal.description or "",
+                                            proposal.rationale or "", dict(proposal.usage or {}),
+                                            dict(proposal.meta or {}), round(time.monotonic() - t0, 3), started)))
 
     def settled(self) -> None:
         """The coordinator took an answer off its queue: one request fewer is pending."""

@@ -73,7 +73,7 @@ class ExperimentActor:
 
     def run(self, job: dict) -> dict:
         from .runner import RunResult
-        from .workers import experiment_runner
+        from .workers import experiment_runner, log_path
 
         tree = self._write(self.workspace / f"job-{job['id']}", job["files"])
         lab = _NodeLab(tree, job["config"])
@@ -87,7 +87,7 @@ class ExperimentActor:
             result = RunResult(False, "exception", f"the worker failed to run it: {type(error).__name__}: {error}")
         finally:
             self.runner = None
-        log = lab.log_path(job["id"])
+        log = log_path(lab, job["id"])
         text = log.read_text(encoding="utf-8", errors="replace")[-LOG_LIMIT:] if log.exists() else ""
         shutil.rmtree(tree, ignore_errors=True)
         return {"result": asdict(result), "log": text}
@@ -126,9 +126,6 @@ class _NodeLab:
         self.config_path = self.state_dir / "config.json"
         self.journal_path = self.state_dir / "journal.md"
         self.run_info_path = self.state_dir / "run.json"
-
-    def log_path(self, job_id: int) -> Path:
-        return self.state_dir / "logs" / f"run-{job_id:05d}.log"
 
 
 class RayPool:

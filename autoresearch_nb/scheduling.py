@@ -38,12 +38,14 @@ class Scheduling:
         busy = {t.job["slot"] for t in self.state.tracks if t.job}
         return [slot for slot in range(self.pool.size) if slot not in busy]
 
+    def _used(self, rows: list[dict]) -> int:
+        """Runs charged to --max-experiments: recorded, held on tracks, and under way."""
+        held = sum(1 for t in self.state.tracks for r in t.rows if facts.charged(r))
+        return facts.counted(rows) + held + sum(1 for t in self.state.tracks if t.job)
+
     def _room(self, rows: list[dict]) -> bool:
         limit = self.options.max_experiments
-        if limit is None:
-            return True
-        pending = sum(1 for t in self.state.tracks for r in t.rows if facts.charged(r))
-        return facts.counted(rows) + pending + sum(1 for t in self.state.tracks if t.job) < limit
+        return limit is None or self._used(rows) < limit
 
     def _dispatch(self, rows: list[dict], ending: str) -> None:
         if self.stop_now.is_set():
@@ -154,9 +156,7 @@ class Scheduling:
         wanted = max(0, free) + self.options.depth
         limit = self.options.max_experiments
         if limit is not None:  # no draft that --max-experiments leaves no run for
-            used = facts.counted(rows) + sum(1 for t in self.state.tracks if t.job) + sum(
-                1 for t in self.state.tracks for r in t.rows if facts.charged(r))
-            wanted = min(wanted, limit - used)
+            wanted = min(wanted, limit - self._used(rows))
         have = len(self.state.drafts) + self.drafter.pending
         while have < wanted:
             draft_id = self.state.new_id()

@@ -91,10 +91,6 @@ class LocalPool:
         """No worktree is left behind when the run ends."""
         self.worktrees.remove_all()
 
-    def busy(self) -> set[int]:
-        with self._lock:
-            return set(self._runners)
-
     def run(self, slot: int, job, tree: Path, on_step, on_start) -> None:
         """Start `job` in `slot`'s worktree `tree`; the result arrives on the event queue."""
         facts = self.options.run_info.get("profile_facts") or {}
