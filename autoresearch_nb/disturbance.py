@@ -80,3 +80,13 @@ def detect(steps: list[dict]) -> Disturbance | None:
     if share < LOST_SHARE:
         return None
     return Disturbance(lost, share, worst, pace)
+
+
+def others_load(steps: list[dict]) -> float | None:
+    """How many cores other processes used on average while the run trained (None: not sampled).
+    Two runs compared seed by seed should have trained beside about the same load: a busy
+    neighbour moves every value a little even under the CPU clock."""
+    sampled = [s for s in steps if s.get("others_cpu") is not None and s.get("wall") is not None]
+    if len(sampled) < 2 or sampled[-1]["wall"] <= sampled[0]["wall"]:
+        return None
+    return round((sampled[-1]["others_cpu"] - sampled[0]["others_cpu"]) / (sampled[-1]["wall"] - sampled[0]["wall"]), 3)

@@ -6,20 +6,25 @@ export and the analysis notebook all read them from here, so they never disagree
 Rows are grouped by comparison segment (a change of conditions starts a new one; numbers from
 different segments are never compared) and, inside a segment, by code (the commit that ran).
 A clean run is one that produced the metric and was judged: status keep or discard. A code's
-value is the mean of its clean runs in the segment, with an interval (see judge.py).
+value is the mean of its clean runs in the segment, with an interval (see judge.py). Runs of
+two codes with the same seed are paired: a gain is the mean of their differences where the
+paired spread is known (judge.Pairing), else the difference of the means.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from datetime import datetime
 
-from .judge import Estimate, Noise, estimate, estimate_noise, gain_interval
+from .judge import Estimate, Noise, Pairing, estimate, estimate_noise, gain, gain_interval
 from .ledger import RAN_STATUSES
 
 CLEAN_STATUSES = ("keep", "discard")
 STATUSES = ("keep", "discard", "crash", "rejected", "interrupted", "disturbed")
 MEASUREMENT_ROLES = ("baseline", "noise", "confirm", "remeasure", "ablation")
+CANDIDATE_ROLES = ("experiment", "confirm")
+LOAD_TOLERANCE = 0.5      # cores: a busy neighbour (one core) moves values by more than a paired spread
 MIN_PACE_SECONDS = 60.0   # under a minute of history a rate is noise, not a pace
 
 
@@ -67,6 +72,53 @@ def noise(rows: list[dict], segment: int | None = None, metric: str = "val_bpb",
     groups = list(code_runs(rows, segment, metric).values()) + ([pending] if pending else [])
     scale = groups[0][0] if groups else None  # the floor is relative to the metric's size
     return estimate_noise(groups, scale)
+
+
+def seeded_runs(rows: list[dict], segment: int, metric: str = "val_bpb") -> dict[str, dict[int, list[tuple]]]:
+    """Clean runs of each code in a segment by the seed each ran with: (value, the cores other
+    processes used meanwhile, or None where that was not sampled)."""
+    groups: dict[str, dict[int, list[tuple]]] = {}
+    for row in rows:
+        number = value(row, metric)
+        if number is not None and segment_of(row) == segment and isinstance(row.get("seed"), int):
+            groups.setdefault(code_of(row), {}).setdefault(row["seed"], []).append((number, row.get("others_load")))
+    return groups
+
+
+def differences(mine: dict[int, list[tuple]], theirs: dict[int, list[tuple]], direction: str = "lower") -> list[float]:
+    """Gains of one code over another at each seed both ran beside about the same load from other
+    processes (within LOAD_TOLERANCE cores), in seed order (positive: better)."""
+    found = []
+    for seed in sorted(mine):
+        if seed not in theirs:
+            continue
+        loads = [load for _, load in mine[seed] + theirs[seed] if load is not None]
+        if loads and max(loads) - min(loads) > LOAD_TOLERANCE:
+            continue
+        found.append(gain(statistics.fmean(v for v, _ in mine[seed]), statistics.fmean(v for v, _ in theirs[seed]),
+                          direction))
+    return found
+
+
+def paired_noise(rows: list[dict], segment: int, metric: str = "val_bpb") -> Noise:
+    """The spread of one paired difference in a segment: from every code proposed against a parent
+    that ran two or more seeds the parent also ran."""
+    runs = seeded_runs(rows, segment, metric)
+    parents: dict[str, str] = {}
+    for row in rows:
+        if row.get("role") in CANDIDATE_ROLES and segment_of(row) == segment and row.get("parent_code"):
+            parents.setdefault(code_of(row), str(row["parent_code"]))
+    groups = [differences(runs.get(code, {}), runs.get(parent, {})) for code, parent in parents.items() if code != parent]
+    scale = next((v for r in rows if segment_of(r) == segment and (v := value(r, metric)) is not None), None)
+    return estimate_noise(groups, scale)
+
+
+def pairing(rows: list[dict], segment: int, mine: dict[int, list[tuple]], against: str, metric: str = "val_bpb",
+            direction: str = "lower") -> Pairing:
+    """Runs by seed (`mine`: seed -> [(value, load)]) set against code `against`'s runs of the same seeds."""
+    theirs = seeded_runs(rows, segment, metric).get(against, {})
+    # the candidate's own differences stay out of the spread they are checked against
+    return Pairing(tuple(differences(mine, theirs, direction)), paired_noise(rows, segment, metric))
 
 
 def best_row(rows: list[dict]) -> dict | None:
@@ -147,7 +199,8 @@ class Change:
 
 
 def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> list[Change]:
-    """Each kept change in order, its gain the difference of the means of its code and its parent's."""
+    """Each kept change in order, its gain over its parent's code: paired by seed where it can be,
+    else the difference of the means."""
     changes = []
     first = next((r for r in rows if value(r, metric) is not None), None)
     for position, row in enumerate(rows):
@@ -163,7 +216,9 @@ def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lo
         spread = noise(rows, segment, metric)
         gain = half = None
         if theirs:
-            gain, half = gain_interval(mine, theirs, spread, direction)
+            paired = pairing(rows, segment, seeded_runs(rows, segment, metric).get(code_of(row), {}), parent,
+                             metric, direction)
+            gain, half = gain_interval(mine, theirs, spread, direction, paired)
         changes.append(Change(row.get("index", position), row.get("description", ""), row.get("rationale", ""),
                               code_of(row), parent or "", segment, estimate(mine, spread),
                               estimate(theirs, spread), gain, half, row.get("judge") or {}))
@@ -311,7 +366,9 @@ def ablation_table(rows: list[dict], metric: str = "val_bpb", direction: str = "
         if refused is not None:
             entry["verdict"] = refused.get("reason", "does not revert cleanly")
         elif values and best_values:
-            contribution, half = gain_interval(best_values, values, spread, direction)
+            paired = pairing(rows, segment, seeded_runs(rows, segment, metric).get(code_of(best), {}),
+                             code_of(runs[0]), metric, direction)
+            contribution, half = gain_interval(best_values, values, spread, direction, paired)
             entry.update(without=estimate(values, spread).record(), contribution=round(contribution, 6),
                          half_width=None if half is None else round(half, 6))
             if half is None:

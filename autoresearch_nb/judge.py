@@ -19,6 +19,21 @@ The statistics (policy "noise", the default):
       z <  DISCARD_Z                discard (a clear loss goes at once);
       otherwise                     "more": run the candidate again with another seed;
     at the last allowed run: keep when z >= FINAL_Z, else discard.
+  - Paired seeds (common random numbers). The k-th run of every code gets the same seed, so a
+    candidate's run and the best's run of the same seed share their initialisation and data
+    order, and most of the seed's luck cancels in their difference d = gain at that seed. When
+    every run of a candidate has such a partner, the decision above uses d instead: gain =
+    mean(d), se = sigma_d / sqrt(n). sigma_d, the spread of one paired difference, is estimated
+    from the segment's codes that ran on two or more seeds against their parent (the same median
+    formula, over groups of differences; the candidate's own stay out), inflated while thin the
+    same way, and never above sqrt(2) * sigma (what uncorrelated runs give).
+    The unpaired rule above decides instead until one such group exists, when a candidate's
+    differences disagree beyond CONSISTENT_Z of sigma_d (one run of the best disturbed unseen
+    shifts every difference at its seed), and when the unpaired standard error is the smaller
+    (seeds that share little). A paired keep stands on two seeds: a clear win after one paired
+    run gets a second run first. While the paired spread rests on fewer than PAIRED_LEARNING_DOF
+    degrees of freedom, a candidate with one paired run runs a second seed whatever its first
+    said: a segment's first proposal teaches the judge how much seeds share.
     `benchmarks/judge_power.py` simulates this rule (with the re-measuring schedule of
     plan.py) against Gaussian noise plus one-sided disturbances and prints its power, its false
     keeps and its cost in runs per proposal.
@@ -40,6 +55,8 @@ NOISE_FLOOR = 0.001      # relative to the metric's size: 0.1%
 Z95 = 1.96
 PAIR_MEDIAN = 0.6745 * math.sqrt(2)
 POLICIES = ("noise", "greedy")
+CONSISTENT_Z = 3.0
+PAIRED_LEARNING_DOF = 1    # until the paired spread has this much evidence, candidates run twice
 
 
 @dataclass(frozen=True)
@@ -79,6 +96,25 @@ def estimate_noise(groups: Iterable[list[float]], scale: float | None = None) ->
 
 
 @dataclass(frozen=True)
+class Pairing:
+    """A candidate's gains at the seeds the code it is judged against also ran (positive: better),
+    and the spread of one such difference over the segment."""
+
+    differences: tuple
+    noise: Noise
+
+    def spread(self, unpaired: Noise | None) -> float | None:
+        """sigma_d as decisions use it, or None while it is unknown or the differences disagree."""
+        cap = unpaired.usable if unpaired else None
+        if self.noise.sigma is None or self.noise.dof == 0 or cap is None or not self.differences:
+            return None
+        sigma = min(self.noise.usable, math.sqrt(2) * cap)
+        if max(self.differences) - min(self.differences) > CONSISTENT_Z * math.sqrt(2) * sigma:
+            return None
+        return sigma
+
+
+@dataclass(frozen=True)
 class Estimate:
     """The value of one piece of code: the mean of its runs, with an interval."""
 
@@ -108,8 +144,12 @@ def gain(candidate: float, best: float, direction: str = "lower") -> float:
 
 
 def gain_interval(candidate: list[float], best: list[float], noise: Noise | None,
-                  direction: str = "lower") -> tuple[float, float | None]:
-    """(gain of the means, Z95 half-width of it or None when the noise is unknown)."""
+                  direction: str = "lower", pairing: Pairing | None = None) -> tuple[float, float | None]:
+    """(gain, Z95 half-width of it or None when the noise is unknown): of the paired differences
+    where their spread is known, else of the means."""
+    spread = pairing.spread(noise) if pairing else None
+    if spread is not None:
+        return statistics.fmean(pairing.differences), Z95 * spread / math.sqrt(len(pairing.differences))
     value = gain(statistics.fmean(candidate), statistics.fmean(best), direction)
     sigma = noise.usable if noise else None
     if sigma is None:
@@ -127,16 +167,19 @@ class Verdict:
     policy: str
     runs: int                  # candidate runs behind the verdict
     against: int               # runs of the best behind the value to beat
+    paired: dict | None = None   # the paired differences and spread it used (None: the means decided)
 
     def record(self) -> dict:
         return {"policy": self.policy, "decision": self.decision, "gain": round(self.gain, 6),
                 "z": _round(self.z, 3), "threshold": self.threshold, "runs": self.runs,
-                "against": self.against, "noise": self.noise.record() if self.noise else None}
+                "against": self.against, "noise": self.noise.record() if self.noise else None,
+                "paired": self.paired}
 
 
 def decide(candidate: list[float], best: list[float], noise: Noise | None, policy: str = "noise",
-           direction: str = "lower", max_runs: int | None = None) -> Verdict:
-    """The verdict on a candidate from its clean runs so far against the best code's clean runs."""
+           direction: str = "lower", max_runs: int | None = None, pairing: Pairing | None = None) -> Verdict:
+    """The verdict on a candidate from its clean runs so far against the best code's clean runs;
+    `pairing`: the candidate's differences from the best at shared seeds, when it has them."""
     if not candidate or not best:
         raise ValueError("a verdict needs at least one run of the candidate and of the best")
     delta = gain(statistics.fmean(candidate), statistics.fmean(best), direction)
@@ -146,17 +189,33 @@ def decide(candidate: list[float], best: list[float], noise: Noise | None, polic
     sigma = noise.usable if noise else None
     if sigma is None:  # no identical-code pair yet: nothing can be shown to beat the best
         return Verdict("discard", delta, None, None, noise, policy, len(candidate), len(best))
+    final = len(candidate) >= (max_runs or MAX_RUNS)
+    learning = (pairing is not None and len(candidate) == 1 == len(pairing.differences)
+                and pairing.noise.dof < PAIRED_LEARNING_DOF)
+    # a paired keep stands on two seeds; a sequence cut short at one run is decided on the means
+    paired = pairing is not None and len(pairing.differences) == len(candidate) and not (final and len(candidate) < 2)
+    spread = pairing.spread(noise) if paired else None
     se = sigma * math.sqrt(1 / len(candidate) + 1 / len(best))
+    if spread is not None and spread / math.sqrt(len(candidate)) < se:
+        delta, se = statistics.fmean(pairing.differences), spread / math.sqrt(len(candidate))
+    else:
+        spread = None
     z = delta / se
-    if len(candidate) >= (max_runs or MAX_RUNS):
+    if final:
         decision, threshold = ("keep" if z >= FINAL_Z else "discard"), FINAL_Z
     elif z >= KEEP_Z:
-        decision, threshold = "keep", KEEP_Z
+        decision, threshold = ("more" if spread is not None and len(candidate) < 2 else "keep"), KEEP_Z
+    elif z < DISCARD_Z and learning:
+        decision, threshold = "more", KEEP_Z
     elif z < DISCARD_Z:
         decision, threshold = "discard", KEEP_Z
     else:
         decision, threshold = "more", KEEP_Z
-    return Verdict(decision, delta, z, threshold, noise, policy, len(candidate), len(best))
+    paired_record = None
+    if spread is not None:
+        paired_record = {"spread": _round(spread), "differences": [_round(d) for d in pairing.differences],
+                         **pairing.noise.record()}
+    return Verdict(decision, delta, z, threshold, noise, policy, len(candidate), len(best), paired_record)
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:

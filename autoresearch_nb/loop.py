@@ -321,7 +321,9 @@ class ResearchLoop(Scheduling, Verdicts):
             self._judge_parked()
             return ""
         track.values.append(result.summary[self.metric])
-        track.seed = BASE_SEED + self.options.seed + SEED_STEP * len(track.values)  # its next run's own seed
+        track.seeds.append(job["seed"])
+        track.loads.append(row.get("others_load"))
+        track.seed = self._run_seed(len(track.values))  # its next run's own seed
         self._judge(track)
         return ""
 

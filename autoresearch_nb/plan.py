@@ -16,7 +16,7 @@ from .judge import Verdict, decide
 
 REMEASURE_EVERY = 20
 MAX_DISTURBED_RERUNS = 2     # a run disturbed again after this many re-runs is judged as it is
-CANDIDATE_ROLES = ("experiment", "confirm")
+CANDIDATE_ROLES = facts.CANDIDATE_ROLES
 
 
 @dataclass(frozen=True)
@@ -80,11 +80,24 @@ def best_runs(rows: list[dict], segment: int, metric: str = "val_bpb") -> int:
 
 def verdict(rows: list[dict], segment: int, candidate: list[float], policy: str = "noise",
             direction: str = "lower", metric: str = "val_bpb", against: str | None = None,
-            max_runs: int | None = None) -> Verdict:
+            max_runs: int | None = None, seeds: list[int] | None = None, next_seed: int | None = None,
+            loads: list[float | None] | None = None) -> Verdict:
     """Judge a candidate's clean runs so far (not yet in the ledger) against the runs of the code
     `against` (the best's by default: a result whose parent is no longer the best is judged
-    against its own parent)."""
+    against its own parent). `seeds` (and `loads`, the cores other processes used during each):
+    the seed of each of the candidate's runs, to pair them with the runs of `against` of the same
+    seeds; a paired sequence whose next seed `against` never ran is decided on the runs it has."""
     code = against or facts.code_of(facts.best_row(rows))
     values = facts.code_runs(rows, segment, metric).get(code, [])
-    return decide(candidate, values, facts.noise(rows, segment, metric, pending=candidate), policy, direction,
-                  max_runs=max_runs)
+    pairing = None
+    if seeds is not None and len(seeds) == len(candidate):
+        mine: dict[int, list[tuple]] = {}
+        for seed, number, load in zip(seeds, candidate, loads or [None] * len(seeds)):
+            mine.setdefault(seed, []).append((number, load))
+        pairing = facts.pairing(rows, segment, mine, code, metric, direction)
+    noise = facts.noise(rows, segment, metric, pending=candidate)
+    result = decide(candidate, values, noise, policy, direction, max_runs=max_runs, pairing=pairing)
+    if result.decision == "more" and result.paired is not None and next_seed is not None \
+            and next_seed not in facts.seeded_runs(rows, segment, metric).get(code, {}):
+        result = decide(candidate, values, noise, policy, direction, max_runs=len(candidate), pairing=pairing)
+    return result

@@ -1,6 +1,7 @@
 """Ledger rows made from what the loop knows: a run's result, a track, a rejected draft."""
 from __future__ import annotations
 
+from .disturbance import others_load
 from .inflight import now_iso
 from .runner import RunResult
 
@@ -32,6 +33,8 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
         fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], **{metric: None})
     if result.timings:
         fields["harness"] = dict(result.timings)  # startup, export, evaluation: the cost of the boundary
+    if result.ok:
+        fields["others_load"] = others_load(result.steps)  # runs are paired by seed only beside like load
     return {**fields, "run_wall_s": round(result.wall_seconds, 2)}
 
 

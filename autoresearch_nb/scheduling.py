@@ -119,7 +119,11 @@ class Scheduling:
         """Runs of one code get seeds of their own, so repeats measure the noise."""
         earlier = sum(1 for r in rows if r.get("code") == code and r.get("status") != "disturbed")
         earlier += sum(1 for t in self.state.tracks if t.shared.get("code") == code)
-        return BASE_SEED + self.options.seed + SEED_STEP * earlier
+        return self._run_seed(earlier)
+
+    def _run_seed(self, k: int) -> int:
+        """The k-th run of any code: the same seed for every code, so runs of two codes pair up."""
+        return BASE_SEED + self.options.seed + SEED_STEP * k
 
     def _start(self, track: Track, slot: int) -> None:
         job = Job(self.state.new_id(), track.id, track.commit, track.seed, self.pool.name(slot),
@@ -142,7 +146,8 @@ class Scheduling:
         """No run left under --max-experiments: a candidate is decided on what it has, the rest dropped."""
         if track.role == "experiment" and track.values:
             verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
-                                   self.metric, against=track.shared.get("parent_code"), max_runs=len(track.values))
+                                   self.metric, against=track.shared.get("parent_code"), max_runs=len(track.values),
+                                   seeds=track.seeds, loads=track.loads)
             self._conclude(track, verdict)
         else:
             self._close(track, "dropped")
@@ -201,7 +206,7 @@ class Scheduling:
         self._rejected_in_a_row = 0
         commit = self.lab.commit_files(files, head, f"experiment: {description}")
         self.lab.keep_ref(self.lab.short(commit), commit)
-        track = Track(self.state.new_id(), "experiment", commit, head, description, BASE_SEED + self.options.seed,
+        track = Track(self.state.new_id(), "experiment", commit, head, description, self._run_seed(0),
                       self.options.segment,
                       first={"rationale": draft.rationale, "usage": draft.usage, **draft.meta,
                              "timings": {"propose_s": draft.propose_s}, "started_at": draft.started_at},

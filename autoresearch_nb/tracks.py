@@ -49,6 +49,8 @@ class Track(Record):
     seed: int                    # the first run's seed
     segment: int = 0
     values: list = field(default_factory=list)     # clean values so far (a candidate's)
+    seeds: list = field(default_factory=list)      # the seed each of those values ran with (pairing)
+    loads: list = field(default_factory=list)      # the cores other processes used during each (pairing)
     rows: list = field(default_factory=list)       # finished runs not yet in the ledger, in order
     job: dict | None = None      # the run under way (Job.record()), None when waiting for a worker
     first: dict = field(default_factory=dict)      # proposal facts for the first row (usage, rationale)

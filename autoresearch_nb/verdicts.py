@@ -26,10 +26,12 @@ class Verdicts:
             return
         track.parked = False
         verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
-                               self.metric, against=against)
+                               self.metric, against=against, seeds=track.seeds, next_seed=track.seed,
+                               loads=track.loads)
         if verdict.decision == "more" and not self._room(rows):
             verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
-                                   self.metric, against=against, max_runs=len(track.values))
+                                   self.metric, against=against, max_runs=len(track.values), seeds=track.seeds,
+                                   loads=track.loads)
         if verdict.decision == "more":
             self.state.save(self.lab)
             return
@@ -68,7 +70,7 @@ class Verdicts:
             return
         commit = self.lab.commit_files(merged, head, f"experiment (re-applied): {track.description}")
         self.lab.keep_ref(self.lab.short(commit), commit)
-        again = Track(self.state.new_id(), "experiment", commit, head, track.description, track.seed,
+        again = Track(self.state.new_id(), "experiment", commit, head, track.description, self._run_seed(0),
                       self.options.segment, first={"rationale": track.first.get("rationale", "")},
                       shared={**track.shared, "code": self.lab.code_id(commit), "parent_code": self.lab.code_id(head),
                               "rebased": True, "rebased_from": self.lab.short(track.commit),

@@ -36,16 +36,23 @@ STEP_LINES = 60
 class Night:
     """One simulated run of the loop: rows as the ledger would hold them."""
 
-    def __init__(self, rng: random.Random, disturbed: float, real: float, blind: bool):
-        self.rng, self.disturbed, self.real, self.blind = rng, disturbed, real, blind
+    def __init__(self, rng: random.Random, disturbed: float, real: float, blind: bool, rho: float = 0.0):
+        self.rng, self.disturbed, self.real, self.blind, self.rho = rng, disturbed, real, blind, rho
         self.rows: list[dict] = []
         self.runs = 0
         self.truth = {"c0": BASE}
+        self.luck: dict[int, float] = {}   # the part of a seed's noise every code run with it shares
+        self.paired = False                # the judge sees each run's seed
 
-    def sample(self, code: str) -> tuple[float, list[dict], bool]:
+    def seed_of(self, code: str, pending: int = 0) -> int:
+        """As the loop seeds runs: the k-th clean run of any code gets the k-th seed."""
+        return pending + sum(1 for r in self.rows if r["commit"] == code and r["status"] != "disturbed")
+
+    def sample(self, code: str, seed: int = 0) -> tuple[float, list[dict], bool]:
         """One run: (value, step log with the runner's timings, was it really disturbed)."""
         self.runs += 1
-        value = self.truth[code] + self.rng.gauss(0.0, SIGMA)
+        shared = self.luck.setdefault(seed, self.rng.gauss(0.0, SIGMA * math.sqrt(self.rho)))
+        value = self.truth[code] + shared + self.rng.gauss(0.0, SIGMA * math.sqrt(1.0 - self.rho))
         hit = self.rng.random() < self.disturbed
         if hit:
             value += self.rng.uniform(3.0, 6.0) * SIGMA
@@ -64,18 +71,19 @@ class Night:
             steps.append({"step": step, "wall": wall, "others_cpu": others})
         return value, steps, hit
 
-    def measure(self, code: str, role: str) -> float:
+    def measure(self, code: str, role: str, seed: int) -> float:
         """Run until a run is not disturbed (or the re-run cap is reached), as the loop does."""
         for attempt in range(plan.MAX_DISTURBED_RERUNS + 1):
-            value, steps, _ = self.sample(code)
+            value, steps, _ = self.sample(code, seed)
             if detect(steps) is None or attempt == plan.MAX_DISTURBED_RERUNS:
                 return value
-            self.add(role, code, "disturbed", value)
+            self.add(role, code, "disturbed", value, seed=seed)
         return value
 
-    def add(self, role: str, code: str, status: str, value: float | None, parent: str = "") -> None:
+    def add(self, role: str, code: str, status: str, value: float | None, parent: str = "", seed: int = 0) -> None:
         self.rows.append({"index": len(self.rows), "role": role, "commit": code, "status": status,
-                          "val_bpb": value, "parent": parent, "segment": 0})
+                          "val_bpb": value, "parent": parent, "parent_code": parent or code, "segment": 0,
+                          "seed": seed})
 
     def best_code(self) -> str:
         return next(r["commit"] for r in reversed(self.rows) if r["status"] == "keep"
@@ -89,24 +97,27 @@ def night_new(night: Night, policy: str) -> tuple[list[tuple[bool, bool]], int]:
     for number in range(PROPOSALS):
         while (due := plan.next_measurement(night.rows, 0, policy)) is not None:
             code = "c0" if not night.rows else night.best_code()
-            value = night.measure(code, due.role)
-            night.add(due.role, code, "keep" if due.role == "baseline" else "discard", value)
+            seed = night.seed_of(code)
+            value = night.measure(code, due.role, seed)
+            night.add(due.role, code, "keep" if due.role == "baseline" else "discard", value, seed=seed)
         if baseline_runs is None:
             baseline_runs = night.runs
         best = night.best_code()
         real = night.rng.random() < night.real
         code = f"c{number + 1}"
         night.truth[code] = night.truth[best] - (GAIN_SIGMAS * SIGMA if real else 0.0)
-        values = []
+        values, seeds = [], []
         while True:
-            value = night.measure(code, "experiment" if not values else "confirm")
+            seeds.append(len(values))
+            value = night.measure(code, "experiment" if not values else "confirm", seeds[-1])
             values.append(value)
-            verdict = plan.verdict(night.rows, 0, values, policy)
+            verdict = plan.verdict(night.rows, 0, values, policy, seeds=seeds if night.paired else None,
+                                   next_seed=len(values))
             if verdict.decision != "more":
                 break
         status = verdict.decision
         for i, value in enumerate(values):
-            night.add("experiment" if i == 0 else "confirm", code, status, value, parent=best)
+            night.add("experiment" if i == 0 else "confirm", code, status, value, parent=best, seed=seeds[i])
         outcomes.append((real, status == "keep"))
     return outcomes, night.runs - baseline_runs
 
@@ -114,7 +125,7 @@ def night_new(night: Night, policy: str) -> tuple[list[tuple[bool, bool]], int]:
 def night_before(night: Night) -> tuple[list[tuple[bool, bool]], int]:
     """The rule before issue 9: sigma the pooled SD of identical code (3 baseline runs, then
     confirmation pairs), keep at 2*sigma*sqrt(2), confirm from sigma*sqrt(2) with one more run."""
-    groups = {"c0": [night.sample("c0")[0] for _ in range(3)]}
+    groups = {"c0": [night.sample("c0", k)[0] for k in range(3)]}
     best_code, best_value = "c0", statistics.fmean(groups["c0"])
     baseline_runs = night.runs
     outcomes = []
@@ -122,7 +133,7 @@ def night_before(night: Night) -> tuple[list[tuple[bool, bool]], int]:
         real = night.rng.random() < night.real
         code = f"c{number + 1}"
         night.truth[code] = night.truth[best_code] - (GAIN_SIGMAS * SIGMA if real else 0.0)
-        value = night.sample(code)[0]
+        value = night.sample(code, 0)[0]
         squares = sum((v - statistics.fmean(g)) ** 2 for g in groups.values() if len(g) > 1 for v in g)
         dof = sum(len(g) - 1 for g in groups.values() if len(g) > 1)
         sigma = max(math.sqrt(squares / dof), 0.001 * BASE)
@@ -131,7 +142,7 @@ def night_before(night: Night) -> tuple[list[tuple[bool, bool]], int]:
         if gain >= 2 * sigma * math.sqrt(2):
             kept = True
         elif gain >= sigma * math.sqrt(2):
-            again = night.sample(code)[0]
+            again = night.sample(code, 1)[0]
             groups[code] = [value, again]
             score = (value + again) / 2
             kept = best_value - score >= 2 * sigma * math.sqrt(1.5)
@@ -141,12 +152,20 @@ def night_before(night: Night) -> tuple[list[tuple[bool, bool]], int]:
     return outcomes, night.runs - baseline_runs
 
 
-def simulate(rule: str, nights: int, disturbed: float, real: float, blind: bool, seed: int = 1) -> dict:
+RULES = {"noise": "noise (default)", "unpaired": "noise, unpaired", "greedy": "greedy",
+         "before issue 9": "before issue 9"}
+
+
+def simulate(rule: str, nights: int, disturbed: float, real: float, blind: bool, rho: float, seed: int = 1) -> dict:
     rng = random.Random(seed)
     real_kept = real_total = null_kept = null_total = runs = proposals = 0
     for _ in range(nights):
-        night = Night(rng, disturbed, real, blind)
-        outcomes, spent = night_before(night) if rule == "before issue 9" else night_new(night, rule)
+        night = Night(rng, disturbed, real, blind, rho)
+        night.paired = rule == "noise"
+        if rule == "before issue 9":
+            outcomes, spent = night_before(night)
+        else:
+            outcomes, spent = night_new(night, "greedy" if rule == "greedy" else "noise")
         for is_real, kept in outcomes:
             real_total += is_real
             real_kept += is_real and kept
@@ -159,28 +178,35 @@ def simulate(rule: str, nights: int, disturbed: float, real: float, blind: bool,
 
 
 def main() -> None:
+    global GAIN_SIGMAS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nights", type=int, default=300, help=f"simulated nights of {PROPOSALS} proposals each")
     parser.add_argument("--real", type=float, default=0.1, help="share of proposals that are real 4-sigma gains")
+    parser.add_argument("--gain", type=float, default=4.0, help="size of a real gain, in sigma")
     parser.add_argument("--blind", action="store_true",
                         help="disturbed runs leave no trace in the step log (the detector cannot see them)")
+    parser.add_argument("--rho", default="0,0.9",
+                        help="share of a run's noise that its seed fixes, for every code run with it (comma list)")
+    parser.add_argument("--rules", default=",".join(RULES), help="which rules to print (comma list)")
     args = parser.parse_args()
+    GAIN_SIGMAS = args.gain
     started = time.monotonic()
     print(f"{args.nights} nights x {PROPOSALS} proposals, {100 * args.real:.0f}% of them real gains of "
           f"{GAIN_SIGMAS:g} sigma; disturbances of 3-6 sigma"
           + (" that the step log does not show" if args.blind else " visible in the step log"))
-    print(f"{'rule':<16} {'disturbed':>9}  {'real gains kept':>15}  {'null edits kept':>15}  {'runs/proposal':>13}")
+    print(f"{'rule':<16} {'seed share':>10} {'disturbed':>9}  {'real gains kept':>15}  {'null edits kept':>15}  "
+          f"{'runs/proposal':>13}")
     verdicts = []
-    for rule in ("noise", "greedy", "before issue 9"):
-        for disturbed in (0.10, 0.15, 0.20):
-            result = simulate(rule, args.nights, disturbed, args.real, args.blind)
-            name = "noise (default)" if rule == "noise" else rule
-            print(f"{name:<16} {100 * disturbed:>8.0f}%  {100 * result['real']:>14.1f}%  "
-                  f"{100 * result['null']:>14.1f}%  {result['runs']:>13.2f}")
-            if rule == "noise":
-                verdicts.append(result["real"] >= 0.9 and result["null"] <= 0.05 and result["runs"] <= 1.5)
+    for rho in (float(x) for x in args.rho.split(",")):
+        for rule in args.rules.split(","):
+            for disturbed in (0.10, 0.15, 0.20):
+                result = simulate(rule, args.nights, disturbed, args.real, args.blind, rho)
+                print(f"{RULES[rule]:<16} {rho:>10.2f} {100 * disturbed:>8.0f}%  {100 * result['real']:>14.1f}%  "
+                      f"{100 * result['null']:>14.1f}%  {result['runs']:>13.2f}")
+                if rule == "noise":
+                    verdicts.append(result["real"] >= 0.9 and result["null"] <= 0.05 and result["runs"] <= 1.5)
     print(f"default policy meets the targets (>=90% real, <=5% null, <=1.5 runs) at every disturbance "
-          f"rate: {'yes' if all(verdicts) else 'no'}  ({time.monotonic() - started:.0f} s)")
+          f"rate and seed share: {'yes' if all(verdicts) else 'no'}  ({time.monotonic() - started:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -124,6 +124,8 @@ def test_a_run_disturbed_again_and_again_is_judged_after_the_cap(tmp_path):
     rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), neighbour)[:-1]
     assert [r["status"] for r in rows] == ["keep", "disturbed", "disturbed", "keep"]
     assert "judged anyway after 2 re-runs" in rows[3]["reason"] and rows[3]["disturbance"]
+    # the row says how busy the machine was: a run beside other work is not paired by seed with a quiet one
+    assert rows[3]["others_load"] >= 0.5 and rows[3]["others_load"] > rows[0]["others_load"]
 
 
 def test_a_run_that_slows_itself_is_judged_as_it_is(tmp_path):

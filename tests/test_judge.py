@@ -9,7 +9,7 @@ import pytest
 from autoresearch_nb import facts, plan
 from autoresearch_nb.disturbance import detect
 from autoresearch_nb.judge import (DISCARD_Z, FINAL_Z, KEEP_Z, MAX_RUNS, NOISE_FLOOR, PAIR_MEDIAN, SMALL_SAMPLE,
-                                   decide, estimate, estimate_noise, gain_interval)
+                                   Pairing, decide, estimate, estimate_noise, gain_interval)
 
 
 def test_the_noise_estimate_is_the_median_pair_difference_of_identical_code():
@@ -174,3 +174,108 @@ def test_verdicts_count_the_candidates_own_runs_as_identical_code_pairs():
             row(2, "noise", "discard", 1.0, "a")]
     verdict = plan.verdict(rows, 0, [0.95, 0.96])
     assert verdict.noise.pairs == 4 and verdict.against == 3
+
+
+# -- paired seeds ----------------------------------------------------------------------------
+# The k-th run of every code gets the k-th seed. Here a seed's luck moves every code by up to
+# 0.03 (so identical code spreads ~0.03), while a change shifts its code by the same amount at
+# every seed: paired differences see it, the difference of the means cannot.
+LUCK = {0: 0.0, 1: 0.03, 2: -0.03}
+
+
+def seeded(index, role, status, base, commit, seed, parent_code=None, **extra):
+    return row(index, role, status, round(base + LUCK[seed], 6), commit, seed=seed,
+               code=commit, parent_code=parent_code or commit, **extra)
+
+
+def lucky_rows():
+    """Baseline a (three seeds); b, a clear win kept after one run and re-measured, so one code ran
+    two seeds against its parent: the first paired group."""
+    return [seeded(0, "baseline", "keep", 1.0, "a", 0), seeded(1, "noise", "discard", 1.0, "a", 1),
+            seeded(2, "noise", "discard", 1.0, "a", 2),
+            seeded(3, "experiment", "keep", 0.9, "b", 0, parent_code="a"),
+            seeded(4, "remeasure", "discard", 0.9, "b", 1, parent_code="b")]
+
+
+def test_paired_seeds_see_a_gain_that_the_spread_of_seeds_hides():
+    rows = lucky_rows()
+    candidate, seeds = [0.89 + LUCK[0], 0.89 + LUCK[1]], [0, 1]   # 0.01 better than b at each seed
+    unpaired = plan.verdict(rows, 0, candidate)
+    assert unpaired.decision == "discard" and unpaired.paired is None
+    first = plan.verdict(rows, 0, candidate[:1], seeds=seeds[:1], next_seed=1)
+    assert first.decision == "more" and first.z >= KEEP_Z   # a paired keep stands on two seeds
+    paired = plan.verdict(rows, 0, candidate, seeds=seeds, next_seed=2)
+    assert paired.decision == "keep" and paired.gain == pytest.approx(0.01)
+    assert paired.paired["differences"] == [pytest.approx(0.01), pytest.approx(0.01)]
+    assert paired.record()["paired"]["spread"] > 0
+
+
+def test_a_null_edit_is_not_kept_on_paired_seeds():
+    rows = lucky_rows()
+    null = [0.9 + LUCK[0] + 0.0005, 0.9 + LUCK[1] - 0.0005]
+    verdict = plan.verdict(rows, 0, null, seeds=[0, 1], next_seed=2)
+    assert verdict.paired is not None and verdict.decision == "discard"
+
+
+def test_the_first_paired_candidate_of_a_segment_runs_a_second_seed_to_teach_the_judge():
+    rows = lucky_rows()[:4]   # b kept on one seed and not re-measured yet: no paired spread
+    clear_loss = [0.95 + LUCK[0]]
+    assert plan.verdict(rows, 0, clear_loss, seeds=[0], next_seed=1, against="b").decision == "more"
+    assert plan.verdict(rows, 0, clear_loss, against="b").decision == "discard"   # seeds unknown: the means
+    taught = lucky_rows()        # b's second seed gave the first paired group
+    assert plan.verdict(taught, 0, clear_loss, seeds=[0], next_seed=1).decision == "discard"
+
+
+def test_without_a_paired_group_the_means_decide():
+    rows = lucky_rows()[:4]   # b ran one seed only: no spread of paired differences yet
+    verdict = plan.verdict(rows, 0, [0.89 + LUCK[0], 0.89 + LUCK[1]], seeds=[0, 1], against="b")
+    assert verdict.paired is None
+
+
+def test_differences_that_disagree_fall_back_to_the_means():
+    # One run of the best slowed unseen shifts every candidate's difference at that seed: a
+    # candidate that gains 0.05 at one seed and nothing at the other is not trusted as paired.
+    rows = lucky_rows()
+    candidate = [0.85 + LUCK[0], 0.9 + LUCK[1]]
+    assert plan.verdict(rows, 0, candidate[:1], seeds=[0], next_seed=1).paired is not None
+    verdict = plan.verdict(rows, 0, candidate, seeds=[0, 1], next_seed=2)
+    assert verdict.paired is None
+
+
+def test_the_paired_spread_is_never_above_what_uncorrelated_runs_give():
+    noise = estimate_noise([[1.0, 1.01]])
+    wide = Pairing((0.0,), estimate_noise([[0.0, 1.0]]))
+    assert wide.spread(noise) == pytest.approx(math.sqrt(2) * noise.usable)
+    thin = Pairing((0.0,), estimate_noise([[0.0, 0.004]]))
+    assert thin.spread(noise) == pytest.approx(0.004 / PAIR_MEDIAN * (1 + SMALL_SAMPLE))
+
+
+def test_a_paired_sequence_ends_where_the_best_has_no_run_of_the_next_seed():
+    rows = lucky_rows()
+    candidate = [0.8985 + LUCK[0], 0.8987 + LUCK[1]]   # borderline after two seeds; b never ran seed 2
+    assert plan.verdict(rows, 0, candidate, seeds=[0, 1]).decision == "more"
+    assert plan.verdict(rows, 0, candidate, seeds=[0, 1], next_seed=2).decision in ("keep", "discard")
+
+
+def test_a_kept_change_reports_its_paired_gain():
+    rows = lucky_rows() + [seeded(5, "experiment", "keep", 0.89, "c", 0, parent_code="b"),
+                           seeded(6, "confirm", "keep", 0.89, "c", 1, parent_code="b")]
+    change = facts.kept_changes(rows)[-1]
+    assert change.gain == pytest.approx(0.01) and change.holds
+
+
+def test_runs_beside_unlike_load_are_not_paired():
+    # A busy neighbour moves every value a little even under the CPU clock: a candidate that ran
+    # beside one while the best ran on a quiet machine is judged on the means, not on differences.
+    rows = [dict(r, others_load=0.05) for r in lucky_rows()]
+    candidate, seeds = [0.89 + LUCK[0], 0.89 + LUCK[1]], [0, 1]
+    quiet = plan.verdict(rows, 0, candidate, seeds=seeds, next_seed=2, loads=[0.1, 0.2])
+    assert quiet.paired is not None and quiet.decision == "keep"
+    busy = plan.verdict(rows, 0, candidate, seeds=seeds, next_seed=2, loads=[1.05, 0.1])
+    assert busy.paired is None and busy.decision == "discard"
+
+
+def test_the_load_beside_a_run_is_read_from_its_step_log():
+    from autoresearch_nb.disturbance import others_load
+    assert others_load([{"wall": 1.0, "others_cpu": 0.0}, {"wall": 11.0, "others_cpu": 9.5}]) == pytest.approx(0.95)
+    assert others_load([{"wall": 1.0}, {"wall": 2.0}]) is None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch_nb import facts, plan
 from autoresearch_nb.agents.base import Agent, Proposal, ProposalError
 from autoresearch_nb.lab import Lab, init_lab
 from autoresearch_nb.ledger import read_results_tsv
@@ -314,3 +315,33 @@ def test_an_experiment_stopped_by_the_person_can_be_tried_again_after_resume(tmp
     _, reason = run_loop(lab, ScriptedAgent([(dict(slow), "the same change, again")]))
     rows = assert_consistent(lab)
     assert rows[2]["status"] == "keep", rows[2].get("reason")
+
+
+def test_runs_of_the_same_seed_pair_up_and_a_gain_smaller_than_the_seed_spread_is_kept(tmp_path):
+    # Each seed moves every code by the same luck (up to 0.03), as a shared initialisation and data
+    # order do; a change that is 0.01 better at every seed is invisible to the difference of the
+    # means and plain to the paired differences.
+    seeds = [BASE_SEED + k * SEED_STEP for k in range(3)]
+    luck = {seeds[1]: 0.03, seeds[2]: -0.03}
+    lab = scored_lab(tmp_path / "lab", baseline=f"SCORE = 1.0\nJITTER = {luck}\n")
+    agent = ScriptedAgent([
+        (score(0.9, luck), "a clear win"),                                             # 3; 4 re-measures it
+        (score(0.89, luck), "0.01 better at every seed"),                               # 5, 6
+        (score(0.89, {**luck, seeds[0]: 0.0004}), "a null edit that moves one seed a little"),  # 7
+    ])
+    _, reason = run_loop(lab, agent, policy="noise", noise_runs=2)
+    rows = assert_consistent(lab)
+    got = [(r["role"], r["status"], r["seed"]) for r in rows if r.get("val_bpb") is not None]
+    assert got == [("baseline", "keep", seeds[0]), ("noise", "discard", seeds[1]), ("noise", "discard", seeds[2]),
+                   ("experiment", "keep", seeds[0]), ("remeasure", "discard", seeds[1]),
+                   ("experiment", "keep", seeds[0]), ("confirm", "keep", seeds[1]),
+                   ("experiment", "discard", seeds[0])]
+    kept = rows[5]["judge"]
+    assert kept["paired"]["differences"] == [pytest.approx(0.01), pytest.approx(0.01)] and kept["z"] >= 2
+    # the same two runs judged on their means alone: nowhere near clear
+    before = [r for r in rows if r["index"] < 5]
+    assert plan.verdict(before, 0, [0.89, 0.92]).decision == "discard"
+    assert rows[7]["judge"]["paired"] is not None and rows[7]["judge"]["z"] < 1
+    assert "SCORE = 0.89" in lab.read(TRAIN) and "0.0004" not in lab.read(TRAIN)
+    change = facts.kept_changes(rows)[-1]
+    assert change.gain == pytest.approx(0.01) and change.holds

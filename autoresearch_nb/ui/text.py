@@ -203,10 +203,14 @@ def verdict_text(judge: dict | None) -> str:
         parts.append(f"gain {judge['gain']:+.6f}")
     if isinstance(judge.get("z"), (int, float)):
         parts.append(f"{judge['z']:.1f} standard errors (keep at {judge.get('threshold')})")
+    paired = judge.get("paired") if isinstance(judge.get("paired"), dict) else None
     if judge.get("runs"):
-        parts.append(f"{judge['runs']} run(s) against {judge.get('against')} of the best")
+        against = "the best's runs of the same seeds" if paired else f"{judge.get('against')} of the best"
+        parts.append(f"{judge['runs']} run(s) against {against}")
     noise = judge.get("noise") or {}
-    if isinstance(noise, dict) and isinstance(noise.get("usable"), (int, float)):
+    if paired and isinstance(paired.get("spread"), (int, float)):
+        parts.append(f"paired noise σ_d {paired['spread']:.6f}")
+    elif isinstance(noise, dict) and isinstance(noise.get("usable"), (int, float)):
         parts.append(f"noise σ {noise['usable']:.6f}")
     return ", ".join(parts)
 
