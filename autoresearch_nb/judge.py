@@ -32,8 +32,8 @@ The statistics (policy "noise", the default):
     shifts every difference at its seed), and when the unpaired standard error is the smaller
     (seeds that share little). A paired keep stands on two seeds: a clear win after one paired
     run gets a second run first. While the paired spread rests on fewer than PAIRED_LEARNING_DOF
-    degrees of freedom, a candidate with one paired run runs a second seed whatever its first
-    said: a segment's first proposal teaches the judge how much seeds share.
+    degrees of freedom, a candidate with one paired run runs a second seed unless its first was a
+    clear loss (z < -KEEP_Z): a segment's first such proposal teaches the judge how much seeds share.
     `benchmarks/judge_power.py` simulates this rule (with the re-measuring schedule of
     plan.py) against Gaussian noise plus one-sided disturbances and prints its power, its false
     keeps and its cost in runs per proposal.
@@ -205,7 +205,7 @@ def decide(candidate: list[float], best: list[float], noise: Noise | None, polic
         decision, threshold = ("keep" if z >= FINAL_Z else "discard"), FINAL_Z
     elif z >= KEEP_Z:
         decision, threshold = ("more" if spread is not None and len(candidate) < 2 else "keep"), KEEP_Z
-    elif z < DISCARD_Z and learning:
+    elif z < DISCARD_Z and learning and z >= -KEEP_Z:
         decision, threshold = "more", KEEP_Z
     elif z < DISCARD_Z:
         decision, threshold = "discard", KEEP_Z

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: an offline research session on the CPU with the heuristic agent (no key, no network).
-# About 10 minutes on 2 cores. Run it again to continue the same run.
+# About 12 minutes on 2 cores. Run it again to continue the same run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -219,11 +219,12 @@ def test_a_null_edit_is_not_kept_on_paired_seeds():
 
 def test_the_first_paired_candidate_of_a_segment_runs_a_second_seed_to_teach_the_judge():
     rows = lucky_rows()[:4]   # b kept on one seed and not re-measured yet: no paired spread
-    clear_loss = [0.95 + LUCK[0]]
-    assert plan.verdict(rows, 0, clear_loss, seeds=[0], next_seed=1, against="b").decision == "more"
-    assert plan.verdict(rows, 0, clear_loss, against="b").decision == "discard"   # seeds unknown: the means
+    unclear = [0.92 + LUCK[0]]   # worse on the means, but not clearly
+    assert plan.verdict(rows, 0, unclear, seeds=[0], next_seed=1, against="b").decision == "more"
+    assert plan.verdict(rows, 0, unclear, against="b").decision == "discard"   # seeds unknown: the means
+    assert plan.verdict(rows, 0, [1.5], seeds=[0], next_seed=1, against="b").decision == "discard"  # a clear loss goes
     taught = lucky_rows()        # b's second seed gave the first paired group
-    assert plan.verdict(taught, 0, clear_loss, seeds=[0], next_seed=1).decision == "discard"
+    assert plan.verdict(taught, 0, unclear, seeds=[0], next_seed=1).decision == "discard"
 
 
 def test_without_a_paired_group_the_means_decide():
