@@ -100,10 +100,10 @@ def differences(mine: dict[int, list[tuple]], theirs: dict[int, list[tuple]], di
     return found
 
 
-def paired_noise(rows: list[dict], segment: int, metric: str = "val_bpb") -> Noise:
+def paired_noise(rows: list[dict], segment: int, metric: str = "val_bpb", runs: dict | None = None) -> Noise:
     """The spread of one paired difference in a segment: from every code proposed against a parent
-    that ran two or more seeds the parent also ran."""
-    runs = seeded_runs(rows, segment, metric)
+    that ran two or more seeds the parent also ran (`runs`: seeded_runs of the rows, if at hand)."""
+    runs = seeded_runs(rows, segment, metric) if runs is None else runs
     parents: dict[str, str] = {}
     for row in rows:
         if row.get("role") in CANDIDATE_ROLES and segment_of(row) == segment and row.get("parent_code"):
@@ -114,11 +114,11 @@ def paired_noise(rows: list[dict], segment: int, metric: str = "val_bpb") -> Noi
 
 
 def pairing(rows: list[dict], segment: int, mine: dict[int, list[tuple]], against: str, metric: str = "val_bpb",
-            direction: str = "lower") -> Pairing:
+            direction: str = "lower", runs: dict | None = None) -> Pairing:
     """Runs by seed (`mine`: seed -> [(value, load)]) set against code `against`'s runs of the same seeds."""
-    theirs = seeded_runs(rows, segment, metric).get(against, {})
+    runs = seeded_runs(rows, segment, metric) if runs is None else runs
     # the candidate's own differences stay out of the spread they are checked against
-    return Pairing(tuple(differences(mine, theirs, direction)), paired_noise(rows, segment, metric))
+    return Pairing(tuple(differences(mine, runs.get(against, {}), direction)), paired_noise(rows, segment, metric, runs))
 
 
 def best_row(rows: list[dict]) -> dict | None:
@@ -216,8 +216,8 @@ def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lo
         spread = noise(rows, segment, metric)
         gain = half = None
         if theirs:
-            paired = pairing(rows, segment, seeded_runs(rows, segment, metric).get(code_of(row), {}), parent,
-                             metric, direction)
+            by_seed = seeded_runs(rows, segment, metric)
+            paired = pairing(rows, segment, by_seed.get(code_of(row), {}), parent, metric, direction, runs=by_seed)
             gain, half = gain_interval(mine, theirs, spread, direction, paired)
         changes.append(Change(row.get("index", position), row.get("description", ""), row.get("rationale", ""),
                               code_of(row), parent or "", segment, estimate(mine, spread),
@@ -366,8 +366,9 @@ def ablation_table(rows: list[dict], metric: str = "val_bpb", direction: str = "
         if refused is not None:
             entry["verdict"] = refused.get("reason", "does not revert cleanly")
         elif values and best_values:
-            paired = pairing(rows, segment, seeded_runs(rows, segment, metric).get(code_of(best), {}),
-                             code_of(runs[0]), metric, direction)
+            by_seed = seeded_runs(rows, segment, metric)
+            paired = pairing(rows, segment, by_seed.get(code_of(best), {}), code_of(runs[0]), metric, direction,
+                             runs=by_seed)
             contribution, half = gain_interval(best_values, values, spread, direction, paired)
             entry.update(without=estimate(values, spread).record(), contribution=round(contribution, 6),
                          half_width=None if half is None else round(half, 6))

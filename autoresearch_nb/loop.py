@@ -321,8 +321,6 @@ class ResearchLoop(Scheduling, Verdicts):
             self._judge_parked()
             return ""
         track.values.append(result.summary[self.metric])
-        track.seeds.append(job["seed"])
-        track.loads.append(row.get("others_load"))
         track.seed = self._run_seed(len(track.values))  # its next run's own seed
         self._judge(track)
         return ""

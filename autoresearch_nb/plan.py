@@ -16,7 +16,6 @@ from .judge import Verdict, decide
 
 REMEASURE_EVERY = 20
 MAX_DISTURBED_RERUNS = 2     # a run disturbed again after this many re-runs is judged as it is
-CANDIDATE_ROLES = facts.CANDIDATE_ROLES
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def next_measurement(rows: list[dict], segment: int, policy: str = "noise", nois
     if policy != "noise":
         return None
     in_segment = [r for r in rows if facts.segment_of(r) == segment]
-    experiments = [r for r in in_segment if r.get("role") in CANDIDATE_ROLES and r.get("status") in facts.RAN_STATUSES]
+    experiments = [r for r in in_segment if r.get("role") in facts.CANDIDATE_ROLES and r.get("status") in facts.RAN_STATUSES]
     if not experiments and len(runs) + in_flight < 1 + noise_runs:
         return Measurement("noise", f"baseline repeat {len(runs) + in_flight} of {noise_runs} (noise estimate)")
     if in_flight:
@@ -68,7 +67,7 @@ def barrier(rows: list[dict], segment: int, policy: str = "noise", noise_runs: i
     runs = facts.code_runs(rows, segment, metric).get(facts.code_of(best), []) if best else []
     if not runs:
         return True
-    experiments = any(r.get("role") in CANDIDATE_ROLES and facts.segment_of(r) == segment
+    experiments = any(r.get("role") in facts.CANDIDATE_ROLES and facts.segment_of(r) == segment
                       and r.get("status") in facts.RAN_STATUSES for r in rows)
     return policy == "noise" and not experiments and len(runs) < 1 + noise_runs
 
@@ -89,15 +88,15 @@ def verdict(rows: list[dict], segment: int, candidate: list[float], policy: str 
     seeds; a paired sequence whose next seed `against` never ran is decided on the runs it has."""
     code = against or facts.code_of(facts.best_row(rows))
     values = facts.code_runs(rows, segment, metric).get(code, [])
-    pairing = None
+    pairing, runs = None, facts.seeded_runs(rows, segment, metric)
     if seeds is not None and len(seeds) == len(candidate):
         mine: dict[int, list[tuple]] = {}
         for seed, number, load in zip(seeds, candidate, loads or [None] * len(seeds)):
             mine.setdefault(seed, []).append((number, load))
-        pairing = facts.pairing(rows, segment, mine, code, metric, direction)
+        pairing = facts.pairing(rows, segment, mine, code, metric, direction, runs=runs)
     noise = facts.noise(rows, segment, metric, pending=candidate)
     result = decide(candidate, values, noise, policy, direction, max_runs=max_runs, pairing=pairing)
     if result.decision == "more" and result.paired is not None and next_seed is not None \
-            and next_seed not in facts.seeded_runs(rows, segment, metric).get(code, {}):
+            and next_seed not in runs.get(code, {}):
         result = decide(candidate, values, noise, policy, direction, max_runs=len(candidate), pairing=pairing)
     return result

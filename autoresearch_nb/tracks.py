@@ -49,8 +49,6 @@ class Track(Record):
     seed: int                    # the first run's seed
     segment: int = 0
     values: list = field(default_factory=list)     # clean values so far (a candidate's)
-    seeds: list = field(default_factory=list)      # the seed each of those values ran with (pairing)
-    loads: list = field(default_factory=list)      # the cores other processes used during each (pairing)
     rows: list = field(default_factory=list)       # finished runs not yet in the ledger, in order
     job: dict | None = None      # the run under way (Job.record()), None when waiting for a worker
     first: dict = field(default_factory=dict)      # proposal facts for the first row (usage, rationale)
@@ -65,6 +63,16 @@ class Track(Record):
     @property
     def candidate(self) -> bool:
         return self.role == "experiment"
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seed of each clean value (its rows, less the disturbed ones): to pair them with the best's."""
+        return [r.get("seed") for r in self.rows if r.get("status") != "disturbed"][:len(self.values)]
+
+    @property
+    def loads(self) -> list[float | None]:
+        """The cores other processes used during each clean value's run."""
+        return [r.get("others_load") for r in self.rows if r.get("status") != "disturbed"][:len(self.values)]
 
 
 @dataclass
