@@ -86,21 +86,22 @@ def test_current_experiment_shows_description_progress_and_loss_curve():
     emit_run(bus, rows=ROWS[:1], finish=False)
     bus.emit("experiment_started", index=1, description="try rmsnorm eps 1e-6", role="experiment",
              budget=8, commit="abc")
-    empty_curve = None
-    for step in range(4):
-        bus.emit("step", index=1, step=step, loss=3.5 - 0.2 * step, lr=0.02, tok_s=900.0,
-                 progress=0.5, elapsed=4.0)
-        if step == 0:
-            settle(dashboard)
-            empty_curve = bytes(dashboard.loss.value)
-    time.sleep(2.1)  # the loss curve redraws at most every 2 s; let that window pass
+    losses = [(step, 3.5 - 0.2 * step) for step in range(4)]
+    expected_curve = loss_curve_png(losses)
+    for step, loss in losses:
+        bus.emit("step", index=1, step=step, loss=loss, lr=0.02, tok_s=900.0, progress=0.5, elapsed=4.0)
+    # The loss curve redraws at most every 2 s, from a timer thread; wait for the curve of all four steps.
+    deadline = time.monotonic() + 30
+    while bytes(dashboard.loss.value) != expected_curve and time.monotonic() < deadline:
+        time.sleep(0.1)
     settle(dashboard)
 
     assert "#1" in dashboard.current_title.value
     assert "try rmsnorm eps 1e-6" in dashboard.current_title.value
     assert dashboard.progress.value == 0.5
     assert "50% of the budget" in dashboard.progress_label.value and "/ 8s" in dashboard.progress_label.value
-    assert bytes(dashboard.loss.value).startswith(PNG) and bytes(dashboard.loss.value) != empty_curve
+    assert bytes(dashboard.loss.value) == expected_curve, (dashboard.render_error, dashboard.renders,
+                                                           dashboard._drawn_losses, dashboard._dirty)
     assert not dashboard.stop_button.disabled
 
 

@@ -253,7 +253,8 @@ def test_finished_run_exports_and_reexecutes_from_its_record_alone(finished_run,
     again = outputs_text(exported)
     assert "val_bpb:" in again and "recorded val_bpb" in again  # prepare.py's summary block
     record = analysis.load(out)                                 # the record reads back as data
-    assert [row["index"] for row in record["rows"]] == [0, 1, 2]
+    # every row the lab had, disturbed re-runs included when the machine was busy
+    assert [row["index"] for row in record["rows"]] == [row["index"] for row in rows]
     assert record["files"]["nanochat/train.py"].strip() == best_source.strip()
 
 

@@ -1,12 +1,11 @@
-"""The progress chart in autoresearch's style, drawn with matplotlib's object API (thread-safe)."""
+"""The progress chart in autoresearch's style, drawn with matplotlib's object API off any thread."""
 from __future__ import annotations
-
-import io
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .. import facts
+from .png import figure_png
 
 KEPT = "#2ca02c"
 DISCARDED = "#b0b0b0"
@@ -78,7 +77,4 @@ def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str
     else:
         ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes,
                 color="#777777")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(fig, tight=True)

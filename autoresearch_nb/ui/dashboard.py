@@ -219,14 +219,19 @@ class Dashboard:
                 queue = dict(self.view.queue)
                 state, message = self.view.state, self.view.message
             self.renders += 1
-            self._render_header(rows, info, state)
-            if "rows" in dirty:
-                self._render_rows(rows)
-            if "current" in dirty or "rows" in dirty:
-                self._render_current(current, state)
-                self._render_lanes(lanes, queue, info)
-            if "state" in dirty or "header" in dirty:
-                self._render_state(state, message)
+            try:
+                self._render_header(rows, info, state)
+                if "rows" in dirty:
+                    self._render_rows(rows)
+                if "current" in dirty or "rows" in dirty:
+                    self._render_current(current, state)
+                    self._render_lanes(lanes, queue, info)
+                if "state" in dirty or "header" in dirty:
+                    self._render_state(state, message)
+            except Exception:
+                with self._lock:  # a failed draw leaves its parts dirty for the next event to redraw
+                    self._dirty |= dirty
+                raise
 
     def _render_header(self, rows: list[dict], info: dict, state: str) -> None:
         found = summarize(rows, info, self.metric, self.direction)

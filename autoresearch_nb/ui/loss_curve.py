@@ -1,11 +1,11 @@
-"""The running experiment's loss curve, drawn with matplotlib's object API (safe off the main thread)."""
+"""The running experiment's loss curve, drawn with matplotlib's object API off any thread."""
 from __future__ import annotations
-
-import io
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from .png import figure_png
 
 LINE = "#1f77b4"
 
@@ -32,6 +32,4 @@ def loss_curve_png(losses: list[tuple[int, float]], title: str = "", width: floa
     ax.grid(True, alpha=0.3)
     # Fixed margins: tight_layout would double the cost of a redraw that runs every few seconds.
     fig.subplots_adjust(left=0.15, right=0.97, top=0.88, bottom=0.2)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return figure_png(fig)
