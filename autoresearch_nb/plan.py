@@ -88,8 +88,9 @@ def verdict(rows: list[dict], segment: int, candidate: list[float], policy: str 
     seeds; a paired sequence whose next seed `against` never ran is decided on the runs it has."""
     code = against or facts.code_of(facts.best_row(rows))
     values = facts.code_runs(rows, segment, metric).get(code, [])
-    pairing, runs = None, facts.seeded_runs(rows, segment, metric)
+    pairing, runs = None, {}
     if seeds is not None and len(seeds) == len(candidate):
+        runs = facts.seeded_runs(rows, segment, metric)
         mine: dict[int, list[tuple]] = {}
         for seed, number, load in zip(seeds, candidate, loads or [None] * len(seeds)):
             mine.setdefault(seed, []).append((number, load))

@@ -65,14 +65,19 @@ class Track(Record):
         return self.role == "experiment"
 
     @property
+    def clean_rows(self) -> list[dict]:
+        """The row of each clean value (its rows, less the disturbed ones)."""
+        return [r for r in self.rows if r.get("status") != "disturbed"][:len(self.values)]
+
+    @property
     def seeds(self) -> list[int]:
-        """The seed of each clean value (its rows, less the disturbed ones): to pair them with the best's."""
-        return [r.get("seed") for r in self.rows if r.get("status") != "disturbed"][:len(self.values)]
+        """The seed of each clean value: to pair them with the best's runs of the same seeds."""
+        return [r.get("seed") for r in self.clean_rows]
 
     @property
     def loads(self) -> list[float | None]:
         """The cores other processes used during each clean value's run."""
-        return [r.get("others_load") for r in self.rows if r.get("status") != "disturbed"][:len(self.values)]
+        return [r.get("others_load") for r in self.clean_rows]
 
 
 @dataclass
