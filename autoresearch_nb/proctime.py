@@ -1,4 +1,4 @@
-"""CPU time of an experiment's processes, read from outside through /proc (Linux)."""
+"""An experiment's processes seen from outside through /proc (Linux): which they are, their CPU time."""
 from __future__ import annotations
 
 import os
@@ -24,23 +24,45 @@ def _stat(pid: str) -> tuple[int, int, int, float] | None:
     return ppid, pgid, sid, (utime + stime + cutime + cstime) / TICKS
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds (user + system, all threads) of `root` and every process descended from it or in
-    its process group or session, with the children each has reaped. A child reaped inside the tree
-    moves into its parent's count, so the sum does not drop when it ends."""
+def _all_stats() -> dict[int, tuple[int, int, int, float]]:
     stats = {}
     for entry in os.scandir(PROC):
         if entry.name.isdigit():
             stat = _stat(entry.name)
             if stat is not None:
                 stats[int(entry.name)] = stat
+    return stats
+
+
+def _tree(root: int, stats: dict) -> set[int]:
     members = {pid for pid, (_, pgid, sid, _) in stats.items() if pid == root or pgid == root or sid == root}
     grew = True
     while grew:  # descendants that left the group or session (a sandbox's own session, say)
         more = {pid for pid, (ppid, *_) in stats.items() if ppid in members} - members
         members |= more
         grew = bool(more)
-    return sum(stats[pid][3] for pid in members)
+    return members
+
+
+def tree_pids(root: int) -> set[int]:
+    """`root` and every process descended from it or in its process group or session."""
+    return _tree(root, _all_stats())
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, all threads) of `root` and every process descended from it or in
+    its process group or session, with the children each has reaped. A child reaped inside the tree
+    moves into its parent's count, so the sum does not drop when it ends."""
+    stats = _all_stats()
+    return sum(stats[pid][3] for pid in _tree(root, stats))
+
+
+def state(pid: int) -> str:
+    """The one-letter state /proc gives `pid` (R, S, T, Z...), or "" once it is gone."""
+    try:
+        return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)   # user nice system irq softirq steal, in /proc/stat's cpu line

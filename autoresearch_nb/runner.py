@@ -2,10 +2,12 @@
 fixed evaluator in a process of its own. A hard timeout, the log, the summary."""
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -28,6 +30,8 @@ HANDOVER_KEYS = ("peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps", "
 CLOCK_MARKER = "training clock started"  # printed by the fixed TrainingClock.start()
 LINGER_SECONDS = 3.0  # after the training process ends, its leftover children get this long
 CPU_POLL_S = 0.05     # how often the cpu clock reads a sandboxed experiment's CPU time from outside
+STOP_WAIT_S = 0.5     # how long a kill waits for the stopped group before it gathers the tree
+NEWLINES = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass
@@ -60,14 +64,16 @@ def clean_environment(extra: dict | None = None) -> dict:
 
 
 class _Process:
-    """A subprocess in a process group of its own, reaped with its CPU time, killable from any thread."""
+    """A subprocess in a process group of its own, reaped with its CPU time; its output read line by
+    line; it and everything it started killable from any thread."""
 
     def __init__(self, command: list[str], cwd: Path, env: dict, stdin=subprocess.DEVNULL):
         self.popen = subprocess.Popen(command, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, start_new_session=True, text=True,
-                                      encoding="utf-8", errors="replace", bufsize=1)
+                                      stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.popen.pid
         self.exited = threading.Event()
+        self.drained = threading.Event()    # its output has ended, or was given up on
+        self._abandoned = threading.Event()
         self.exit_time = 0.0
         self.cpu_seconds = 0.0  # its own and its reaped descendants', from wait4
         threading.Thread(target=self._reap, daemon=True).start()
@@ -83,7 +89,56 @@ class _Process:
         self.exit_time = time.monotonic()
         self.exited.set()
 
+    def lines(self):
+        """Its output, line by line, until the pipe closes or `abandon` is called."""
+        fd = self.popen.stdout.fileno()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        try:
+            while not self._abandoned.is_set():
+                if not select.select([fd], [], [], 0.2)[0]:
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                pending += decoder.decode(chunk)
+                held = "\r" if pending.endswith("\r") else ""  # a "\r\n" split between two reads
+                *complete, pending = NEWLINES.split(pending[:len(pending) - len(held)])
+                pending += held
+                yield from complete
+            rest = (pending + decoder.decode(b"", final=True)).rstrip("\r")
+            if rest:
+                yield rest
+        finally:
+            self.popen.stdout.close()
+            self.drained.set()
+
+    def abandon(self) -> None:
+        """Stop reading: what still holds the output open escaped every kill (a daemon of its own)."""
+        self._abandoned.set()
+
+    @property
+    def abandoned(self) -> bool:
+        return self._abandoned.is_set()
+
     def kill(self) -> None:
+        """SIGKILL the process, its group and every descendant, the sandbox's own session included.
+        The group is stopped first, so nothing it starts meanwhile escapes: killing a sandbox's outer
+        process alone leaves a just-started inside running if it had not yet asked to die with it."""
+        if self.exited.is_set() and self.drained.is_set():
+            return  # all of it has ended: its pid may already be another process's
+        try:
+            os.killpg(self.pid, signal.SIGSTOP)
+        except (ProcessLookupError, PermissionError):
+            pass
+        deadline = time.monotonic() + STOP_WAIT_S
+        while proctime.state(self.pid) not in ("T", "t", "Z", "X", "") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        for pid in proctime.tree_pids(self.pid) if proctime.available() else ():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         try:
             os.killpg(self.pid, signal.SIGKILL)  # the group outlives its leader: kill it all the same
         except (ProcessLookupError, PermissionError):
@@ -159,30 +214,35 @@ class Runner:
             process.exited.wait(CPU_POLL_S)
 
     def _watch(self, process: _Process, deadline: float) -> None:
-        """Kill `process` at the deadline, on stop, or shortly after it ended if children keep its output open."""
-        while not process.popen.stdout.closed:
+        """Kill `process` at the deadline, on stop, or shortly after it ended if children keep its output
+        open; kill again while anything of it is left, and stop reading what escaped every kill."""
+        killed_at = None
+        while not process.drained.is_set():
             now = time.monotonic()
-            if now >= deadline:
-                self._timed_out = True
-                process.kill()
+            if killed_at is None:
+                if now >= deadline:
+                    self._timed_out = True
+                elif not (self._stop.is_set() or (process.exited.is_set() and now >= process.exit_time + LINGER_SECONDS)):
+                    self._stop.wait(0.2)
+                    continue
+                killed_at = now
+            elif now >= killed_at + LINGER_SECONDS:
+                process.abandon()
                 return
-            if process.exited.is_set() and now >= process.exit_time + LINGER_SECONDS:
-                process.kill()
-                return
-            if self._stop.wait(0.2):
-                process.kill()
-                return
+            process.kill()
+            process.drained.wait(0.5)
 
     def _stream(self, process: _Process, log, tail: list[str], started: float, feed: Callable[[str], None]) -> None:
-        for line in process.popen.stdout:
-            log.write(line)
+        for line in process.lines():
+            log.write(line + "\n")
             log.flush()
-            line = line.rstrip("\n")
             tail.append(line)
             if len(tail) > 400:
                 del tail[:200]
             feed(line)
-        process.popen.stdout.close()
+        if process.abandoned:
+            log.write("[autoresearch-nb] stopped reading the output: a process that left the experiment's "
+                      "tree (a daemon of its own) still held it open after every kill\n")
         process.exited.wait()
 
     def _on_line(self, line: str, started: float, reader: SummaryReader, steps: list) -> None:
@@ -337,7 +397,7 @@ class Runner:
         log.flush()
         go = time.monotonic()
         try:
-            evaluator.popen.stdin.write("go\n")
+            evaluator.popen.stdin.write(b"go\n")
             evaluator.popen.stdin.close()
         except (BrokenPipeError, OSError):
             pass  # it ended early; its output says why

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import textwrap
 import threading
 import time
@@ -167,6 +169,71 @@ def test_stop_before_the_process_starts_still_stops_it(tmp_path):
     runner.stop()
     result = runner.run()
     assert result.kind == "interrupted"
+
+
+def run_guarded(runner: Runner, patience: float = 120.0):
+    """runner.run() in a thread, so a run that never returns fails the test instead of hanging it."""
+    done = []
+    thread = threading.Thread(target=lambda: done.append(runner.run()), daemon=True)
+    thread.start()
+    thread.join(patience)
+    assert done, f"the run did not return within {patience:.0f}s"
+    return done[0]
+
+
+def test_stop_kills_a_child_that_left_the_session_and_holds_the_output(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "experiment.py"
+    script.write_text(textwrap.dedent(f"""\
+        import subprocess, sys, time
+        # outside the process group (as a sandbox's inside is): killpg alone misses it, and it never ends
+        child = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"],
+                                 start_new_session=True)
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        print("step 1 | loss 4.0 | progress 0.05", flush=True)
+        time.sleep(300)
+    """))
+    holder = {}
+    runner = Runner(["{python}", str(script)], tmp_path, clean_environment(), tmp_path / "x.log", 5.0, 120.0,
+                    on_step=lambda step: threading.Thread(target=holder["runner"].stop).start())
+    holder["runner"] = runner
+    try:
+        result = run_guarded(runner)
+        assert result.kind == "interrupted"
+        assert wait_gone(int(pid_file.read_text())), "the experiment's child outlived the stop"
+    finally:
+        kill_quietly(pid_file)
+
+
+def kill_quietly(pid_file: Path) -> None:
+    try:
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    except (OSError, ValueError):
+        pass
+
+
+def test_a_daemon_holding_the_output_open_does_not_hang_the_run(tmp_path):
+    pid_file = tmp_path / "daemon.pid"
+    body = textwrap.dedent(f"""\
+        import os, sys, time
+        if os.fork() == 0:          # a daemon: fork, a session of its own, fork again, the middle one exits
+            os.setsid()
+            if os.fork() == 0:
+                open({str(pid_file)!r}, "w").write(str(os.getpid()))
+                while True:
+                    time.sleep(1)
+            os._exit(0)
+    """) + SUMMARY.format(seconds=4.0)
+    script = tmp_path / "experiment.py"
+    script.write_text(body)
+    log = tmp_path / "x.log"
+    runner = Runner(["{python}", str(script)], tmp_path, clean_environment(), log, 5.0, 120.0)
+    try:
+        result = run_guarded(runner)
+        assert result.ok and result.summary["val_bpb"] == pytest.approx(1.234567)
+        assert "a process that left the experiment's tree (a daemon of its own) still held it open" in log.read_text()
+    finally:
+        kill_quietly(pid_file)
 
 
 def test_a_metric_printed_twice_is_not_a_result(tmp_path):

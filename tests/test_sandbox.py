@@ -30,7 +30,7 @@ from conftest import cli
 from test_loop import ScriptedAgent, assert_consistent, run_loop, scored_lab
 from test_resume import TRAIN as RESUMABLE_TRAIN
 from test_resume import killed, run as run_cli
-from test_runner import SUMMARY, wait_gone
+from test_runner import SUMMARY, run_guarded, wait_gone
 
 SECRET = "-----BEGIN OPENSSH PRIVATE KEY----- not-a-real-key"
 
@@ -188,6 +188,48 @@ def test_the_timeout_ends_every_process_in_the_sandbox(bubblewrap, home):
     last = beat.read_text()
     time.sleep(0.5)
     assert beat.read_text() == last, "a process in the sandbox outlived the timeout"
+
+
+def inside_processes(token: str) -> list[int]:
+    """Processes whose command line holds `token`, seen from outside the sandbox."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and token in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_run_stopped_as_it_starts_leaves_nothing_in_the_sandbox(bubblewrap, home):
+    # Stopped within milliseconds of bubblewrap's start, the sandbox's inside may not yet have asked to
+    # die with its outer process: killing that one alone left the experiment running. Busy neighbours
+    # slow bubblewrap's start-up, which widens that window (as on a loaded CI machine).
+    lab = home / "lab"
+    lab.mkdir(exist_ok=True)
+    (lab / "experiment.py").write_text("import time\nwhile True:\n    time.sleep(1)\n")
+    token = f"stopped-at-start-{uuid.uuid4().hex}"
+    run_dir = lab / ".autoresearch" / "runs" / "0001"
+    env = clean_environment({"HOME": home, "AUTORESEARCH_RUN_DIR": run_dir})
+    argv = sandbox.wrap(["{python}", "experiment.py", token], root=lab, run_dir=run_dir, env=env)
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
+    try:
+        for attempt in range(60):
+            delay = (attempt % 20) * 0.0003   # 0 to 6 ms after the start: through bubblewrap's own set-up
+            holder = {}
+            runner = Runner(argv, lab, env, lab / "x.log", 5.0, 120.0, sandbox=sandbox.probe(),
+                            on_start=lambda pid: (time.sleep(delay), holder["runner"].stop()))
+            holder["runner"] = runner
+            result = run_guarded(runner)
+            assert result.kind == "interrupted", (attempt, result.kind, result.reason)
+            assert inside_processes(token) == [], f"the experiment outlived a stop {delay * 1000:.2f} ms after its start"
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+        for pid in inside_processes(token):
+            os.kill(pid, 9)
 
 
 HOSTILE = {
