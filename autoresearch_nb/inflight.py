@@ -14,6 +14,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 
+from . import proctime
 from .lab import Lab
 from .ledger import append_row, atomic_write, read_rows, write_results
 from .tracks import Draft, Track
@@ -91,10 +92,7 @@ def runs_in(pid: int, root) -> bool:
 def end_orphan(job: dict | None) -> None:
     """An experiment left running by a killed coordinator must not keep running."""
     if job and job.get("pid") and runs_in(job["pid"], job.get("cwd") or "/nonexistent"):
-        try:
-            os.killpg(job["pid"], signal.SIGKILL)
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
+        proctime.kill_tree(job["pid"])
 
 
 def append(lab: Lab, rows: list[dict], row: dict) -> dict:

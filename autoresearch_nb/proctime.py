@@ -1,10 +1,14 @@
-"""An experiment's processes seen from outside through /proc (Linux): which they are, their CPU time."""
+"""An experiment's processes seen from outside through /proc (Linux): which they are, their CPU time,
+and how to end all of them."""
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 PROC = Path("/proc")
+STOP_WAIT_S = 0.5  # how long kill_tree waits for the stopped group before it gathers the tree
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -63,6 +67,29 @@ def state(pid: int) -> str:
         return (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""
+
+
+def kill_tree(root: int) -> None:
+    """SIGKILL `root`, its process group and every process descended from it, those in a session of
+    their own included. The group is stopped first, so nothing it starts meanwhile escapes: killing
+    a sandbox's outer process alone leaves a just-started inside running if that had not yet asked
+    to die with it."""
+    try:
+        os.killpg(root, signal.SIGSTOP)
+    except (ProcessLookupError, PermissionError):
+        pass
+    deadline = time.monotonic() + STOP_WAIT_S
+    while state(root) not in ("T", "t", "Z", "X", "") and time.monotonic() < deadline:
+        time.sleep(0.005)
+    for pid in tree_pids(root) if available() else ():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(root, signal.SIGKILL)  # the group outlives its leader: kill it all the same
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)   # user nice system irq softirq steal, in /proc/stat's cpu line

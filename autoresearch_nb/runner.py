@@ -9,7 +9,6 @@ import os
 import re
 import select
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -30,7 +29,6 @@ HANDOVER_KEYS = ("peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps", "
 CLOCK_MARKER = "training clock started"  # printed by the fixed TrainingClock.start()
 LINGER_SECONDS = 3.0  # after the training process ends, its leftover children get this long
 CPU_POLL_S = 0.05     # how often the cpu clock reads a sandboxed experiment's CPU time from outside
-STOP_WAIT_S = 0.5     # how long a kill waits for the stopped group before it gathers the tree
 NEWLINES = re.compile(r"\r\n|\r|\n")
 
 
@@ -122,27 +120,10 @@ class _Process:
         return self._abandoned.is_set()
 
     def kill(self) -> None:
-        """SIGKILL the process, its group and every descendant, the sandbox's own session included.
-        The group is stopped first, so nothing it starts meanwhile escapes: killing a sandbox's outer
-        process alone leaves a just-started inside running if it had not yet asked to die with it."""
+        """SIGKILL the process, its group and every descendant (the sandbox's inside included)."""
         if self.exited.is_set() and self.drained.is_set():
             return  # all of it has ended: its pid may already be another process's
-        try:
-            os.killpg(self.pid, signal.SIGSTOP)
-        except (ProcessLookupError, PermissionError):
-            pass
-        deadline = time.monotonic() + STOP_WAIT_S
-        while proctime.state(self.pid) not in ("T", "t", "Z", "X", "") and time.monotonic() < deadline:
-            time.sleep(0.005)
-        for pid in proctime.tree_pids(self.pid) if proctime.available() else ():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)  # the group outlives its leader: kill it all the same
-        except (ProcessLookupError, PermissionError):
-            pass
+        proctime.kill_tree(self.pid)
 
 
 class Runner:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch_nb.inflight import end_orphan
 from autoresearch_nb.runner import Runner, clean_environment, parse_step
 
 SUMMARY = textwrap.dedent("""\
@@ -233,6 +236,31 @@ def test_a_daemon_holding_the_output_open_does_not_hang_the_run(tmp_path):
         assert result.ok and result.summary["val_bpb"] == pytest.approx(1.234567)
         assert "a process that left the experiment's tree (a daemon of its own) still held it open" in log.read_text()
     finally:
+        kill_quietly(pid_file)
+
+
+def test_a_resume_ends_an_orphan_with_the_child_that_left_its_session(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "experiment.py"
+    script.write_text(textwrap.dedent(f"""\
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"],
+                                 start_new_session=True)
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        while True:
+            time.sleep(1)
+    """))
+    # as the runner starts it (a session of its own), then left behind by a coordinator killed with -9
+    orphan = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        end_orphan({"pid": orphan.pid, "cwd": str(tmp_path)})
+        assert orphan.wait(timeout=60) == -signal.SIGKILL
+        assert wait_gone(int(pid_file.read_text())), "the orphan's child outlived the resume"
+    finally:
+        orphan.kill()
         kill_quietly(pid_file)
 
 
