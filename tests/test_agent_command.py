@@ -182,11 +182,14 @@ def test_time_limit_kills_the_process_group(tmp_path):
     lab = tmp_path / "lab"
     context = make_lab(lab)
     head = git(lab, "rev-parse", "HEAD").strip()
-    pid_file = tmp_path / "child.pid"
+    pid_file, helper_file = tmp_path / "child.pid", tmp_path / "helper.pid"
     command = cli(tmp_path, f"""
         pathlib.Path("nanochat/train.py").write_text("half-written")
         child = subprocess.Popen(["sleep", "120"])
         pathlib.Path({str(pid_file)!r}).write_text(str(child.pid))
+        # a helper in a session of its own (a language server, say): outside the group, still the CLI's
+        helper = subprocess.Popen(["sleep", "120"], start_new_session=True)
+        pathlib.Path({str(helper_file)!r}).write_text(str(helper.pid))
         print("thinking hard", flush=True)
         child.wait()
     """)
@@ -194,6 +197,7 @@ def test_time_limit_kills_the_process_group(tmp_path):
         CommandAgent(command, timeout=1.5).propose(context)
     assert "thinking hard" in caught.value.reason and not caught.value.fatal
     assert not _running(int(pid_file.read_text())), "the CLI's children die with it"
+    assert not _running(int(helper_file.read_text())), "a child in its own session dies with the CLI too"
     assert_untouched(lab, head)
 
 

@@ -6,6 +6,7 @@ import shlex
 import signal
 import subprocess
 
+from .. import proctime
 from ..errors import LabError
 from . import cli_output
 from .base import Agent, Context, Proposal, ProposalError
@@ -128,7 +129,8 @@ class Outcome:
 
 
 def run_in_group(command: str, cwd, stdin: str, env: dict, timeout: float) -> Outcome:
-    """Run `command` in a shell of its own process group; past `timeout` the whole group dies."""
+    """Run `command` in a shell of its own process group; past `timeout` it and everything it started
+    (in its group or not) get SIGTERM, and KILL_GRACE_S later SIGKILL."""
     process = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                errors="replace", start_new_session=True)
@@ -136,27 +138,38 @@ def run_in_group(command: str, cwd, stdin: str, env: dict, timeout: float) -> Ou
         output, _ = process.communicate(stdin, timeout=timeout)
         return Outcome(process.returncode, output, False)
     except subprocess.TimeoutExpired:
-        _kill_group(process, signal.SIGTERM)
+        # gathered before the shell ends: what it started would leave its tree with it
+        started = _signal_tree(process, signal.SIGTERM, set())
         try:
             output, _ = process.communicate(timeout=KILL_GRACE_S)
         except subprocess.TimeoutExpired:
-            _kill_group(process, signal.SIGKILL)
+            output = None
+        _signal_tree(process, signal.SIGKILL, started)
+        if output is None:
             try:
                 output, _ = process.communicate(timeout=KILL_GRACE_S)
-            except subprocess.TimeoutExpired:  # a grandchild left the group but holds the pipe
+            except subprocess.TimeoutExpired:  # a daemon that escaped every kill holds the pipe
                 output = ""
         return Outcome(None, output or "", True)
     except BaseException:
-        _kill_group(process, signal.SIGKILL)
+        proctime.kill_tree(process.pid)
         process.wait()
         raise
 
 
-def _kill_group(process: subprocess.Popen, sig: int) -> None:
+def _signal_tree(process: subprocess.Popen, sig: int, known: set[int]) -> set[int]:
+    """Send `sig` to the CLI's group and every process of its tree (and to `known`, seen earlier)."""
+    pids = known | (proctime.tree_pids(process.pid) if proctime.available() else set())
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
     try:
         os.killpg(process.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+    return pids
 
 
 def _no_usage() -> dict:
