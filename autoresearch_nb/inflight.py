@@ -90,9 +90,20 @@ def runs_in(pid: int, root) -> bool:
 
 
 def end_orphan(job: dict | None) -> None:
-    """An experiment left running by a killed coordinator must not keep running."""
-    if job and job.get("pid") and runs_in(job["pid"], job.get("cwd") or "/nonexistent"):
-        proctime.kill_tree(job["pid"])
+    """An experiment left running by a killed coordinator must not keep running. Only the process the
+    job started: the same one (boot and start time, where recorded), in the job's tree, leading its
+    own session as the runner starts it, and never this process or its own group or session."""
+    pid = job.get("pid") if job else None
+    if not pid or not runs_in(pid, job.get("cwd") or "/nonexistent"):
+        return
+    if job.get("pid_identity") and proctime.identity(pid) != job["pid_identity"]:
+        return
+    try:
+        if os.getsid(pid) != pid or pid in (os.getpid(), os.getpgrp(), os.getsid(0)):
+            return
+    except OSError:
+        return
+    proctime.kill_tree(pid)
 
 
 def append(lab: Lab, rows: list[dict], row: dict) -> dict:

@@ -16,8 +16,9 @@ def available() -> bool:
     return (PROC / "self" / "stat").exists()
 
 
-def _stat(pid: str) -> tuple[int, int, int, float] | None:
-    """(ppid, pgid, sid, CPU seconds of the process and of the children it has reaped), or None."""
+def _stat(pid: str) -> tuple[int, int, int, float, int] | None:
+    """(ppid, pgid, sid, CPU seconds of the process and of the children it has reaped, start time in
+    ticks since boot), or None."""
     try:
         text = (PROC / pid / "stat").read_text()
     except OSError:
@@ -25,10 +26,10 @@ def _stat(pid: str) -> tuple[int, int, int, float] | None:
     fields = text.rsplit(")", 1)[1].split()  # the command name may hold spaces and brackets
     ppid, pgid, sid = int(fields[1]), int(fields[2]), int(fields[3])
     utime, stime, cutime, cstime = (int(v) for v in fields[11:15])
-    return ppid, pgid, sid, (utime + stime + cutime + cstime) / TICKS
+    return ppid, pgid, sid, (utime + stime + cutime + cstime) / TICKS, int(fields[19])
 
 
-def _all_stats() -> dict[int, tuple[int, int, int, float]]:
+def _all_stats() -> dict[int, tuple]:
     stats = {}
     for entry in os.scandir(PROC):
         if entry.name.isdigit():
@@ -38,8 +39,13 @@ def _all_stats() -> dict[int, tuple[int, int, int, float]]:
     return stats
 
 
-def _tree(root: int, stats: dict) -> set[int]:
-    members = {pid for pid, (_, pgid, sid, _) in stats.items() if pid == root or pgid == root or sid == root}
+def _tree(root: int, stats: dict, reaped: bool = False) -> set[int]:
+    """`root`, its group, its session, and their descendants. Once `root` has been reaped its number
+    is ours only while something of its group or session lives (the kernel does not hand out a pid
+    still in use as a group or session id): a process now holding that number is someone else's."""
+    if reaped and root in stats:
+        return set()
+    members = {pid for pid, (_, pgid, sid, *_) in stats.items() if pid == root or pgid == root or sid == root}
     grew = True
     while grew:  # descendants that left the group or session (a sandbox's own session, say)
         more = {pid for pid, (ppid, *_) in stats.items() if ppid in members} - members
@@ -69,25 +75,52 @@ def state(pid: int) -> str:
         return ""
 
 
-def kill_tree(root: int) -> None:
-    """SIGKILL `root`, its process group and every process descended from it, those in a session of
-    their own included. The group is stopped first, so nothing it starts meanwhile escapes: killing
-    a sandbox's outer process alone leaves a just-started inside running if that had not yet asked
-    to die with it."""
+def identity(pid: int) -> str | None:
+    """What tells this process from a later one given the same number: the boot and its start time."""
+    stat = _stat(str(pid))
     try:
-        os.killpg(root, signal.SIGSTOP)
-    except (ProcessLookupError, PermissionError):
-        pass
-    deadline = time.monotonic() + STOP_WAIT_S
-    while state(root) not in ("T", "t", "Z", "X", "") and time.monotonic() < deadline:
-        time.sleep(0.005)
-    for pid in tree_pids(root) if available() else ():
+        boot = (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat[4]}" if stat else None
+
+
+def signal_tree(root: int, sig: int, reaped: bool = False, known: dict[int, int] | None = None) -> dict[int, int]:
+    """Send `sig` to every process of `root`'s tree (see _tree), and to those of `known` (pid: start
+    time, seen earlier) that still run; returns what it signalled, for a later call's `known`."""
+    if not available():
+        if not reaped:
+            _signal_group(root, sig)
+        return {}
+    stats = _all_stats()
+    targets = {pid: stats[pid][4] for pid in _tree(root, stats, reaped)}
+    targets.update({pid: start for pid, start in (known or {}).items() if pid in stats and stats[pid][4] == start})
+    for pid in targets:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
+    return targets
+
+
+def kill_tree(root: int, reaped: bool = False, known: dict[int, int] | None = None) -> None:
+    """SIGKILL `root`, its process group and every process descended from it, those in a session of
+    their own included. While `root` is not reaped its group is stopped first, so nothing it starts
+    meanwhile escapes: killing a sandbox's outer process alone leaves a just-started inside running
+    if that had not yet asked to die with it."""
+    if not reaped:
+        _signal_group(root, signal.SIGSTOP)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while state(root) not in ("T", "t", "Z", "X", "") and time.monotonic() < deadline:
+            time.sleep(0.005)
+    signal_tree(root, signal.SIGKILL, reaped, known)
+    if not reaped:
+        _signal_group(root, signal.SIGKILL)  # what joined the group since the scan
+
+
+def _signal_group(root: int, sig: int) -> None:
     try:
-        os.killpg(root, signal.SIGKILL)  # the group outlives its leader: kill it all the same
+        os.killpg(root, sig)
     except (ProcessLookupError, PermissionError):
         pass
 

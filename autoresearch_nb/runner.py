@@ -30,6 +30,7 @@ CLOCK_MARKER = "training clock started"  # printed by the fixed TrainingClock.st
 LINGER_SECONDS = 3.0  # after the training process ends, its leftover children get this long
 CPU_POLL_S = 0.05     # how often the cpu clock reads a sandboxed experiment's CPU time from outside
 NEWLINES = re.compile(r"\r\n|\r|\n")
+MAX_LINE = 1 << 20   # characters: a longer line is cut
 
 
 @dataclass
@@ -72,6 +73,7 @@ class _Process:
         self.exited = threading.Event()
         self.drained = threading.Event()    # its output has ended, or was given up on
         self._abandoned = threading.Event()
+        self.cut_short = False              # reading stopped before the output ended
         self.exit_time = 0.0
         self.cpu_seconds = 0.0  # its own and its reaped descendants', from wait4
         threading.Thread(target=self._reap, daemon=True).start()
@@ -88,21 +90,33 @@ class _Process:
         self.exited.set()
 
     def lines(self):
-        """Its output, line by line, until the pipe closes or `abandon` is called."""
+        """Its output, line by line, until the pipe closes; once `abandon` is called, what the pipe
+        already holds (at most MAX_LINE more) and no more."""
         fd = self.popen.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
+        pending, drained_after = "", 0
         try:
-            while not self._abandoned.is_set():
-                if not select.select([fd], [], [], 0.2)[0]:
+            while True:
+                if self._abandoned.is_set():
+                    if drained_after > MAX_LINE or not poller.poll(0):
+                        self.cut_short = True
+                        break
+                elif not poller.poll(200):
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
                     break
+                if self._abandoned.is_set():
+                    drained_after += len(chunk)
                 pending += decoder.decode(chunk)
                 held = "\r" if pending.endswith("\r") else ""  # a "\r\n" split between two reads
                 *complete, pending = NEWLINES.split(pending[:len(pending) - len(held)])
                 pending += held
+                if len(pending) > MAX_LINE:  # a line without end: cut it, rather than re-split it forever
+                    complete.append(pending)
+                    pending = ""
                 yield from complete
             rest = (pending + decoder.decode(b"", final=True)).rstrip("\r")
             if rest:
@@ -115,15 +129,12 @@ class _Process:
         """Stop reading: what still holds the output open escaped every kill (a daemon of its own)."""
         self._abandoned.set()
 
-    @property
-    def abandoned(self) -> bool:
-        return self._abandoned.is_set()
 
     def kill(self) -> None:
         """SIGKILL the process, its group and every descendant (the sandbox's inside included)."""
         if self.exited.is_set() and self.drained.is_set():
             return  # all of it has ended: its pid may already be another process's
-        proctime.kill_tree(self.pid)
+        proctime.kill_tree(self.pid, reaped=self.exited.is_set())
 
 
 class Runner:
@@ -198,7 +209,7 @@ class Runner:
         """Kill `process` at the deadline, on stop, or shortly after it ended if children keep its output
         open; kill again while anything of it is left, and stop reading what escaped every kill."""
         killed_at = None
-        while not process.drained.is_set():
+        while not (process.drained.is_set() and process.exited.is_set()):
             now = time.monotonic()
             if killed_at is None:
                 if now >= deadline:
@@ -209,9 +220,8 @@ class Runner:
                 killed_at = now
             elif now >= killed_at + LINGER_SECONDS:
                 process.abandon()
-                return
             process.kill()
-            process.drained.wait(0.5)
+            (process.exited if process.drained.is_set() else process.drained).wait(0.25)
 
     def _stream(self, process: _Process, log, tail: list[str], started: float, feed: Callable[[str], None]) -> None:
         for line in process.lines():
@@ -221,7 +231,7 @@ class Runner:
             if len(tail) > 400:
                 del tail[:200]
             feed(line)
-        if process.abandoned:
+        if process.cut_short:
             log.write("[autoresearch-nb] stopped reading the output: a process that left the experiment's "
                       "tree (a daemon of its own) still held it open after every kill\n")
         process.exited.wait()

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch_nb import proctime
 from autoresearch_nb.inflight import end_orphan
-from autoresearch_nb.runner import Runner, clean_environment, parse_step
+from autoresearch_nb.runner import LINGER_SECONDS, Runner, clean_environment, parse_step
 
 SUMMARY = textwrap.dedent("""\
     print("---")
@@ -256,12 +257,30 @@ def test_a_resume_ends_an_orphan_with_the_child_that_left_its_session(tmp_path):
         deadline = time.monotonic() + 60
         while not pid_file.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        end_orphan({"pid": orphan.pid, "cwd": str(tmp_path)})
+        recorded = proctime.identity(orphan.pid)
+        # a job whose pid now names another process (a reboot, a reused number) ends nothing
+        end_orphan({"pid": orphan.pid, "cwd": str(tmp_path), "pid_identity": recorded + "0"})
+        assert orphan.poll() is None and not gone(int(pid_file.read_text()))
+        end_orphan({"pid": orphan.pid, "cwd": str(tmp_path), "pid_identity": recorded})
         assert orphan.wait(timeout=60) == -signal.SIGKILL
         assert wait_gone(int(pid_file.read_text())), "the orphan's child outlived the resume"
     finally:
         orphan.kill()
         kill_quietly(pid_file)
+
+
+def test_a_slow_reader_still_gets_all_of_a_finished_runs_output(tmp_path):
+    # The run ends while its reader is busy (a slow subscriber): the linger passes, nothing escaped,
+    # and what the pipe holds (the summary) must still be read, not given up on.
+    script = tmp_path / "experiment.py"
+    script.write_text("import time\nprint('step 1 | loss 4.0 | progress 0.05', flush=True)\ntime.sleep(0.3)\n"
+                      + SUMMARY.format(seconds=4.0))
+    log = tmp_path / "x.log"
+    runner = Runner(["{python}", str(script)], tmp_path, clean_environment(), log, 5.0, 120.0,
+                    on_step=lambda step: time.sleep(LINGER_SECONDS * 2 + 1))
+    result = run_guarded(runner)
+    assert result.ok and result.summary["val_bpb"] == pytest.approx(1.234567), (result.kind, result.reason)
+    assert "still held it open" not in log.read_text()
 
 
 def test_a_metric_printed_twice_is_not_a_result(tmp_path):

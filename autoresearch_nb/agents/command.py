@@ -139,12 +139,12 @@ def run_in_group(command: str, cwd, stdin: str, env: dict, timeout: float) -> Ou
         return Outcome(process.returncode, output, False)
     except subprocess.TimeoutExpired:
         # gathered before the shell ends: what it started would leave its tree with it
-        started = _signal_tree(process, signal.SIGTERM, set())
+        started = proctime.signal_tree(process.pid, signal.SIGTERM)
         try:
             output, _ = process.communicate(timeout=KILL_GRACE_S)
         except subprocess.TimeoutExpired:
             output = None
-        _signal_tree(process, signal.SIGKILL, started)
+        proctime.kill_tree(process.pid, reaped=process.returncode is not None, known=started)
         if output is None:
             try:
                 output, _ = process.communicate(timeout=KILL_GRACE_S)
@@ -152,24 +152,9 @@ def run_in_group(command: str, cwd, stdin: str, env: dict, timeout: float) -> Ou
                 output = ""
         return Outcome(None, output or "", True)
     except BaseException:
-        proctime.kill_tree(process.pid)
+        proctime.kill_tree(process.pid, reaped=process.returncode is not None)
         process.wait()
         raise
-
-
-def _signal_tree(process: subprocess.Popen, sig: int, known: set[int]) -> set[int]:
-    """Send `sig` to the CLI's group and every process of its tree (and to `known`, seen earlier)."""
-    pids = known | (proctime.tree_pids(process.pid) if proctime.available() else set())
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-    try:
-        os.killpg(process.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-    return pids
 
 
 def _no_usage() -> dict:
