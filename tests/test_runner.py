@@ -283,6 +283,15 @@ def test_a_slow_reader_still_gets_all_of_a_finished_runs_output(tmp_path):
     assert "still held it open" not in log.read_text()
 
 
+def test_the_timeout_still_ends_a_run_that_closed_its_output(tmp_path):
+    script = tmp_path / "experiment.py"
+    script.write_text("import os, time\nprint('working quietly', flush=True)\nos.close(1)\nos.close(2)\ntime.sleep(300)\n")
+    runner = Runner(["{python}", str(script)], tmp_path, clean_environment(), tmp_path / "x.log", 5.0, 3.0)
+    result = run_guarded(runner)
+    assert result.kind == "timeout", (result.kind, result.reason)
+    assert wait_gone(runner.process.pid)
+
+
 def test_a_metric_printed_twice_is_not_a_result(tmp_path):
     result, _, _ = run_script(tmp_path, SUMMARY.format(seconds=5.0) + 'print("val_bpb:          0.100000")\n')
     assert not result.ok
