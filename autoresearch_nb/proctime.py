@@ -88,9 +88,8 @@ def identity(pid: int) -> str | None:
 def signal_tree(root: int, sig: int, reaped: bool = False, known: dict[int, int] | None = None) -> dict[int, int]:
     """Send `sig` to every process of `root`'s tree (see _tree), and to those of `known` (pid: start
     time, seen earlier) that still run; returns what it signalled, for a later call's `known`."""
-    if not available():
-        if not reaped:
-            _signal_group(root, sig)
+    if not available():  # no /proc (macOS): the group alone, whose number its members keep reserved
+        _signal_group(root, sig)
         return {}
     stats = _all_stats()
     targets = {pid: stats[pid][4] for pid in _tree(root, stats, reaped)}

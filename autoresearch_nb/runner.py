@@ -133,7 +133,11 @@ class _Process:
     def kill(self) -> None:
         """SIGKILL the process, its group and every descendant (the sandbox's inside included)."""
         if self.exited.is_set() and self.drained.is_set():
-            return  # all of it has ended: its pid may already be another process's
+            return  # its output has ended too: end_all() sweeps what is left
+        proctime.kill_tree(self.pid, reaped=self.exited.is_set())
+
+    def end_all(self) -> None:
+        """Kill it if it still runs, and whatever of its group or session is left once it has ended."""
         proctime.kill_tree(self.pid, reaped=self.exited.is_set())
 
 
@@ -264,6 +268,14 @@ class Runner:
         return self.clock == "cpu" and proctime.available()
 
     def run(self) -> RunResult:
+        try:
+            return self._run()
+        finally:  # also when the harness itself failed: nothing of the experiment runs on
+            for process in (self._training, self._evaluator):
+                if process:
+                    process.end_all()
+
+    def _run(self) -> RunResult:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         guard = ProtectedFiles(self.protected)
         if self.run_dir:
@@ -298,6 +310,7 @@ class Runner:
             self._stream(self._training, log, tail, started,
                          lambda line: self._on_line(line, started, reader, steps))
             watchdog.join(timeout=1)
+            self._training.end_all()  # what it left behind must not run beside the evaluation or the next run
             returncode = self.process.returncode
             if self._confined:
                 returncode = sandboxing.exit_status(returncode)
@@ -310,8 +323,6 @@ class Runner:
             result = self._judge_training(returncode, wall, tail, steps, stopped, guard)
             if result is None:
                 result = self._evaluate(log, started, tail, steps, guard)
-        if self._evaluator:
-            self._evaluator.kill()
         for name in ("model.pt2", "checked.pt2"):  # the GPU model is hundreds of MB
             if self.run_dir:
                 (self.run_dir / name).unlink(missing_ok=True)

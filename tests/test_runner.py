@@ -292,6 +292,23 @@ def test_the_timeout_still_ends_a_run_that_closed_its_output(tmp_path):
     assert wait_gone(runner.process.pid)
 
 
+def test_a_child_left_behind_by_a_finished_run_does_not_outlive_it(tmp_path):
+    pid_file = tmp_path / "leftover.pid"
+    body = textwrap.dedent(f"""\
+        import subprocess, sys
+        # a worker that lets go of the output: the run's end does not wait for it, nor must it run on
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+    """) + SUMMARY.format(seconds=4.0)
+    try:
+        result, runner, _ = run_script(tmp_path, body)
+        assert result.ok
+        assert wait_gone(int(pid_file.read_text())), "the run's leftover child runs on after it"
+    finally:
+        kill_quietly(pid_file)
+
+
 def test_a_metric_printed_twice_is_not_a_result(tmp_path):
     result, _, _ = run_script(tmp_path, SUMMARY.format(seconds=5.0) + 'print("val_bpb:          0.100000")\n')
     assert not result.ok
