@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import facts, inflight, plan, proctime, sandbox
+from . import facts, inflight, plan, sandbox
 from .agents.base import Agent, ProposalError
 from .checks import fixed_exports
 from .disturbance import detect
@@ -251,7 +251,7 @@ class ResearchLoop(Scheduling, Verdicts):
             track = self._track_of_job(event[1])
             if track is not None:
                 track.job["pid"] = event[2]
-                track.job["pid_identity"] = proctime.identity(event[2])  # a resume ends this process, no later one
+                track.job["pid_identity"] = event[3]  # a resume ends this process, no later one
                 self.state.save(self.lab)
                 crashpoint(f"during_{track.role}")
         elif kind == "result":

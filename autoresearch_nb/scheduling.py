@@ -9,7 +9,7 @@ from __future__ import annotations
 import queue
 import time
 
-from . import facts, plan
+from . import facts, plan, proctime
 from .audit import fingerprint
 from .checks import validate
 from .context import build_context
@@ -135,7 +135,8 @@ class Scheduling:
         track.job["cwd"] = str(tree)
         self.pool.run(slot, job, tree,
                       on_step=lambda step, j=job: self.bus.emit("step", index=j.id, job=j.id, worker=j.worker, **step),
-                      on_start=lambda pid, j=job: self.events.put(("started", j.id, pid)))
+                      # on the worker's thread right after the spawn: who the pid is, before the number can change hands
+                      on_start=lambda pid, j=job: self.events.put(("started", j.id, pid, proctime.identity(pid))))
         confirming = track.role == "experiment" and track.values
         self.bus.emit("experiment_started", index=job.id, job=job.id, worker=job.worker,
                       description=f"confirm: {track.description}" if confirming else track.description,

@@ -17,6 +17,7 @@ from collections import Counter
 
 import pytest
 
+from autoresearch_nb import proctime
 from autoresearch_nb.lab import Lab
 from autoresearch_nb.worktrees import Worktrees
 from conftest import cli
@@ -82,8 +83,10 @@ def test_kill_9_at_every_point_then_resume(tmp_path):
             orphan = None
         if point == "during_experiment":
             tracks = json.loads(lab.inflight_path.read_text())["tracks"]
-            orphan = next(t["job"]["pid"] for t in tracks if t.get("job") and t["job"].get("pid"))
+            job = next(t["job"] for t in tracks if t.get("job") and t["job"].get("pid"))
+            orphan = job["pid"]
             assert not gone(orphan), "the experiment should outlive the killed coordinator (until resume ends it)"
+            assert job["pid_identity"] == proctime.identity(orphan), "a resume must know the orphan from a later process"
     done = run(lab, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
