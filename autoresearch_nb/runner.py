@@ -129,12 +129,10 @@ class _Process:
         """Stop reading: what still holds the output open escaped every kill (a daemon of its own)."""
         self._abandoned.set()
 
-
     def kill(self) -> None:
         """SIGKILL the process, its group and every descendant (the sandbox's inside included)."""
-        if self.exited.is_set() and self.drained.is_set():
-            return  # its output has ended too: end_all() sweeps what is left
-        proctime.kill_tree(self.pid, reaped=self.exited.is_set())
+        if not (self.exited.is_set() and self.drained.is_set()):  # once both, end_all() sweeps what is left
+            self.end_all()
 
     def end_all(self) -> None:
         """Kill it if it still runs, and whatever of its group or session is left once it has ended."""
@@ -270,10 +268,13 @@ class Runner:
     def run(self) -> RunResult:
         try:
             return self._run()
-        finally:  # also when the harness itself failed: nothing of the experiment runs on
-            for process in (self._training, self._evaluator):
-                if process:
-                    process.end_all()
+        except BaseException:  # the harness itself failed: nothing of the experiment runs on
+            if self._training:
+                self._training.end_all()
+            raise
+        finally:  # training was swept when its output ended; the evaluator may still wait for "go"
+            if self._evaluator:
+                self._evaluator.end_all()
 
     def _run(self) -> RunResult:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

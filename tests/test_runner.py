@@ -185,18 +185,22 @@ def run_guarded(runner: Runner, patience: float = 120.0):
     return done[0]
 
 
-def test_stop_kills_a_child_that_left_the_session_and_holds_the_output(tmp_path):
-    pid_file = tmp_path / "child.pid"
-    script = tmp_path / "experiment.py"
-    script.write_text(textwrap.dedent(f"""\
+def session_child(pid_file: Path) -> str:
+    """The start of an experiment script: a child in a session of its own that never ends, its pid in `pid_file`."""
+    return textwrap.dedent(f"""\
         import subprocess, sys, time
-        # outside the process group (as a sandbox's inside is): killpg alone misses it, and it never ends
         child = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"],
                                  start_new_session=True)
         open({str(pid_file)!r}, "w").write(str(child.pid))
-        print("step 1 | loss 4.0 | progress 0.05", flush=True)
-        time.sleep(300)
-    """))
+    """)
+
+
+def test_stop_kills_a_child_that_left_the_session_and_holds_the_output(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    script = tmp_path / "experiment.py"
+    # outside the process group (as a sandbox's inside is): killpg alone misses it, and it never ends
+    script.write_text(session_child(pid_file) + "print('step 1 | loss 4.0 | progress 0.05', flush=True)\n"
+                      "time.sleep(300)\n")
     holder = {}
     runner = Runner(["{python}", str(script)], tmp_path, clean_environment(), tmp_path / "x.log", 5.0, 120.0,
                     on_step=lambda step: threading.Thread(target=holder["runner"].stop).start())
@@ -243,14 +247,7 @@ def test_a_daemon_holding_the_output_open_does_not_hang_the_run(tmp_path):
 def test_a_resume_ends_an_orphan_with_the_child_that_left_its_session(tmp_path):
     pid_file = tmp_path / "child.pid"
     script = tmp_path / "experiment.py"
-    script.write_text(textwrap.dedent(f"""\
-        import subprocess, sys, time
-        child = subprocess.Popen([sys.executable, "-c", "import time\\nwhile True: time.sleep(1)"],
-                                 start_new_session=True)
-        open({str(pid_file)!r}, "w").write(str(child.pid))
-        while True:
-            time.sleep(1)
-    """))
+    script.write_text(session_child(pid_file) + "while True:\n    time.sleep(1)\n")
     # as the runner starts it (a session of its own), then left behind by a coordinator killed with -9
     orphan = subprocess.Popen([sys.executable, str(script)], cwd=tmp_path, start_new_session=True)
     try:
