@@ -1,4 +1,8 @@
-"""What an experiment may touch: its own run directory; never the lab's records or locked files."""
+"""What an experiment may touch: its own run directory; never the lab's records or locked files.
+
+The locked files of the run's own tree are guarded here, per run (no one else writes that tree while
+it runs). The lab's records are not: the coordinator writes them while runs go on, and its
+RecordKeeper (recordkeeper.py) tells its own writes from anyone else's."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,6 +59,5 @@ def for_lab(lab, run_dir: Path, facts: dict, budget: float, tree: Path | None = 
         "clock": clock,
         "cores": int(facts.get("cpu_count") or 1),
         "startup_limit": startup_limit(clock, budget, allowance) if evaluate else None,
-        "protected": [tree / rel for rel in config.get("locked", [])]
-        + [lab.ledger_path, lab.results_path, lab.config_path, lab.journal_path, lab.run_info_path],
+        "protected": [tree / rel for rel in config.get("locked", [])],
     }

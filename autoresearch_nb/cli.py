@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="the experiments so far, the best result, counts by status")
     p.add_argument("--lab", default=DEFAULT_DIR)
 
+    p = sub.add_parser("check", help="verify the lab's invariants (ledger, results.tsv, branch, leftovers)")
+    p.add_argument("--lab", default=DEFAULT_DIR)
+
     p = sub.add_parser("steer", help="leave a note that the next proposals will read")
     p.add_argument("text", nargs="+")
     p.add_argument("--lab", default=DEFAULT_DIR)
@@ -217,6 +220,14 @@ def cmd_status(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from .labcheck import report
+
+    holds, text = report(Lab.open(args.lab))
+    print(text)
+    return 0 if holds else 1
+
+
 def cmd_steer(args) -> int:
     lab = Lab.open(args.lab)
     text = " ".join(" ".join(args.text).split())
@@ -238,7 +249,7 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "run": cmd_run, "ablate": cmd_ablate, "status": cmd_status,
-            "steer": cmd_steer, "export": cmd_export}
+            "check": cmd_check, "steer": cmd_steer, "export": cmd_export}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from . import proctime
 from .lab import Lab
-from .ledger import append_row, atomic_write, read_rows, write_results
+from .ledger import read_rows
 from .tracks import Draft, Track
 
 FORMAT = 2
@@ -54,17 +54,21 @@ class State:
         if not self.tracks and not self.drafts:
             clear(lab)
             return
-        atomic_write(lab.inflight_path, json.dumps({
+        lab.records.replace(lab.inflight_path, json.dumps({
             "format": FORMAT, "next_id": self.next_id, "tracks": [t.record() for t in self.tracks],
-            "drafts": [d.record() for d in self.drafts]}, default=str))
+            "drafts": [d.record() for d in self.drafts]}, default=str).encode())
 
     @classmethod
     def load(cls, lab: Lab) -> "State":
+        """The state left by the last session; ids go on from the highest the lab has used, so a job id
+        (and its log, logs/run-NNNNN.log) names one run in the lab's whole life, not in one session."""
         data = read(lab)
+        used = max([int(data.get("next_id") or 0)] + [int(r["job"]) for r in read_rows(lab.ledger_path)
+                                                       if isinstance(r.get("job"), int)])
         if data.get("format") != FORMAT:
-            return cls(next_id=int(data.get("next_id") or 0))
+            return cls(next_id=used)
         return cls([Track.load(t) for t in data.get("tracks", [])], [Draft.load(d) for d in data.get("drafts", [])],
-                   int(data.get("next_id") or 0))
+                   used)
 
 
 def read(lab: Lab) -> dict:
@@ -75,10 +79,7 @@ def read(lab: Lab) -> dict:
 
 
 def clear(lab: Lab) -> None:
-    try:
-        os.unlink(lab.inflight_path)
-    except FileNotFoundError:
-        pass
+    lab.records.remove(lab.inflight_path)
 
 
 def runs_in(pid: int, root) -> bool:
@@ -113,7 +114,7 @@ def append(lab: Lab, rows: list[dict], row: dict) -> dict:
     row["index"] = len(rows)
     best = value_to_beat(rows + [row])
     row["best"] = round(best.mean, 6) if best else None
-    append_row(lab.ledger_path, row)
+    lab.append_row(row)
     rows.append(row)
     return row
 
@@ -140,7 +141,7 @@ def recover(lab: Lab) -> State:
 
     Worktrees(lab).remove_all()
     lab.reset(lab.head())
-    write_results(lab.results_path, rows)
+    lab.write_results(rows)
     state.save(lab)
     return state
 

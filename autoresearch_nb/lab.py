@@ -13,7 +13,8 @@ import git
 
 from . import __version__
 from .errors import LabError
-from .ledger import read_rows
+from .ledger import read_rows, results_text, row_line
+from .recordkeeper import RecordKeeper
 
 LAB_FORMAT = 2  # 2: the model is evaluated apart (config "evaluate"; prepare.py --conditions, --evaluate)
 DEFAULT_DIR = "autoresearch-lab"
@@ -64,6 +65,9 @@ class Lab:
         self.root = Path(root).resolve()
         self.config = config
         self.repo = git.Repo(self.root)
+        # The one writer of the records: what it wrote is what they must hold (recordkeeper.py).
+        self.records = RecordKeeper([self.ledger_path, self.results_path, self.journal_path, self.run_info_path,
+                                     self.config_path, self.inflight_path])
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -125,9 +129,20 @@ class Lab:
             raise LabError(f"{root} is not a git repository any more: create a new lab with `autoresearch-nb init`")
 
     def save_config(self) -> None:
-        from .ledger import atomic_write
+        self.records.replace(self.config_path, (json.dumps(self.config, indent=2) + "\n").encode())
 
-        atomic_write(self.config_path, json.dumps(self.config, indent=2) + "\n")
+    # -- the records, write side (only the coordinator, through the keeper) -----------------------
+    def append_row(self, row: dict) -> None:
+        self.records.append(self.ledger_path, row_line(row))
+
+    def write_results(self, rows: list[dict]) -> None:
+        self.records.replace(self.results_path, results_text(rows).encode())
+
+    def append_journal(self, text: str) -> None:
+        self.records.append(self.journal_path, text.encode("utf-8"))
+
+    def write_run_info(self, info: dict) -> None:
+        self.records.replace(self.run_info_path, json.dumps(info, indent=2).encode())
 
     # -- files and git ----------------------------------------------------------------------
     def read(self, relpath: str) -> str:

@@ -39,11 +39,17 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def row_line(row: dict) -> bytes:
+    """One row as the ledger holds it: a line of JSON."""
+    return (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
+
+
 def append_row(path: Path, row: dict) -> None:
-    """Append one row durably. A torn tail from an earlier kill is cut off first."""
+    """Append one row durably to a ledger no session holds (fixtures, tools); a running lab appends
+    through its RecordKeeper. A torn tail from an earlier kill is cut off first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _repair_tail(path)
-    data = (json.dumps(row, sort_keys=True, default=str) + "\n").encode("utf-8")
+    data = row_line(row)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
@@ -82,10 +88,16 @@ def results_line(row: dict) -> str | None:
     return f"{row.get('commit', '')}\t{float(val):.6f}\t{float(memory):.1f}\t{status}\t{description}"
 
 
-def write_results(path: Path, rows: list[dict]) -> None:
-    """Rewrite results.tsv from the ledger, atomically."""
+def results_text(rows: list[dict]) -> str:
+    """results.tsv as the ledger's rows make it."""
     lines = [RESULTS_HEADER] + [line for row in rows if (line := results_line(row))]
-    atomic_write(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(path: Path, rows: list[dict]) -> None:
+    """Rewrite results.tsv from the ledger, atomically (fixtures, tools; a running lab writes it
+    through its RecordKeeper)."""
+    atomic_write(path, results_text(rows))
 
 
 def atomic_write(path: Path, text: str) -> None:

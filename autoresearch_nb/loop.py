@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import facts, inflight, plan, sandbox
 from .agents.base import Agent, ProposalError
@@ -25,7 +25,6 @@ from .errors import LabError
 from .events import EventBus
 from .inflight import State, crashpoint, now_iso
 from .lab import Lab
-from .ledger import write_results
 from .records import base_row, result_fields
 from .scheduling import BASE_SEED, MAX_REJECTED_IN_A_ROW, SEED_STEP, Scheduling  # noqa: F401  (read here too)
 from .tracks import Track
@@ -103,7 +102,7 @@ class ResearchLoop(Scheduling, Verdicts):
         row.setdefault("finished_at", now_iso())
         inflight.append(self.lab, rows, row)
         crashpoint("after_append")
-        write_results(self.lab.results_path, rows)
+        self.lab.write_results(rows)
         if self.drafter is not None and (row.get("role") == "experiment" or row.get("status") == "crash"):
             self.drafter.lesson(self.context(rows), row)
         self.bus.emit("experiment_finished", row=row)
@@ -119,8 +118,7 @@ class ResearchLoop(Scheduling, Verdicts):
             entry += f"- hypothesis: {_cut(row['rationale'], 500)}\n"
         if lesson:
             entry += lesson.rstrip() + "\n"
-        with open(self.lab.journal_path, "a", encoding="utf-8") as handle:
-            handle.write(entry)
+        self.lab.append_journal(entry)
 
     def recover(self) -> None:
         """Make the lab consistent after a crash, a kill -9 or a kernel restart."""
@@ -163,6 +161,7 @@ class ResearchLoop(Scheduling, Verdicts):
         finally:
             self.drafter.stop()
             self.pool.close()
+            self._check_records()  # the last runs' writes, if any, are undone before the last rows
             self._late_answers()
             self._drop_unused_drafts()
             self.state.save(self.lab)
@@ -237,6 +236,7 @@ class ResearchLoop(Scheduling, Verdicts):
 
     # -- events -----------------------------------------------------------------------------
     def _handle(self, event) -> str:
+        self._check_records()
         kind = event[0]
         if kind in ("draft", "draft_failed"):
             self.drafter.settled()
@@ -279,12 +279,34 @@ class ResearchLoop(Scheduling, Verdicts):
             self._draft_after = time.monotonic() + self.options.outage_waits[self._outages - 1]
         return ""
 
+    def _check_records(self) -> None:
+        """Records written by anyone but the harness are put back (recordkeeper.py). Inside the sandbox
+        no experiment can write the lab, so nothing is blamed on them; without one, every run under
+        way is refused when its result comes, since the harness cannot tell which of them wrote."""
+        changed = self.lab.records.foreign()
+        if not changed:
+            return
+        names = ", ".join(changed)
+        running = [t for t in self.state.tracks if t.job]
+        if sandbox.probe().active or not running:
+            self.bus.emit("message", level="warning", text=f"{names} changed by a process other than the harness "
+                          "(not an experiment: they cannot write the lab); put back as the harness wrote them")
+            return
+        for track in running:
+            track.job["foreign"] = sorted(set(track.job.get("foreign", [])) | set(changed))
+            track.job["suspects"] = max(len(running), track.job.get("suspects", 0))
+        self.state.save(self.lab)
+        self.bus.emit("message", level="warning", text=f"{names} written by a process other than the harness while "
+                      f"{len(running)} run(s) went on: put back, and the run(s) refused")
+
     def _track_of_job(self, job_id: int) -> Track | None:
         return next((t for t in self.state.tracks if t.job and t.job["id"] == job_id), None)
 
     def _result(self, track: Track, result) -> str:
         job = track.job
         track.job = None
+        if job.get("foreign") and result.kind != "interrupted":
+            result = refused_for_records(result, job["foreign"], job.get("suspects", 1))
         row = self._run_row(track, job, result)
         if not result.ok:
             row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
@@ -362,6 +384,17 @@ class ResearchLoop(Scheduling, Verdicts):
 
     def _relative(self, path) -> str:
         return str(path.relative_to(self.lab.root))
+
+
+def refused_for_records(result, names: list[str], suspects: int):
+    """The result of a run during which the lab's records were written by someone other than the harness."""
+    if suspects <= 1:
+        reason = (f"the experiment wrote to {', '.join(names)} (put back as the harness wrote it): only the "
+                  "harness writes the lab's records; experiments write only their run directory")
+    else:
+        reason = (f"{', '.join(names)} written by a process other than the harness while this run and "
+                  f"{suspects - 1} other(s) went on, with no sandbox to tell which (put back): each is refused")
+    return replace(result, ok=False, kind="refused", reason=reason)
 
 
 def _cut(text: str, limit: int) -> str:

@@ -67,6 +67,8 @@ def build_parser() -> tuple[MagicArgumentParser, _Commands]:
     commands.add_parser("pause", help="hold before the next experiment")
     commands.add_parser("resume", help="go on after a pause")
     commands.add_parser("status", help="show the dashboard (text in a terminal)")
+    check = commands.add_parser("check", help="verify the lab's invariants (ledger, results.tsv, branch, leftovers)")
+    check.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
     wait = commands.add_parser("wait", help="block until the run ends")
     wait.add_argument("--timeout", type=float, metavar="S", help="give up waiting after S seconds")
     show = commands.add_parser("show", help="one experiment: metrics, rationale, diff, log tail")

@@ -329,6 +329,14 @@ class AutoresearchMagics(Magics):
             handle.write(f"[{time.strftime('%Y-%m-%dT%H:%M:%S')}] {' '.join(text.split())}\n")
         print(f"Noted in {lab.steering_path}: the next run's agent reads it.")
 
+    def _do_check(self, args):
+        from .labcheck import report
+
+        if CURRENT.alive:
+            raise UsageError("a run is under way: the lab is checked at rest (%autoresearch wait, then check)")
+        holds, text = report(self._lab(args.lab))
+        print(text if holds else f"The lab breaks {len(text.splitlines())} invariant(s):\n{text}")
+
     def _do_export(self, args):
         from .export import export_lab
 

@@ -121,11 +121,6 @@ class _NodeLab:
     def __init__(self, root: Path, config: dict):
         self.root, self.config = root, config
         self.state_dir = root / ".autoresearch"
-        self.ledger_path = self.state_dir / "ledger.jsonl"
-        self.results_path = root / "results.tsv"
-        self.config_path = self.state_dir / "config.json"
-        self.journal_path = self.state_dir / "journal.md"
-        self.run_info_path = self.state_dir / "run.json"
 
 
 class RayPool:

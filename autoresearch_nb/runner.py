@@ -350,8 +350,9 @@ class Runner:
         training = self._training
         changed = guard.restore_changed()
         if changed and not stopped:
-            return RunResult(False, "refused", f"the experiment wrote to {', '.join(changed)} (restored): only the "
-                             "harness writes its records and locked files", {}, returncode, wall, tail_text, steps)
+            return RunResult(False, "refused", f"the experiment wrote to {', '.join(changed)} (restored): locked "
+                             "files are fixed; experiments write only their run directory", {}, returncode, wall,
+                             tail_text, steps)
         if returncode != 0 or stopped or self._timed_out:
             kind, reason = classify_failure(returncode, tail[-60:], self._timed_out, stopped, self._refused(tail))
             return RunResult(False, kind, reason, {}, returncode, wall, tail_text, steps)

@@ -16,7 +16,6 @@ from .agents import AGENTS, make_agent
 from .errors import LabError
 from .events import Event, EventBus
 from .lab import DEFAULT_DIR, Lab
-from .ledger import atomic_write
 from .inflight import now_iso
 from .loop import LoopOptions, ResearchLoop
 from . import sandbox
@@ -204,6 +203,7 @@ class Session:
 
     def _prepare_lab(self) -> ResearchLoop:
         lab, branch = self.lab, f"autoresearch/{self.tag}"
+        lab.records.adopt()  # from here on this session is the records' one writer
         loop = ResearchLoop(lab, self.agent, LoopOptions(budget=self.options.budget or 0.0,
                                                          max_experiments=self.options.max_experiments,
                                                          policy=self.options.policy, noise_runs=self.options.noise_runs,
@@ -249,7 +249,7 @@ class Session:
                     "started_at": self._previous_run().get("started_at") if self.options.resume else None}
             info["started_at"] = info["started_at"] or now_iso()
             info["resumed_at"] = now_iso() if self.options.resume else None
-            atomic_write(self.lab.run_info_path, json.dumps(info, indent=2))
+            self.lab.write_run_info(info)
             self.bus.emit("run_started", **info)
             loop.run(ablate=self.options.ablate)
             self._set_state("finished", loop.finish_reason)

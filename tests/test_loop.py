@@ -103,6 +103,9 @@ def assert_consistent(lab: Lab) -> list[dict]:
     best = [r for r in rows if r["status"] == "keep"][-1]
     assert lab.short(lab.head()) == best["commit"]
     assert not lab.inflight_path.exists()
+    from autoresearch_nb.labcheck import broken
+
+    assert broken(lab) == []  # and every invariant `autoresearch-nb check` verifies
     return rows
 
 

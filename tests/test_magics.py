@@ -15,7 +15,7 @@ from autoresearch_nb.magics import CURRENT, frontend_of
 
 CHARTER = "# Goal\nLower val_bpb on the CPU profile.\n\n- keep changes small\n"
 SUBCOMMANDS = ("init", "start", "stop", "pause", "resume", "status", "wait", "show", "diff",
-               "apply", "steer", "export", "ablate")
+               "apply", "steer", "export", "ablate", "check")
 
 
 @pytest.fixture
@@ -171,6 +171,8 @@ def test_a_short_run_from_start_to_apply(shell, capsys, tmp_path):
     run(shell, "%autoresearch wait --timeout 600")
     out = capsys.readouterr().out
     assert "Run ended" in out
+    run(shell, "%autoresearch check")
+    assert capsys.readouterr().out.startswith("ok: ")
     rows = CURRENT.session.snapshot()["rows"]
     assert len(rows) >= 2
     ran = next(r for r in reversed(rows) if r.get("commit") and r.get("role") != "baseline")
@@ -194,6 +196,12 @@ def test_a_short_run_from_start_to_apply(shell, capsys, tmp_path):
     run(shell, "%autoresearch apply 0 --write")
     assert "Wrote experiment 0's nanochat/train.py" in capsys.readouterr().out
     assert working.read_text() == Lab.open(lab_dir).file_at(0, "nanochat/train.py")
+    kept = working.read_text()
+    working.write_text(kept + "# edited by hand\n")
+    run(shell, "%autoresearch check")  # the person's edit: the lab is no longer as the run left it
+    said = capsys.readouterr().out
+    assert "breaks 1 invariant" in said and "the work tree is not clean: nanochat/train.py" in said, said
+    working.write_text(kept)
 
     run(shell, "%autoresearch stop")
     assert "already ended" in capsys.readouterr().out

@@ -332,12 +332,8 @@ RUN_ATTACKS = {
     "noise at evaluation": (lambda: in_forward("if not self.training:\n    logits = logits + torch.rand_like(logits)\n")),
     # new with issue 10: the harness's records written from train.py
     "a summary line printed by train.py": (lambda: before_finish('print("---")\nprint("val_bpb:          0.100000")\n')),
-    "a kept row appended to the ledger": (lambda: before_finish(
-        'with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".autoresearch", "ledger.jsonl"), "a") as f:\n'
-        '    f.write(\'{"index": 9, "status": "keep", "val_bpb": 0.1, "role": "experiment"}\\n\')\n')),
-    "results.tsv rewritten": (lambda: before_finish(
-        'with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "results.tsv"), "w") as f:\n'
-        '    f.write("commit\\tval_bpb\\tmemory_gb\\tstatus\\tdescription\\nabc1234\\t0.1\\t0.0\\tkeep\\tforged\\n")\n')),
+    # The lab's records written from train.py are the coordinator's to catch (its RecordKeeper), not one
+    # run's: tests/test_concurrency.py runs those attacks through the loop, sandboxed and not.
 }
 
 
@@ -346,17 +342,6 @@ RUN_ATTACKS = {
 def test_run_time_attacks_are_refused_or_score_honestly(prepared_lab, honest, name):
     result = experiment(prepared_lab, RUN_ATTACKS[name]())
     assert defeated(result, honest), f"{name}: accepted at {result.summary.get('val_bpb')}; log in {prepared_lab[0] / 'run.log'}"
-
-
-@pytest.mark.slow
-def test_the_labs_records_survive_an_experiment_that_writes_them(prepared_lab, honest):
-    lab = prepared_lab[0]
-    ledger = lab / ".autoresearch" / "ledger.jsonl"
-    ledger.write_text('{"index": 0, "status": "keep", "val_bpb": 3.0}\n')
-    result = experiment(prepared_lab, RUN_ATTACKS["a kept row appended to the ledger"]())
-    assert result.kind == "refused" and "ledger.jsonl" in result.reason
-    assert ledger.read_text() == '{"index": 0, "status": "keep", "val_bpb": 3.0}\n'
-    ledger.unlink()
 
 
 # --- the validation split: the training process is not given it -------------------------------------

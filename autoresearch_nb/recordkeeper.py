@@ -1,0 +1,119 @@
+"""The lab's records and their one writer: every write goes through here, which remembers the bytes it
+wrote, so that a write by anyone else is found, named and undone.
+
+The records are ledger.jsonl, results.tsv, journal.md, run.json, config.json and inflight.json. The
+coordinator writes them (the journal from its drafter thread) while experiments run; an experiment
+writes only its run directory. Ownership is decided by comparison, not by a snapshot taken before a
+run: the keeper holds each record's bytes as it last wrote them, or as it found them when the session
+took the lab over. "Changed" therefore means "not what the harness wrote": the coordinator's own rows
+are what a record is compared against, so they are never mistaken for an experiment's, and never
+rolled back. A record found changed is put back to the keeper's bytes, before anything more is
+written to it, and the change is reported as an incident for the coordinator to blame.
+
+Who is blamed is the coordinator's call (loop.py): inside the sandbox an experiment cannot write the
+lab at all (it is mounted read-only), so a change found then came from outside the experiments; with
+no sandbox every run under way when the change was found is refused.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Write `path` whole, atomically and durably (a temporary file renamed over it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class RecordKeeper:
+    """The bytes of each record as the harness last wrote them; writes that keep them so; a check that
+    finds, names and undoes anyone else's. Safe to call from several threads of one process."""
+
+    def __init__(self, paths):
+        self.paths = [Path(p) for p in paths]
+        self._lock = threading.RLock()
+        self._known: dict[Path, bytes | None] | None = None
+        self._incidents: list[str] = []
+
+    def adopt(self) -> None:
+        """Take the records as they are now for the harness's own (a session taking the lab over). A
+        torn last ledger line (a kill mid-append) is cut off first."""
+        with self._lock:
+            self._known = {}
+            for path in self.paths:
+                data = _read(path)
+                if data and path.suffix == ".jsonl" and not data.endswith(b"\n"):
+                    data = data[:data.rfind(b"\n") + 1]
+                    _replace(path, data)
+                self._known[path] = data
+            self._incidents.clear()
+
+    def _ensure(self) -> dict:
+        if self._known is None:
+            self.adopt()
+        return self._known
+
+    def _put_back(self, path: Path) -> None:
+        known = self._ensure()
+        if path not in known:
+            raise ValueError(f"{path} is not one of the lab's records")
+        known = known[path]
+        if _read(path) == known:
+            return
+        self._incidents.append(path.name)
+        if known is None:
+            path.unlink(missing_ok=True)
+        else:
+            _replace(path, known)
+
+    def foreign(self) -> list[str]:
+        """Names of the records someone other than the harness changed since the last call (found now,
+        or by a write meanwhile), each put back as the harness wrote it."""
+        with self._lock:
+            for path in self.paths:
+                self._put_back(path)
+            found, self._incidents = self._incidents, []
+            return sorted(set(found))
+
+    def append(self, path: Path, data: bytes) -> None:
+        """Append durably (fsync) to a record."""
+        path = Path(path)
+        with self._lock:
+            self._put_back(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._known[path] = (self._known.get(path) or b"") + data
+
+    def replace(self, path: Path, data: bytes) -> None:
+        """Write a record whole, atomically."""
+        path = Path(path)
+        with self._lock:
+            self._put_back(path)
+            _replace(path, data)
+            self._known[path] = data
+
+    def remove(self, path: Path) -> None:
+        path = Path(path)
+        with self._lock:
+            self._put_back(path)
+            path.unlink(missing_ok=True)
+            self._known[path] = None

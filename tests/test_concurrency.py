@@ -1,0 +1,240 @@
+"""Several experiments at once on real training (the tiny profile, the evaluator running): no row lost or
+repeated, nothing refused for the harness's own writes, an experiment that writes the records caught,
+a kill -9 mid-night resumed; every test ends with the lab check (`autoresearch-nb check`)."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from autoresearch_nb.agents.base import Proposal
+from autoresearch_nb.agents.heuristic import HeuristicAgent
+from autoresearch_nb.lab import Lab
+from autoresearch_nb.labcheck import broken
+from autoresearch_nb.progress import STATUS_MARK
+from autoresearch_nb.session import RunOptions, Session
+from conftest import cli
+
+pytestmark = pytest.mark.slow
+
+TRAIN = "nanochat/train.py"
+PRINTED = re.compile(r"^\s*(\d+)\s+(" + "|".join(re.escape(m.strip()) for m in STATUS_MARK.values()) + r")\s")
+STATUS_OF = {mark.strip(): status for status, mark in STATUS_MARK.items()}
+STARTED = re.compile(r"^\s+·\s+running\s+(w\d|r\d)\s")
+# train.py lines a hostile agent puts at the top: the lab's records lie above the worktree it runs in
+# (.autoresearch/worktrees/slot-N): a forged kept row appended to the ledger, results.tsv rewritten.
+WRITES_THE_LEDGER = ('import pathlib as _p\n'
+                     '_ledger = _p.Path.cwd().parents[1] / "ledger.jsonl"\n'
+                     '_ledger.open("a").write(\'{"index": 99, "status": "keep", "val_bpb": 0.1, "role": "experiment"}\\n\')\n'
+                     '(_p.Path.cwd().parents[2] / "results.tsv").write_text("commit\\tval_bpb\\nabc1234\\t0.1\\n")\n')
+
+
+def lab_check(lab) -> None:
+    """The invariant check, as a person runs it."""
+    done = cli("check", "--lab", str(lab))
+    assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stdout + done.stderr
+
+
+def printed_rows(stdout: str) -> list[tuple[int, str]]:
+    return [(int(m.group(1)), STATUS_OF[m.group(2)]) for line in stdout.splitlines() if (m := PRINTED.match(line))]
+
+
+def test_two_workers_on_real_training_keep_every_row(tiny_lab):
+    done = cli("run", "--lab", str(tiny_lab), "--workers", "2", "--budget", "2", "--max-experiments", "20",
+               timeout=1200)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Lab.open(tiny_lab).rows()
+    printed = printed_rows(done.stdout)
+    # every row the night printed is in the ledger, once, as printed; every run started has its row
+    assert sorted(printed) == [(r["index"], r["status"]) for r in rows], done.stdout
+    started = sum(1 for line in done.stdout.splitlines() if STARTED.match(line))
+    assert started == sum(1 for r in rows if r.get("job") is not None), done.stdout
+    assert not [r for r in rows if r.get("kind") == "refused"], [(r["index"], r["reason"]) for r in rows]
+    assert not [r for r in rows if r["status"] == "crash"], [(r["index"], r["reason"]) for r in rows]
+    # past the noise estimate: candidates judged, on both workers, side by side
+    judged = [r for r in rows if r["role"] in ("experiment", "confirm") and r.get("judge")]
+    assert len(judged) >= 5, done.stdout
+    assert {r["worker"] for r in rows if r.get("worker")} == {"w0", "w1"}
+    assert overlapping(rows), "no two runs trained at the same time"
+    lab_check(tiny_lab)
+
+
+def overlapping(rows: list[dict]) -> bool:
+    from autoresearch_nb.facts import timestamp
+
+    spans = [(timestamp(r["started_at"]), timestamp(r["finished_at"]), r["worker"]) for r in rows if r.get("job")]
+    return any(a0 < b1 and b0 < a1 for a0, a1, wa in spans for b0, b1, wb in spans if wa < wb)
+
+
+def test_drafts_rejected_while_the_baseline_trains_are_all_on_record(tiny_lab, tmp_path):
+    calls = tmp_path / "calls"
+    # a CLI that changes nothing: each of its drafts is rejected, written while the baseline trains
+    command = f"sh -c 'sleep 1; echo call >> {calls}'"
+    done = cli("run", "--lab", str(tiny_lab), "--agent", "command", "--command", command, "--budget", "6",
+               "--max-experiments", "3", timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Lab.open(tiny_lab).rows()
+    baseline = [r for r in rows if r["role"] == "baseline"]
+    assert [r["status"] for r in baseline] == ["keep"], [(r["status"], r.get("reason")) for r in baseline]
+    rejected = [r for r in rows if r["status"] == "rejected"]
+    answered = len(calls.read_text().splitlines())
+    assert answered >= 3 and len(rejected) == answered, (answered, [(r["index"], r["reason"]) for r in rows])
+    assert printed_rows(done.stdout) and sorted(printed_rows(done.stdout)) == [(r["index"], r["status"]) for r in rows]
+    lab_check(tiny_lab)
+
+
+class BreaksOne(HeuristicAgent):
+    """The heuristic agent, but its second draft does not compile (rejected while a run trains)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def propose(self, context):
+        self.calls += 1
+        if self.calls == 2:
+            return Proposal({TRAIN: context.files[TRAIN] + "\ndef broken(:\n"}, "a draft that does not compile")
+        return super().propose(context)
+
+
+def test_pipelined_drafts_and_a_rejected_draft_mid_run(tiny_lab):
+    session = Session(RunOptions(lab=str(tiny_lab), budget=2, max_experiments=6, policy="greedy", depth=1),
+                      agent=BreaksOne())
+    started = []
+    session.subscribe(lambda e: started.append(e.data["job"]) if e.kind == "experiment_started" else None)
+    session.start()
+    assert session.wait(900) and session.error is None, session.error
+    rows = Lab.open(tiny_lab).rows()
+    assert sorted(started) == sorted(r["job"] for r in rows if r.get("job") is not None)
+    broken_rows = [r for r in rows if r["description"] == "a draft that does not compile"]
+    assert [(r["status"], r["kind"]) for r in broken_rows] == [("rejected", "validation")]
+    candidates = [r for r in rows if r["role"] == "experiment" and r.get("job") is not None]
+    assert len(candidates) >= 3 and not [r for r in rows if r["status"] == "crash"]
+    # drafted while the run before it trained: its draft began before that run ended
+    from autoresearch_nb.facts import timestamp
+
+    ran = [r for r in rows if r.get("job") is not None]
+    ahead = [r for r in candidates if any(timestamp(r["started_at"]) < timestamp(o["finished_at"])
+                                          for o in ran if o["index"] < r["index"] and o["job"] != r["job"])]
+    assert ahead, [(r["index"], r["started_at"], r["finished_at"]) for r in ran]
+    assert broken(Lab.open(tiny_lab)) == []
+
+
+def test_an_unsandboxed_experiment_that_writes_the_ledger_is_refused_and_no_row_is_lost(tiny_lab, monkeypatch):
+    monkeypatch.setenv("AUTORESEARCH_SANDBOX", "none")
+
+    class Hostile(HeuristicAgent):
+        def propose(self, context):
+            if context.history and not any(r.get("description") == "forges a row" for r in context.history):
+                return Proposal({TRAIN: WRITES_THE_LEDGER + context.files[TRAIN]}, "forges a row")
+            return super().propose(context)
+
+    session = Session(RunOptions(lab=str(tiny_lab), budget=2, max_experiments=3, policy="greedy", depth=0),
+                      agent=Hostile(), audit=False)  # the run-time defence, not the audit's cheap filter
+    finished = []
+    session.subscribe(lambda e: finished.append(dict(e.data["row"])) if e.kind == "experiment_finished" else None)
+    session.start()
+    assert session.wait(900) and session.error is None, session.error
+    lab = Lab.open(tiny_lab)
+    rows = lab.rows()
+    forged = [r for r in rows if r["description"] == "forges a row"]
+    assert [(r["status"], r["kind"]) for r in forged] == [("crash", "refused")], forged
+    assert "the experiment wrote to ledger.jsonl, results.tsv" in forged[0]["reason"], forged[0]["reason"]
+    # the forged line is gone, every row the coordinator recorded is there as it was recorded
+    assert '"val_bpb": 0.1' not in lab.ledger_path.read_text()
+    assert [json.dumps(r, sort_keys=True) for r in rows] == [json.dumps(r, sort_keys=True, default=str)
+                                                             for r in finished]
+    assert broken(lab) == []
+
+
+def test_inside_the_sandbox_an_experiment_cannot_reach_the_records(tiny_lab):
+    """The lab is mounted read-only there, or (under /tmp, as here) not at all: the write lands in the
+    sandbox's private tmpfs or fails, never in the lab; the run is judged on its own value."""
+    from autoresearch_nb import sandbox
+
+    if not sandbox.probe().active:
+        pytest.fail(f"this test needs the sandbox: {sandbox.probe()}")
+
+    class Hostile(HeuristicAgent):
+        def propose(self, context):
+            return Proposal({TRAIN: WRITES_THE_LEDGER + context.files[TRAIN]}, "forges a row")
+
+    session = Session(RunOptions(lab=str(tiny_lab), budget=2, max_experiments=2, policy="greedy", depth=0),
+                      agent=Hostile(), audit=False)  # the run-time defence, not the audit's cheap filter
+    messages = []
+    session.subscribe(lambda e: messages.append(e.data.get("text", "")) if e.kind == "message" else None)
+    session.start()
+    assert session.wait(900) and session.error is None, session.error
+    lab = Lab.open(tiny_lab)
+    forged = [r for r in lab.rows() if r["description"] == "forges a row"]
+    assert len(forged) == 1 and forged[0].get("kind") != "refused", forged
+    assert forged[0]["status"] in ("keep", "discard") or "read-only file system" in forged[0]["reason"], forged[0]
+    assert '"val_bpb": 0.1' not in lab.ledger_path.read_text()
+    assert not [m for m in messages if "harness" in m], messages  # nothing seen written from outside
+    assert broken(lab) == []
+
+
+def test_kill_9_of_a_two_worker_night_then_resume(tiny_lab):
+    lab = Lab.open(tiny_lab)
+    start = ("--workers", "2", "--budget", "2", "--max-experiments", "8", "--tag", "k")
+    done = cli("run", "--lab", str(tiny_lab), *start, env={"AUTORESEARCH_CRASHPOINT": "during_experiment:2"},
+               timeout=900)
+    assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+    before = lab.rows()
+    note = json.loads(lab.inflight_path.read_text())
+    running = [t for t in note["tracks"] if t.get("job")]
+    assert running, note
+    assert cli("check", "--lab", str(tiny_lab)).returncode == 1  # not at rest until the resume repairs it
+    done = cli("run", "--lab", str(tiny_lab), "--resume", "--workers", "2", env={"AUTORESEARCH_CRASHPOINT": ""},
+               timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = lab.rows()
+    assert rows[:len(before)] == before, "a row recorded before the kill changed or went"
+    # each run under way at the kill ran again exactly once: one first run of its track
+    for track in running:
+        again = [r for r in rows if r.get("commit") and track["commit"].startswith(r["commit"])
+                 and r["role"] == track["role"] and r["description"] == track["description"]]
+        assert len(again) == 1, (track["description"], [(r["index"], r["status"]) for r in again])
+    jobs = Counter(r["job"] for r in rows if r.get("job") is not None)
+    assert all(n == 1 for n in jobs.values()), jobs
+    assert not [r for r in rows if r.get("kind") == "refused"]
+    lab_check(tiny_lab)
+
+
+def test_kill_9_of_a_two_worker_ray_night_then_resume(tiny_lab, tmp_path):
+    pytest.importorskip("ray", reason="Ray is the [ray] extra; scripts/test.sh installs it")
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    up = subprocess.run([ray_cli, "start", "--head", "--num-cpus", "4", "--num-gpus", "2", "--disable-usage-stats",
+                         "--include-dashboard=false"], capture_output=True, text=True, timeout=300)
+    assert up.returncode == 0, up.stdout + up.stderr
+    address = re.search(r"--address='([^']+)'", up.stdout).group(1)
+    try:
+        lab = Lab.open(tiny_lab)
+        start = ("--ray", address, "--workers", "2", "--budget", "2", "--max-experiments", "6", "--tag", "r")
+        done = cli("run", "--lab", str(tiny_lab), *start, env={"AUTORESEARCH_CRASHPOINT": "after_append:4"},
+                   timeout=900)
+        assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
+        before = lab.rows()
+        running = [t for t in json.loads(lab.inflight_path.read_text())["tracks"] if t.get("job")]
+        assert running
+        done = cli("run", "--lab", str(tiny_lab), "--resume", *start[:4], env={"AUTORESEARCH_CRASHPOINT": ""},
+                   timeout=900)
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+    rows = lab.rows()
+    assert rows[:len(before)] == before
+    for track in running:
+        again = [r for r in rows if r.get("commit") and track["commit"].startswith(r["commit"])
+                 and r["role"] == track["role"] and r["description"] == track["description"]]
+        assert len(again) == 1, (track["description"], [(r["index"], r["status"]) for r in again])
+    ran = [r for r in rows if r.get("job") is not None]
+    assert {r["worker"].split(" ")[0] for r in ran} == {"r0", "r1"}
+    assert all(r["status"] in ("keep", "discard") for r in ran), [(r["index"], r.get("reason")) for r in ran]
+    lab_check(tiny_lab)
