@@ -26,5 +26,5 @@ def build_context(lab: Lab, index: int, rows: list[dict], best: dict | None, bes
         baseline=baseline.get("val_bpb") if baseline else None, metric=config["metric"],
         direction=config["direction"], profile=dict(profile or {}), budget=budget, best_diff=best_diff,
         last_failure=(last_crash or {}).get("tail", "") or "",
-        journal=lab.journal_path.read_text(encoding="utf-8") if lab.journal_path.exists() else "",
+        journal=lab.journal(),
         steering=steering, lab_dir=str(lab.root), seed=seed, baseline_files=baseline_files)

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from . import proctime
 from .lab import Lab
-from .ledger import read_rows
 from .tracks import Draft, Track
 
 FORMAT = 2
@@ -63,7 +62,7 @@ class State:
         """The state left by the last session; ids go on from the highest the lab has used, so a job id
         (and its log, logs/run-NNNNN.log) names one run in the lab's whole life, not in one session."""
         data = read(lab)
-        used = max([int(data.get("next_id") or 0)] + [int(r["job"]) for r in read_rows(lab.ledger_path)
+        used = max([int(data.get("next_id") or 0)] + [int(r["job"]) for r in lab.rows()
                                                        if isinstance(r.get("job"), int)])
         if data.get("format") != FORMAT:
             return cls(next_id=used)
@@ -73,8 +72,8 @@ class State:
 
 def read(lab: Lab) -> dict:
     try:
-        return json.loads(lab.inflight_path.read_text())
-    except (OSError, ValueError):
+        return json.loads(lab.records.read(lab.inflight_path) or b"{}")
+    except ValueError:
         return {}
 
 
@@ -122,7 +121,7 @@ def append(lab: Lab, rows: list[dict], row: dict) -> dict:
 def recover(lab: Lab) -> State:
     """Make the lab consistent after a crash, a kill -9 or a kernel restart; returns what to go on with."""
     state = State.load(lab)
-    rows = read_rows(lab.ledger_path)
+    rows = lab.rows()
     recorded = {r.get("job") for r in rows if r.get("job") is not None}
     kept = []
     for track in state.tracks:

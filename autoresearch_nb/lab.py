@@ -13,7 +13,7 @@ import git
 
 from . import __version__
 from .errors import LabError
-from .ledger import read_rows, results_text, row_line
+from .ledger import parse_rows, results_text, row_line
 from .recordkeeper import RecordKeeper
 
 LAB_FORMAT = 2  # 2: the model is evaluated apart (config "evaluate"; prepare.py --conditions, --evaluate)
@@ -237,7 +237,10 @@ class Lab:
 
     # -- the ledger, read side --------------------------------------------------------------
     def rows(self) -> list[dict]:
-        return read_rows(self.ledger_path)
+        return parse_rows(self.records.read(self.ledger_path) or b"")
+
+    def journal(self) -> str:
+        return (self.records.read(self.journal_path) or b"").decode("utf-8", errors="replace")
 
     def row(self, index: int) -> dict:
         rows = self.rows()

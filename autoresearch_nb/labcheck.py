@@ -153,6 +153,8 @@ def report(lab: Lab) -> tuple[bool, str]:
     if problems:
         return False, "\n".join(problems)
     rows = lab.rows()
+    if not rows:
+        return True, f"ok: no runs yet; {lab.branch() or 'HEAD'} at {lab.head()[:7]}, the tree clean"
     kept = sum(1 for r in rows if r.get("status") == "keep")
     return True, (f"ok: {len(rows)} rows, {kept} kept, {lab.branch() or 'HEAD'} at {lab.head()[:7]} holds the "
                   "best; results.tsv matches the ledger; no worktree or process left")

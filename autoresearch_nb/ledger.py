@@ -25,10 +25,13 @@ RAN_STATUSES = ("keep", "discard", "crash", "interrupted", "disturbed")  # used 
 
 def read_rows(path: Path) -> list[dict]:
     """All complete rows; a torn last line (a kill mid-write) is ignored."""
+    return parse_rows(path.read_bytes() if path.exists() else b"")
+
+
+def parse_rows(data: bytes) -> list[dict]:
+    """The rows of a ledger's bytes; a torn last line (a kill mid-write) is ignored."""
     rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in data.decode("utf-8", errors="replace").splitlines():
         line = line.strip()
         if not line:
             continue
@@ -49,7 +52,12 @@ def append_row(path: Path, row: dict) -> None:
     through its RecordKeeper. A torn tail from an earlier kill is cut off first."""
     path.parent.mkdir(parents=True, exist_ok=True)
     _repair_tail(path)
-    data = row_line(row)
+    append_durably(path, row_line(row))
+
+
+def append_durably(path: Path, data: bytes) -> None:
+    """Append `data` and fsync before returning: what a kill -9 a moment later still finds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
@@ -101,9 +109,15 @@ def write_results(path: Path, rows: list[dict]) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
+    replace_durably(path, text.encode("utf-8"))
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Write `path` whole: a temporary file, fsynced, renamed over it (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    with open(tmp, "wb") as handle:
+        handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

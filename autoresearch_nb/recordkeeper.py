@@ -16,9 +16,10 @@ no sandbox every run under way when the change was found is refused.
 """
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
+
+from .ledger import append_durably, replace_durably as _replace
 
 
 def _read(path: Path) -> bytes | None:
@@ -26,17 +27,6 @@ def _read(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """Write `path` whole, atomically and durably (a temporary file renamed over it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class RecordKeeper:
@@ -80,6 +70,15 @@ class RecordKeeper:
         else:
             _replace(path, known)
 
+    def read(self, path: Path) -> bytes | None:
+        """A record as the harness wrote it, once a session holds the lab (so what the coordinator
+        decides never rests on a write it has not caught yet); as it is on disk before that."""
+        path = Path(path)
+        with self._lock:
+            if self._known is None:
+                return _read(path)
+            return self._known.get(path, _read(path))
+
     def foreign(self) -> list[str]:
         """Names of the records someone other than the harness changed since the last call (found now,
         or by a write meanwhile), each put back as the harness wrote it."""
@@ -94,13 +93,7 @@ class RecordKeeper:
         path = Path(path)
         with self._lock:
             self._put_back(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_durably(path, data)
             self._known[path] = (self._known.get(path) or b"") + data
 
     def replace(self, path: Path, data: bytes) -> None:

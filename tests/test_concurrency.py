@@ -129,13 +129,20 @@ def test_pipelined_drafts_and_a_rejected_draft_mid_run(tiny_lab):
 def test_an_unsandboxed_experiment_that_writes_the_ledger_is_refused_and_no_row_is_lost(tiny_lab, monkeypatch):
     monkeypatch.setenv("AUTORESEARCH_SANDBOX", "none")
 
+    seen = []
+
     class Hostile(HeuristicAgent):
         def propose(self, context):
-            if context.history and not any(r.get("description") == "forges a row" for r in context.history):
+            seen.extend(context.history)
+            if context.history and not seen_forger:
+                seen_forger.append(True)
                 return Proposal({TRAIN: WRITES_THE_LEDGER + context.files[TRAIN]}, "forges a row")
             return super().propose(context)
 
-    session = Session(RunOptions(lab=str(tiny_lab), budget=2, max_experiments=3, policy="greedy", depth=0),
+    seen_forger = []
+
+    # depth 1: the agent drafts while the hostile run trains, from the rows the coordinator reads then
+    session = Session(RunOptions(lab=str(tiny_lab), budget=2, max_experiments=4, policy="greedy", depth=1),
                       agent=Hostile(), audit=False)  # the run-time defence, not the audit's cheap filter
     finished = []
     session.subscribe(lambda e: finished.append(dict(e.data["row"])) if e.kind == "experiment_finished" else None)
@@ -148,6 +155,9 @@ def test_an_unsandboxed_experiment_that_writes_the_ledger_is_refused_and_no_row_
     assert "the experiment wrote to ledger.jsonl, results.tsv" in forged[0]["reason"], forged[0]["reason"]
     # the forged line is gone, every row the coordinator recorded is there as it was recorded
     assert '"val_bpb": 0.1' not in lab.ledger_path.read_text()
+    # nothing the coordinator did rested on the forged row before it was put back
+    assert seen and not [r for r in seen if r.get("index") == 99], "the agent was shown the forged row"
+    assert not [r for r in rows if "#99" in r["description"]]
     assert [json.dumps(r, sort_keys=True) for r in rows] == [json.dumps(r, sort_keys=True, default=str)
                                                              for r in finished]
     assert broken(lab) == []
