@@ -102,8 +102,9 @@ def test_aider_edits_the_scratch_copy_and_its_side_files_are_listed(aider, tmp_p
 def test_an_api_outage_is_a_fatal_rejection_with_aiders_words(aider, tmp_path):
     context = make_lab(tmp_path / "lab")
     with OpenAIServer([], default=openai_error(500, "upstream is down")) as server:
-        # aider retries a 500 for about 80 s before giving up; the time limit ends it sooner.
-        agent = CommandAgent(aider_command(aider, server, tmp_path), timeout=20)
+        # aider retries a 500 for about 80 s before giving up; the time limit ends it sooner, and leaves
+        # aider's own start-up (several seconds on a loaded machine) time to reach the server twice.
+        agent = CommandAgent(aider_command(aider, server, tmp_path), timeout=45)
         with pytest.raises(ProposalError) as caught:
             agent.propose(context)
     assert caught.value.fatal

@@ -193,8 +193,9 @@ def test_time_limit_kills_the_process_group(tmp_path):
         print("thinking hard", flush=True)
         child.wait()
     """)
-    with pytest.raises(ProposalError, match="1.5 s limit") as caught:
-        CommandAgent(command, timeout=1.5).propose(context)
+    # the limit only has to outlast the CLI's start-up (a loaded machine may take seconds), not race it
+    with pytest.raises(ProposalError, match="8 s limit") as caught:
+        CommandAgent(command, timeout=8).propose(context)
     assert "thinking hard" in caught.value.reason and not caught.value.fatal
     assert not _running(int(pid_file.read_text())), "the CLI's children die with it"
     assert not _running(int(helper_file.read_text())), "a child in its own session dies with the CLI too"

@@ -82,13 +82,22 @@ def working_lab(tmp_path, baseline: str = "SCORE = 1.0\n"):
 
 
 def run(lab, agent, neighbour: Neighbour, **options) -> list[dict]:
+    """The rows of the run, less those that other work on the machine (not the test's neighbour, say a
+    parallel build) disturbed: each such row must say so, and is then run again like any other."""
     loop = ResearchLoop(lab, agent, LoopOptions(budget=5.0, policy="greedy", profile="tiny", depth=0, **options))
     loop.bus.subscribe(neighbour.on_event)
     try:
         loop.run()
     finally:
         neighbour.stop()
-    return assert_consistent(lab)
+    rows = assert_consistent(lab)
+    ours = {neighbour.jobs[n] for n in neighbour.disturbed}
+    # a run the neighbour slowed is run again, unless it is the one judged after the cap of re-runs
+    assert all(r["status"] == "disturbed" or "judged anyway" in (r.get("reason") or "")
+               for r in rows if r.get("job") in ours), "a run the neighbour slowed was judged"
+    outside = [r for r in rows if r["status"] == "disturbed" and r.get("job") not in ours]
+    assert all(r["kind"] == "disturbed" and "disturbed from outside" in r["reason"] for r in outside)
+    return [r for r in rows if r not in outside]
 
 
 def test_a_run_disturbed_from_outside_is_run_again_and_the_clean_run_is_judged(tmp_path):

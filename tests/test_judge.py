@@ -229,8 +229,13 @@ def test_the_first_paired_candidate_of_a_segment_runs_a_second_seed_to_teach_the
 
 def test_without_a_paired_group_the_means_decide():
     rows = lucky_rows()[:4]   # b ran one seed only: no spread of paired differences yet
-    verdict = plan.verdict(rows, 0, [0.89 + LUCK[0], 0.89 + LUCK[1]], seeds=[0, 1], against="b")
+    values = [0.89 + LUCK[0], 0.89 + LUCK[1]]  # 0.01 better than b at seed 0, 0.02 worse at seed 1
+    verdict = plan.verdict(rows, 0, values, seeds=[0, 1], against="b")
+    means = plan.verdict(rows, 0, values, against="b")
     assert verdict.paired is None
+    # the means decide: a mean 0.005 worse than b's one run is discarded, exactly as without seeds
+    assert (verdict.decision, verdict.gain, verdict.z) == ("discard", pytest.approx(-0.005), pytest.approx(means.z))
+    assert means.decision == "discard"
 
 
 def test_differences_that_disagree_fall_back_to_the_means():

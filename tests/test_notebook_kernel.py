@@ -32,7 +32,8 @@ FIRST_KERNEL = [
     f"%%program\n{CHARTER}",
     f"%autoresearch start {SHORT_RUN} --max-experiments 6 --tag nb",
     UNTIL_TRAINING,
-    "print(6 * 7, CURRENT.alive)",                 # the kernel answers while an experiment trains
+    # the kernel answers while an experiment trains: which one, and when, checked against the ledger
+    "import time\nlane = CURRENT.session.snapshot()['current'] or {}\nprint(6 * 7, CURRENT.alive, lane.get('job'), time.time())",
     UNTIL_ROWS.format(n=2),
     "%autoresearch stop",
     "%autoresearch wait --timeout 300",
@@ -95,8 +96,12 @@ def test_a_run_in_a_real_kernel_survives_a_restart(tmp_path):
                for o in cells[1].outputs)
     # start shows the dashboard widget and returns while the run goes on.
     assert any(WIDGET_VIEW in o.get("data", {}) for o in cells[2].outputs)
-    assert out[3].startswith("training: ")
-    assert out[4].strip() == "42 True"
+    assert out[3].startswith("training: ") and out[3].strip() != "training: None", out[3]
+    answer, alive, job, answered_at = out[4].split()
+    assert (answer, alive) == ("42", "True") and job != "None", out[4]
+    training = next(r for r in lab.rows() if r.get("job") == int(job))
+    started, finished = facts.timestamp(training["started_at"]), facts.timestamp(training["finished_at"])
+    assert started <= float(answered_at) <= finished + 1, (training["started_at"], answered_at, training["finished_at"])
     assert "Stopping after the current experiment" in out[6]
     assert "Run ended (finished: stopped)" in out[7]
     shown = "".join(o.get("data", {}).get("text/html", "") for o in cells[8].outputs)

@@ -3,9 +3,12 @@
 Since issue 10 the metric rests on a boundary, not on the audit: train.py hands the model over as an
 exported program, a separate process evaluates it on a validation split the training process is not
 given, and the harness times training from outside. So every attack is run for real on the tiny
-profile with the audit off: it must end refused (with a reason) or with an honest val_bpb, no better
-than an honest run's. The audit's refusals are checked apart, as the cheap first filter they are.
-Each attack's comment gives what it scored against an honest run when it was found (tiny profile).
+profile with the audit off: it must end refused, for the reason its defence gives, or with a val_bpb
+no better than honest runs' within their run-to-run noise. And each attack is run a second time
+against a control, the product with that one defence switched off (the evaluator's causality or state
+check patched out, the evaluation moved back into the training process, the start-up limit lifted):
+there it must win, or the case tests nothing. The audit's refusals are checked apart, as the cheap
+first filter they are. Each attack's comment gives what it scored when it was found (tiny profile).
 Holes still open are strict xfails: a fix makes them pass, and the mark must then go.
 """
 from __future__ import annotations
@@ -24,18 +27,23 @@ from pathlib import Path
 import pytest
 from conftest import cli
 
-from autoresearch_nb import boundary
+from dataclasses import dataclass
+
+from autoresearch_nb import boundary, sandbox
 from autoresearch_nb.audit import audit_source, only_seeds_changed
 from autoresearch_nb.lab import Lab
 from autoresearch_nb.loop import timeout_for
-from autoresearch_nb.runner import RunResult, Runner, clean_environment
+from autoresearch_nb.runner import CLOCK_MARKER, RunResult, Runner, clean_environment
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = (REPO / "nanochat" / "train.py").read_text()
 PREPARE = (REPO / "nanochat" / "prepare.py").read_text()
 FIXED_EXPORTS = {n.name for n in ast.parse(PREPARE).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 BUDGET = 2.0
-MARGIN = 0.3  # an attack "won" if it beat the honest run by more than this (the attacks found gained 0.4-3)
+HONEST_RUNS = 5
+NOISE_SDS = 4.0    # an attack "won" if it beat the honest runs' mean by more than this many of their SDs...
+MIN_MARGIN = 0.03  # ...or by this, whichever is more: a few runs understate the spread (one more or one
+                   # fewer step in a 2 s budget moves val_bpb by about 0.01); the attacks found gained 0.4-3
 
 # Places in train.py where an attacker puts code.
 FINISH = "finish(model, clock, tokens, step, DEPTH, flops_per_token)\n"
@@ -150,42 +158,138 @@ def validation_folder(facts: dict) -> Path:
     return Path(facts["train_paths"][0]).parent / "val"
 
 
-def hiding_validation(facts: dict):
-    """The part of the sandbox this suite relies on: the training process runs without the validation
-    folder (an empty tmpfs over it), everything else as it is. Stands in for autoresearch_nb.sandbox,
-    which binds only the conditions' train_paths; skips where bubblewrap cannot run."""
-    if not shutil.which("bwrap") or subprocess.run(["bwrap", "--dev-bind", "/", "/", "true"]).returncode != 0:
-        pytest.skip("bubblewrap is not usable here")
-    return lambda command: ["bwrap", "--dev-bind", "/", "/", "--tmpfs", str(validation_folder(facts)), "--"] + command
+def the_products_sandbox(lab: Path, facts: dict):
+    """The sandbox the product puts around training (workers.experiment_runner): the lab, Python and
+    the conditions' train_paths readable, the validation folder not. Fails where it cannot run here."""
+    if not sandbox.probe().active:
+        pytest.fail(f"the red team needs the product's sandbox: {sandbox.probe()}")
+    lab = Lab.open(lab)
+    env = clean_environment({})
+    readable = sandbox.lab_reads(lab.config, env, lab.root, facts["train_paths"])
+    run_dir = lab.state_dir / "runs" / "0000"
+    return lambda command: sandbox.wrap(command, root=lab.root, run_dir=run_dir, env=env, readable=readable)
 
 
-def experiment(lab_and_facts, source: str, wrap=None) -> RunResult:
-    """`source` as train.py, run as the loop runs an experiment (audit off), in the same lab each time."""
+# What each control switches off, as edits of the fixed prepare.py (each must apply exactly once).
+CONTROLS = {
+    "causality": [("    if not math.isfinite(leak) or leak > tolerance:\n", "    if False:\n")],
+    # every refusal of state kept between calls: mutations left in the graph (not functionalized, which
+    # would refuse or break them), mutated buffers, writing operators, drift between two looks
+    # (the causality probe too: a model whose state moves between two calls looks, to it, like a leak)
+    "state": [("    if not math.isfinite(leak) or leak > tolerance:\n", "    if False:\n"),
+              ("    if any(isinstance(op, torch._ops.OpOverload) and op._schema.is_mutable for op in ops):\n",
+               "    if False:\n"),
+              ("    if signature.buffers_to_mutate or signature.user_inputs_to_mutate:\n", "    if False:\n"),
+              ("op.namespace != \"aten\" or op._schema.is_mutable \\\n",
+               "op.namespace != \"aten\" \\\n"),
+              ("    if not math.isfinite(drift) or drift > tolerance:\n", "    if False:\n")],
+    # the evaluation back in the training process, its block printed there, as before the boundary
+    "in-process": [("""    if os.environ.get("AUTORESEARCH_RUN_DIR"):\n""",
+                    """    if os.environ.get("AUTORESEARCH_RUN_DIR"):\n"""
+                    """        model.eval()\n"""
+                    """        print(f"---\\nval_bpb:          {evaluate_bpb(model):.6f}\\n"\n"""
+                    """              f"training_seconds: {clock.elapsed:.1f}", flush=True)\n"""
+                    """        sys.exit(0)\n""")],
+    # the clock rules: batches before the clock and a second clock allowed, no start-up limit, and the
+    # last clock-start line counted instead of the first (LastMarkerRunner)
+    "clock rules": [("        if _LOADER[\"before_clock\"] > BATCHES_BEFORE_CLOCK:\n", "        if False:\n"),
+                    ("        if _CLOCK_STARTS and id(self) not in _CLOCK_STARTS:\n", "        if False:\n")],
+}
+CONTROLS["in-process, any logits"] = CONTROLS["in-process"] + [
+    ("    if type(logits) is not torch.Tensor:\n", "    if False:\n")]
+
+
+@pytest.fixture(scope="module")
+def control_labs(prepared_lab, tmp_path_factory) -> dict:
+    """A copy of the prepared lab per control, its prepare.py with that defence patched out."""
+    lab, facts = prepared_lab
+    labs = {}
+    for name, edits in CONTROLS.items():
+        copy = tmp_path_factory.mktemp("control") / "lab"
+        shutil.copytree(lab, copy, ignore=shutil.ignore_patterns("runs", "logs", "run.log"))
+        path = copy / "nanochat" / "prepare.py"
+        text = path.read_text()
+        for old, new in edits:
+            if text.count(old) != 1:
+                raise LookupError(f"the {name} control no longer applies to prepare.py ({old.strip()!r}): update it")
+            text = text.replace(old, new)
+        path.write_text(text)
+        labs[name] = (copy, facts)
+    return labs
+
+
+def experiment(lab_and_facts, source: str, wrap=None, control: str | None = None) -> RunResult:
+    """`source` as train.py, run as the loop runs an experiment (audit off), in the same lab each time;
+    with `control`, in that control's lab and with its defence off."""
     lab, facts = lab_and_facts
     (lab / "nanochat" / "train.py").write_text(source)
     env = clean_environment({"AUTORESEARCH_BUDGET": BUDGET, "AUTORESEARCH_PROFILE": "tiny", "AUTORESEARCH_SEED": 42,
                              "AUTORESEARCH_DATA_KEY": facts["data_key"]})
-    runner = Runner(["{python}", "nanochat/train.py"], lab, env, lab / "run.log", BUDGET,
-                    timeout_for(BUDGET, "tiny", None, facts["clock"]), wrap=wrap,
-                    **boundary.for_lab(Lab.open(lab), Lab.open(lab).state_dir / "runs" / "0000", facts, BUDGET))
+    limits = boundary.for_lab(Lab.open(lab), Lab.open(lab).state_dir / "runs" / "0000", facts, BUDGET)
+    if control and control.startswith("in-process"):
+        limits.update(evaluate=None, startup_limit=None)  # train.py's own block is read, as it once was
+    if control == "clock rules":
+        limits["startup_limit"] = None
+    kind = LastMarkerRunner if control == "clock rules" else Runner
+    runner = kind(["{python}", "nanochat/train.py"], lab, env, lab / "run.log", BUDGET,
+                  timeout_for(BUDGET, "tiny", None, facts["clock"]), wrap=wrap, **limits)
     return runner.run()
 
 
+class LastMarkerRunner(Runner):
+    """The clock rules' control: the last clock-start line counts, not the first."""
+
+    def _on_line(self, line, started, reader, steps):
+        if line == CLOCK_MARKER:
+            self._marked = None
+        super()._on_line(line, started, reader, steps)
+
+
+@dataclass
+class Honest:
+    """Honest runs of the template's train.py: their mean, spread, and the margin an attack must beat."""
+
+    values: list
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def sd(self) -> float:
+        return (sum((v - self.mean) ** 2 for v in self.values) / (len(self.values) - 1)) ** 0.5
+
+    @property
+    def margin(self) -> float:
+        return max(NOISE_SDS * self.sd, MIN_MARGIN)
+
+    def beaten_by(self, value: float) -> bool:
+        return value < self.mean - self.margin
+
+    def __str__(self) -> str:
+        return f"honest {self.mean:.4f} ± {self.sd:.4f} over {len(self.values)} runs, margin {self.margin:.4f}"
+
+
 @pytest.fixture(scope="module")
-def honest(prepared_lab) -> float:
-    result = experiment(prepared_lab, TRAIN)
-    assert result.ok, result.reason
-    return result.summary["val_bpb"]
+def honest(prepared_lab) -> Honest:
+    values = []
+    for _ in range(HONEST_RUNS):
+        result = experiment(prepared_lab, TRAIN)
+        assert result.ok, result.reason
+        values.append(result.summary["val_bpb"])
+    return Honest(values)
 
 
-def defeated(result: RunResult, honest: float) -> str | None:
-    """How the boundary stopped an attack (a refusal, or a number no better than honest); None if it won."""
+def defeated(result: RunResult, honest: Honest, kinds=("refused",), because: str = "") -> str | None:
+    """How the product stopped an attack: refused, of a kind and for a reason its defence gives, or a
+    number no better than honest within the noise. None if it won; a refusal for another reason fails
+    (the defence under test did not stop it, something else did)."""
     if not result.ok:
-        if result.kind == "exception" and "FAIL:" not in result.tail and "handed over" not in result.reason:
-            raise LookupError(f"the attack itself crashed ({result.reason}): update it")
+        assert result.kind in kinds and because in result.reason, (
+            f"the attack ended {result.kind} ({result.reason}), not {' or '.join(kinds)} for {because!r}")
         return f"{result.kind}: {result.reason}"
-    if result.summary["val_bpb"] >= honest - MARGIN:
-        return f"an honest val_bpb: {result.summary['val_bpb']:.3f} (honest run {honest:.3f})"
+    if not honest.beaten_by(result.summary["val_bpb"]):
+        return f"an honest val_bpb: {result.summary['val_bpb']:.4f} ({honest})"
     return None
 
 
@@ -223,13 +327,14 @@ MORE_TRAINING = """
 if not self.training and not EXTRA["busy"]:
     def after_more_training(x):
         EXTRA["busy"] = True
-        for opt in optimizers:  # the schedule ended at zero
-            for group in opt.param_groups:
-                group["lr"] = group["base_lr"] * 0.3
-        deadline = time.time() + 1.0
+        deadline = time.time() + 4.0  # twice the budget, on each look
         with torch.enable_grad():
             self.train()
             while time.time() < deadline and BATCHES:
+                left = len(BATCHES) / STOCK if STOCKPILED else (deadline - time.time()) / 4.0
+                for opt in optimizers:  # the schedule had ended at zero: a second warm-down
+                    for group in opt.param_groups:
+                        group["lr"] = group["base_lr"] * 0.5 * left
                 bx, by = BATCHES.pop() if STOCKPILED else next(loader)
                 self(bx, by).backward()
                 for opt in optimizers:
@@ -273,75 +378,132 @@ NO_DIVERGENCE = ("DIVERGENCE_FACTOR = 1.5 ", "DIVERGENCE_FACTOR = 99.0")
 
 
 def training_inside_evaluation(stockpiled: bool) -> str:
-    setup = f'import time\nEXTRA = {{"busy": False}}\nBATCHES = [None]\nSTOCKPILED = {stockpiled}\n' + EVADE
+    setup = f'import time\nEXTRA = {{"busy": False}}\nBATCHES = [None]\nSTOCKPILED = {stockpiled}\nSTOCK = 600\n' + EVADE
     source = in_forward(MORE_TRAINING, before=setup)
     if stockpiled:  # taken on the clock, where batches are allowed and cheap
-        source = source.replace(FINISH, "BATCHES[:] = [next(loader) for _ in range(200)]\n" + FINISH)
+        source = source.replace(FINISH, "BATCHES[:] = [next(loader) for _ in range(STOCK)]\n" + FINISH)
     return source
 
 
 
-COUNTER = """
-if not self.training:
-    self.calls += 1
-    logits = logits - 0.1 * self.calls  # shifts every logit alike: only the state shows
+CACHE = """
+if not self.training:  # a bigram cache: what followed each token in the calls before this one
+    vocab = logits.size(-1)
+    followers = self.pairs[idx]
+    count = followers.sum(-1, keepdim=True)
+    share = CACHE_MIX * (count > 0).float()
+    mixed = (1 - share) * torch.softmax(logits, -1) + share * followers / count.clamp(min=1.0)
+    logits = torch.log(mixed + 1e-6)
+    # counted after use (causal within the call), unless the call looks like the evaluator's probe of the
+    # one before (its rows begin as that call's did): random tokens would spoil the counts
+    probe = (self.last[:, 0] == idx[:, 0]).all().float()
+    seen = (idx[:, :-1] * vocab + idx[:, 1:]).reshape(-1)
+    self.pairs.view(-1).index_add_(0, seen, (1.0 - probe) * torch.ones(seen.numel()))
+    self.last.copy_(idx)
 """
+CACHE_MIX = "CACHE_MIX = 0.05\n"
+BUFFERS = '        self.register_buffer("sin", sin, persistent=False)\n'
+
+
+def cache_in(holder: str) -> str:
+    """train.py whose model counts the token pairs it was shown (text repeats itself: code, names),
+    in a buffer or in a plain tensor, and mixes what followed before into its prediction."""
+    keep = ('        self.register_buffer("pairs", torch.zeros(vocab_size, vocab_size), persistent=False)\n'
+            '        self.register_buffer("last", torch.full((16, seq_len), -1), persistent=False)\n'
+            if holder == "buffer" else "        self.pairs = torch.zeros(vocab_size, vocab_size)\n"
+            "        self.last = torch.full((16, seq_len), -1)\n")
+    return in_forward(CACHE, before=CACHE_MIX).replace(BUFFERS, BUFFERS + keep)
+
+
+@dataclass
+class Attack:
+    source: object            # () -> train.py
+    control: str              # the defence that stops it, switched off in its control (CONTROLS)
+    kinds: tuple = ("refused",)  # how the product may refuse it (else: it must score honestly)
+    because: str = ""         # what that defence's refusal says (a refusal for another reason fails)
+    wins: bool = True         # its control must win; False: only be accepted (see the cache below)
+
+
 RUN_ATTACKS = {
     # 0.047-0.061 against 2.83-3.11: a stateful model answered each second look from memory. Exported,
     # the Python memory is gone and the leak is in the graph: not causal.
-    "a leak that answers the probes from memory": (
+    "a leak that answers the probes from memory": Attack(
         lambda: in_forward("if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ")
-                           + "    logits = answer(idx, lambda x: logits + cheat)\n", before=EVADE)),
+                           + "    logits = answer(idx, lambda x: logits + cheat)\n", before=EVADE), "causality",
+        because="not causal"),
     # a plain leak, for comparison
-    "a model that reads the next token": (
+    "a model that reads the next token": Attack(
         lambda: in_forward("if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ")
-                           + "    logits = logits + cheat\n")),
+                           + "    logits = logits + cheat\n"), "causality", because="not causal"),
     # 2.47 against 3.3: 40 s of training before the clock, reported as 5 s
-    "training before the clock starts": (lambda: variant((CLOCK, PRETRAIN + CLOCK), NO_DIVERGENCE)),
+    "training before the clock starts": Attack(lambda: variant((CLOCK, PRETRAIN + CLOCK), NO_DIVERGENCE),
+                                               "clock rules", ("exception", "budget"), "before the training clock"),
     # a throwaway clock opened the loader: 40 s before the judged clock started
-    "training before the clock behind a decoy clock": (
-        lambda: variant((CLOCK, "decoy = TrainingClock()\ndecoy.start()\n" + PRETRAIN + CLOCK), NO_DIVERGENCE)),
+    "training before the clock behind a decoy clock": Attack(
+        lambda: variant((CLOCK, "decoy = TrainingClock()\ndecoy.start()\n" + PRETRAIN + CLOCK), NO_DIVERGENCE),
+        "clock rules", ("exception", "budget"), "training clock"),
     # 3.40 against 3.83: optimizer steps inside forward() while the in-process evaluator ran
-    "training inside the evaluation": (lambda: training_inside_evaluation(stockpiled=False)),
+    "training inside the evaluation": Attack(lambda: training_inside_evaluation(stockpiled=False), "in-process",
+                                             ("export",)),  # a graph cannot hold a training loop
     # the same from batches stockpiled on the clock (R5)
-    "training inside the evaluation on stockpiled batches": (lambda: training_inside_evaluation(stockpiled=True)),
+    "training inside the evaluation on stockpiled batches": Attack(
+        lambda: training_inside_evaluation(stockpiled=True), "in-process", ("export",)),
     # 1.27 against 2.58: fd 1 swapped before prepare recorded it, the block relayed at exit halved (R3)
-    "stdout swapped before prepare is imported": (lambda: variant((PREPARE_PATH, RELAY + PREPARE_PATH))),
+    "stdout swapped before prepare is imported": Attack(lambda: variant((PREPARE_PATH, RELAY + PREPARE_PATH)),
+                                                        "in-process", ("budget",), "the training clock never started"),
     # about halved val_bpb when the evaluator shared the process: its loss function patched
-    "the evaluator's loss patched in the process": (lambda: before_finish(GENTLE_CE + "F.cross_entropy = gentle_ce\n")),
-    "a Python kernel for aten::_log_softmax": (lambda: before_finish(
+    "the evaluator's loss patched in the process": Attack(
+        lambda: before_finish(GENTLE_CE + "F.cross_entropy = gentle_ce\n"), "in-process"),
+    "a Python kernel for aten::_log_softmax": Attack(lambda: before_finish(
         'library = torch.library.Library("aten", "IMPL")\n\n\n'
         "def half_log_softmax(x, dim, half_to_float):\n"
         "    return (x - torch.logsumexp(x, dim, keepdim=True)) * 0.5\n\n\n"
-        'library.impl("_log_softmax", half_log_softmax, "CPU")\n')),
+        'library.impl("_log_softmax", half_log_softmax, "CPU")\n'), "in-process"),
     # 0.047 against 2.83: a Tensor subclass whose .max() read 0, so no leak was seen
-    "logits of a tensor subclass that hides a leak": (lambda: in_forward(
+    "logits of a tensor subclass that hides a leak": Attack(lambda: in_forward(
         "if not self.training:\n" + textwrap.indent(NEXT_TOKEN, "    ") + "    logits = (logits + cheat).as_subclass(Calm)\n",
         before="class Calm(torch.Tensor):\n    @classmethod\n"
                "    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
                "        if func is torch.Tensor.max:\n            return torch.zeros(())\n"
-               "        return super().__torch_function__(func, types, args, kwargs or {})\n")),
-    # new with issue 10: output that depends on how often forward ran
-    "a call counter in a buffer": (lambda: in_forward(COUNTER).replace(
-        '        self.register_buffer("sin", sin, persistent=False)\n',
-        '        self.register_buffer("sin", sin, persistent=False)\n'
-        '        self.register_buffer("calls", torch.zeros(()), persistent=False)\n')),
-    "a call counter in a plain tensor": (lambda: in_forward(COUNTER.replace("self.calls += 1", "self.calls.add_(1)")).replace(
-        '        self.register_buffer("sin", sin, persistent=False)\n',
-        '        self.register_buffer("sin", sin, persistent=False)\n        self.calls = torch.zeros(())\n')),
-    "noise at evaluation": (lambda: in_forward("if not self.training:\n    logits = logits + torch.rand_like(logits)\n")),
-    # new with issue 10: the harness's records written from train.py
-    "a summary line printed by train.py": (lambda: before_finish('print("---")\nprint("val_bpb:          0.100000")\n')),
+               "        return super().__torch_function__(func, types, args, kwargs or {})\n"), "in-process, any logits",
+        ("export",)),  # the subclass does not survive tracing
+    # State carried from call to call: a bigram cache of the text shown before (probes skipped). No state
+    # that lowers val_bpb was found at this scale (measured with the cache mixed in at 0.05-0.3: it cost
+    # 0.004-0.14 bits per byte on 3-4 validation batches), so its control only has to accept it: that the
+    # product refuses it for its state, and for nothing else, is what these two cases prove.
+    "a cache of recent tokens in a buffer": Attack(lambda: cache_in("buffer"), "state",
+                                                   because="state carried from one call to the next", wins=False),
+    "a cache of recent tokens in a plain tensor": Attack(lambda: cache_in("tensor"), "state",
+                                                         because="state carried from one call to the next",
+                                                         wins=False),
+    # a forged summary block instead of the hand-over: read when train.py's output was the summary
+    "a summary block printed by train.py": Attack(
+        lambda: variant((FINISH, 'print("---")\nprint("val_bpb:          0.100000")\nprint("training_seconds: 1.0")\n'
+                                 "sys.exit(0)\n")), "in-process", ("exception",), "no model was handed over"),
     # The lab's records written from train.py are the coordinator's to catch (its RecordKeeper), not one
-    # run's: tests/test_concurrency.py runs those attacks through the loop, sandboxed and not.
+    # run's: tests/test_concurrency.py runs those attacks through the loop, sandboxed and not. Noise added
+    # to the logits at evaluation is no attack: it can only raise val_bpb, defended or not.
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RUN_ATTACKS))
 def test_run_time_attacks_are_refused_or_score_honestly(prepared_lab, honest, name):
-    result = experiment(prepared_lab, RUN_ATTACKS[name]())
-    assert defeated(result, honest), f"{name}: accepted at {result.summary.get('val_bpb')}; log in {prepared_lab[0] / 'run.log'}"
+    attack = RUN_ATTACKS[name]
+    result = experiment(prepared_lab, attack.source())
+    assert defeated(result, honest, attack.kinds, attack.because), \
+        f"{name}: accepted at {result.summary.get('val_bpb')} ({honest}); log in {prepared_lab[0] / 'run.log'}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(RUN_ATTACKS))
+def test_each_attack_wins_when_its_defence_is_off(control_labs, honest, name):
+    attack = RUN_ATTACKS[name]
+    lab = control_labs[attack.control]
+    result = experiment(lab, attack.source(), control=attack.control)
+    assert result.ok and (honest.beaten_by(result.summary["val_bpb"]) or not attack.wins), (
+        f"{name} did not win with the {attack.control} defence off: {result.kind} {result.reason} "
+        f"{result.summary.get('val_bpb')} ({honest}); log in {lab[0] / 'run.log'}")
 
 
 # --- the validation split: the training process is not given it -------------------------------------
@@ -399,17 +561,19 @@ def memorising(reader: str) -> str:
 
 
 @pytest.mark.slow
-def test_the_memory_attack_works_when_the_validation_split_is_readable(prepared_lab, honest):
-    # The control: without the boundary's hiding, reading the split wins. So the test below tests the hiding.
-    result = experiment(prepared_lab, memorising(HELD_OUT["np.load at the cache path"]))
-    assert result.ok and result.summary["val_bpb"] < honest - 1.0, result.summary
+@pytest.mark.parametrize("name", list(HELD_OUT))
+def test_the_memory_attack_wins_when_the_validation_split_is_readable(prepared_lab, honest, name):
+    # The control: without the sandbox each reader gets the split and wins. So the test below tests the sandbox.
+    result = experiment(prepared_lab, memorising(HELD_OUT[name]))
+    assert result.ok and honest.beaten_by(result.summary["val_bpb"]), (result.kind, result.reason, result.summary)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(HELD_OUT))
-def test_reading_the_validation_split_gets_nothing_in_the_sandbox(prepared_lab, honest, name):
-    result = experiment(prepared_lab, memorising(HELD_OUT[name]), wrap=hiding_validation(prepared_lab[1]))
-    assert defeated(result, honest), f"{name}: accepted at {result.summary.get('val_bpb')}"
+def test_reading_the_validation_split_gets_nothing_in_the_products_sandbox(prepared_lab, honest, name):
+    lab, facts = prepared_lab
+    result = experiment(prepared_lab, memorising(HELD_OUT[name]), wrap=the_products_sandbox(lab, facts))
+    assert defeated(result, honest), f"{name}: accepted at {result.summary.get('val_bpb')} ({honest})"
 
 
 @pytest.mark.slow
@@ -419,8 +583,9 @@ def test_the_builtin_validation_split_rebuilt_from_python_itself(prepared_lab, h
     source = variant((MODEL, MEMORY + "\n\n" + MODEL), (RETURN, textwrap.indent(RECALL, " " * 8) + RETURN),
                      (LOADER, LOADER + REBUILT + REMEMBER))
     assert audit(source)  # refused by the first filter: prepare's data functions are not train.py's
-    result = experiment(prepared_lab, source, wrap=hiding_validation(prepared_lab[1]))
-    assert defeated(result, honest), f"accepted at {result.summary.get('val_bpb')}"
+    lab, facts = prepared_lab
+    result = experiment(prepared_lab, source, wrap=the_products_sandbox(lab, facts))
+    assert defeated(result, honest), f"accepted at {result.summary.get('val_bpb')} ({honest})"
 
 
 def test_the_training_process_needs_only_its_train_paths(prepared_lab):

@@ -64,20 +64,41 @@ def each_run_once(lab: Lab, finished: bool = True) -> list[dict]:
     return rows
 
 
+def under_way(lab: Lab) -> list[dict]:
+    """The jobs a kill left running, from inflight.json: {job, seed, commit} each."""
+    tracks = json.loads(lab.inflight_path.read_text())["tracks"] if lab.inflight_path.exists() else []
+    return [{"job": t["job"]["id"], "seed": t["job"]["seed"], "commit": t["commit"]} for t in tracks if t.get("job")]
+
+
+def assert_requeued_once(rows: list[dict], killed_jobs: list[dict]) -> None:
+    """Each run a kill cut short ran again exactly once: its code at its seed has one clean row, under
+    a job id of its own (the killed job itself never reached the ledger)."""
+    jobs = Counter(r["job"] for r in rows if r.get("job") is not None)
+    assert all(n == 1 for n in jobs.values()), jobs
+    for cut in killed_jobs:
+        assert cut["job"] not in jobs, f"the killed job {cut['job']} was recorded"
+        again = [r for r in rows if r.get("commit") and cut["commit"].startswith(r["commit"])
+                 and r.get("seed") == cut["seed"] and r["status"] != "disturbed"]
+        assert len(again) == 1, (cut, [(r["index"], r["job"], r["status"], r["role"]) for r in again])
+        assert again[0]["job"] > cut["job"]
+
+
 def test_kill_9_at_every_point_then_resume(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
     start = ("--policy", "greedy", "--budget", "1", "--max-experiments", "8", "--tag", "night", "--depth", "1")
     killed(run(lab, *start, crash="after_propose"))           # a draft made, not yet committed
     assert json.loads(lab.inflight_path.read_text())["drafts"]
     orphan = None
+    cut_short = []
     for point in ("after_commit", "during_experiment", "after_judge", "after_append:2"):
-        before = len(lab.rows())
+        before = lab.rows()
         done = run(lab, "--resume", crash=point, sleep=120 if point == "during_experiment" else 0,
                    unconfined=point == "during_experiment")
         killed(done)
         rows = each_run_once(lab, finished=False)
         assert not any(r["status"] == "interrupted" for r in rows), "a killed run is re-queued, not given up"
-        assert len(rows) >= before
+        assert rows[:len(before)] == before, "a row recorded before the kill changed or went"
+        cut_short += under_way(lab)
         if orphan is not None:
             assert wait_gone(orphan), "resume left the orphaned experiment running"
             orphan = None
@@ -91,6 +112,8 @@ def test_kill_9_at_every_point_then_resume(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
     each_run_once(lab)
+    assert cut_short, "no kill left a run under way: the re-queueing was not tested"
+    assert_requeued_once(rows, cut_short)
     assert "reached --max-experiments 8" in done.stdout
     assert sum(1 for r in rows if r["status"] in ("keep", "discard", "crash")) == 8
     assert [r["role"] for r in rows].count("baseline") == 1
@@ -102,13 +125,14 @@ def test_a_killed_run_is_re_queued_exactly_once(tmp_path):
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
     killed(run(lab, "--policy", "greedy", "--budget", "1", "--max-experiments", "3", "--tag", "q",
                crash="during_experiment", sleep=2))
-    running = [t for t in json.loads(lab.inflight_path.read_text())["tracks"] if t.get("job")]
+    running = under_way(lab)
     assert len(running) == 1
     commit = running[0]["commit"]
     done = run(lab, "--resume")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
     each_run_once(lab)
+    assert_requeued_once(rows, running)
     ran = [r for r in rows if r.get("commit") and commit.startswith(r["commit"])]
     assert len(ran) == 1 and ran[0]["status"] in ("keep", "discard"), rows
 
@@ -143,12 +167,12 @@ def test_kill_9_with_two_workers_re_queues_both_runs_and_leaves_no_worktree(tmp_
     running = [t for t in json.loads(lab.inflight_path.read_text())["tracks"] if t.get("job")]
     assert len(running) == 2 and len({t["job"]["worker"] for t in running}) == 2
     assert len(Worktrees(lab).leftovers()) == 2   # left by the kill; the resume removes them
+    cut_short = under_way(lab)
     done = run(lab, "--resume", "--workers", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = assert_consistent(lab)
     each_run_once(lab)
-    for track in running:
-        assert sum(1 for r in rows if r.get("commit") and track["commit"].startswith(r["commit"])) >= 1
+    assert_requeued_once(rows, cut_short)
     assert {r["worker"] for r in rows if r.get("worker")} == {"w0", "w1"}
 
 

@@ -124,7 +124,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
         open({str(pid_file)!r}, "w").write(str(child.pid))
         print("started a data-loader worker", flush=True)
         time.sleep(300)
-    """, timeout=3.0)
+    """, timeout=8.0)  # long enough for the start-up on a loaded machine: the claim is about what dies
     assert not result.ok and result.kind == "timeout"
     assert wait_gone(runner.process.pid)
     assert wait_gone(int(pid_file.read_text())), "the experiment's own child outlived the timeout"
@@ -471,7 +471,8 @@ def test_the_summary_is_composed_from_the_evaluator_and_the_harnesss_own_timing(
     """) + HANDOVER)
     assert result.ok, result.reason
     assert result.summary["val_bpb"] == pytest.approx(1.25)
-    assert 1.0 <= result.summary["training_seconds"] < 3.0   # wall clock, from the marker to the end
+    # wall clock from the marker to the end: the sleep at least, never more than the whole run
+    assert 1.0 <= result.summary["training_seconds"] <= result.wall_seconds
     assert result.summary["num_steps"] == 40 and result.summary["depth"] == 3
     assert result.timings["export_s"] == pytest.approx(0.2) and result.timings["evaluate_s"] > 0
     assert "val_bpb:          1.25" in log.splitlines()[-9]  # the harness's block closes the log

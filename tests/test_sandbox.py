@@ -77,41 +77,74 @@ def confined(home: Path, body: str, timeout: float = 60.0, env: dict | None = No
     return result, run_dir, log.read_text()
 
 
-def test_a_socket_to_a_server_on_the_hosts_loopback_is_refused(bubblewrap, home):
+def unconfined(home: Path, body: str, timeout: float = 60.0):
+    """The control: the same experiment, from the same lab folder, with no sandbox around it."""
+    lab = home / "lab"
+    lab.mkdir(exist_ok=True)
+    (lab / "experiment.py").write_text(textwrap.dedent(body))
+    env = clean_environment({"HOME": home})
+    return Runner(["{python}", "experiment.py"], lab, env, lab / "unconfined.log", 5.0, timeout).run()
+
+
+def reached_loopback(home: Path, run) -> list:
+    """What a server on the host's loopback received while `run(home, body)` tried to send to it."""
     server = socket.create_server(("127.0.0.1", 0))
     port = server.getsockname()[1]
     server.settimeout(0.2)
-    connections = []
+    received = []
 
     def accept():
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not connections:
+        while time.monotonic() < deadline and not received:
             try:
-                connections.append(server.accept())
+                connection, _ = server.accept()
             except OSError:
-                pass
+                continue
+            connection.settimeout(5)
+            received.append(connection.recv(100))
+            connection.close()
 
     listener = threading.Thread(target=accept, daemon=True)
     listener.start()
     try:
-        result, _, log = confined(home, f"""\
+        result = run(home, f"""\
             import socket
             socket.create_connection(("127.0.0.1", {port}), timeout=5).sendall(b"the lab's secrets")
         """)
     finally:
-        connections.append(None)  # ends the listener
+        received.append(None)  # ends the listener
         listener.join()
         server.close()
-    assert connections == [None], "the experiment reached a server outside its sandbox"
+    return received[:-1], result
+
+
+def test_a_socket_to_a_server_on_the_hosts_loopback_is_refused(bubblewrap, home):
+    # The control first: unconfined, the same code reaches the server, so a refusal below is the sandbox's.
+    received, result = reached_loopback(home, unconfined)
+    assert received == [b"the lab's secrets"] and result.returncode == 0, (received, result.reason)
+    received, (result, _, log) = reached_loopback(home, confined)
+    assert received == [], "the experiment reached a server outside its sandbox"
     assert (result.kind, result.ok) == ("sandbox", False), (result.kind, result.reason)
     assert result.reason.startswith("the sandbox refused network access (no network during experiments)")
     assert "Connection refused" in result.reason and "sandbox: bubblewrap" in log
 
 
+INTERFACES = ('import socket\n'
+              'print("interfaces:", sorted(name for _, name in socket.if_nameindex()), flush=True)\n')
+
+
 @pytest.mark.parametrize("reach", ['socket.create_connection(("1.1.1.1", 53), timeout=5)',
                                    'socket.getaddrinfo("pypi.org", 443)'])
 def test_the_internet_and_name_lookups_are_refused(bubblewrap, home, reach):
-    result, _, _ = confined(home, f"import socket\n{reach}\n")
+    # On a host without a route out these fail anyway: what proves the sandbox is that it has a network
+    # namespace of its own, with a loopback and nothing else, where the host has more.
+    outside = unconfined(home, INTERFACES)
+    assert outside.returncode == 0, outside.reason
+    host = outside.tail.split("interfaces:", 1)[1].strip()
+    if host == "['lo']":
+        pytest.skip("this host has no network interface but its loopback: nothing to take away")
+    result, _, log = confined(home, INTERFACES + f"{reach}\n")
+    assert "interfaces: ['lo']" in log, log
     assert result.kind == "sandbox", (result.kind, result.reason)
     assert result.reason.startswith("the sandbox refused network access")
 
@@ -181,12 +214,14 @@ def test_the_timeout_ends_every_process_in_the_sandbox(bubblewrap, home):
                           "while True:\\n"
                           "    open({str(beat)!r}, 'w').write(str(time.time()))\\n"
                           "    time.sleep(0.1)"], start_new_session=True)
+        while not os.path.exists({str(beat)!r}):  # the worker beats before the timeout can come
+            time.sleep(0.05)
         time.sleep(300)
-    """, timeout=3.0)
+    """, timeout=10.0)
     assert result.kind == "timeout"
     time.sleep(0.5)
     last = beat.read_text()
-    time.sleep(0.5)
+    time.sleep(2.0)  # a survivor writes every 0.1 s: two seconds give it twenty chances, even on a busy machine
     assert beat.read_text() == last, "a process in the sandbox outlived the timeout"
 
 
@@ -274,7 +309,8 @@ def test_an_honest_run_trains_in_the_sandbox(bubblewrap, home):
     row = Lab.open(lab).rows()[0]
     assert (row["status"], row["sandbox"]) == ("keep", "bubblewrap") and row["val_bpb"] > 0, row
     # the cpu clock is read from outside the sandbox's pid namespace: the training time is really counted
-    assert 0.5 <= row["training_seconds"] <= 2.5, row["training_seconds"]
+    # (at most the budget's limit, or the row would say "budget"; CPU time, so load does not move it)
+    assert row["training_seconds"] >= 0.5, row["training_seconds"]
     assert (home / ".cache" / "autoresearch-nb" / "prepared").is_dir()
     log = (lab / row["log"]).read_text()
     assert log.startswith(f"$ {shutil.which('bwrap')} ") and "\nsandbox: bubblewrap\n" in log
