@@ -7,6 +7,7 @@ hangs until the hard timeout. After each resume ends at rest, and at the end, th
 (labcheck.py) runs, and every row recorded before a kill must still be there, unchanged. Then a
 clean night of one worker and one of two measure experiments per hour on the same machine.
     python benchmarks/soak.py [--experiments 60] [--kill-every 15] [--budget 2] [--rate-experiments 16]
+                              [--sandbox auto|none]
 Target: 0 invariants broken, 0 rows lost or repeated.
 """
 from __future__ import annotations
@@ -19,10 +20,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 from autoresearch_nb import facts
-from autoresearch_nb.agents.base import Proposal
+from autoresearch_nb.agents.base import Proposal, ProposalError
 from autoresearch_nb.agents.heuristic import HeuristicAgent
 from autoresearch_nb.lab import Lab
 from autoresearch_nb.labcheck import broken
@@ -40,20 +40,26 @@ HOSTILE = (  # (after this many runs, description, lines put at the top of train
 
 
 class SoakAgent(HeuristicAgent):
-    """The heuristic agent, with a hostile train.py once the lab has run enough (each one once)."""
+    """The heuristic agent, with a hostile train.py once the lab has run enough (each one once), and
+    null edits (a new constant) once its catalogue is spent, so that the night goes on."""
 
     def __init__(self):
         super().__init__()
-        self.hostile_issued: set[str] = set()
+        self.soak_issued: set[str] = set()
 
     def propose(self, context):
         ran = sum(1 for r in context.history if r.get("job") is not None)
-        seen = {r.get("description") for r in context.history} | self.hostile_issued
+        seen = {r.get("description") for r in context.history} | self.soak_issued
         for after, description, code in HOSTILE:
             if ran >= after and description not in seen:
-                self.hostile_issued.add(description)
+                self.soak_issued.add(description)
                 return Proposal({TRAIN: code + context.files[TRAIN]}, description, rationale="the soak's hostile edit")
-        return super().propose(context)
+        try:
+            return super().propose(context)
+        except ProposalError:  # the catalogue is spent: a null edit, a run all the same
+            n = next(k for k in range(1, 10**6) if f"soak: a null edit ({k})" not in seen)
+            self.soak_issued.add(f"soak: a null edit ({n})")
+            return Proposal({TRAIN: context.files[TRAIN] + f"SOAK_{n} = {n}\n"}, f"soak: a null edit ({n})")
 
 
 def child(args) -> int:
@@ -81,6 +87,8 @@ def soak(args) -> dict:
     lab = Lab.open(lab_dir)
     base = [sys.executable, __file__, "--child", "--lab", str(lab_dir), "--budget", str(args.budget),
             "--experiments", str(args.experiments), "--workers", "2"]
+    if args.sandbox == "none":
+        os.environ["AUTORESEARCH_SANDBOX"] = "none"  # the children inherit it: the RecordKeeper is the wall
     rng = random.Random(args.seed)
     kills, sessions, problems, lost = 0, 0, [], []
     started = time.monotonic()
@@ -110,14 +118,15 @@ def soak(args) -> dict:
             continue
         if process.returncode != 0:
             raise SystemExit(f"session {sessions} failed (exit {process.returncode}):\n{out[-3000:]}")
+        print(f"  session {sessions}: {out.strip().splitlines()[-1][:300]}", flush=True)
         problems += broken(lab)
         break
     wall = time.monotonic() - started
     rows = lab.rows()
     jobs = Counter(r["job"] for r in rows if r.get("job") is not None)
     lost += [f"job {job} recorded {n} times" for job, n in jobs.items() if n > 1]
-    hostile = [(r["description"], r["status"], r.get("kind"), (r.get("reason") or "")[:90])
-               for r in rows if str(r.get("description", "")).startswith("soak:")]
+    hostile = [(r["description"], r["status"], r.get("kind"), (r.get("reason") or "")[:120])
+               for r in rows if any(r.get("description") == h[1] for h in HOSTILE)]
     return {"lab": lab_dir, "rows": len(rows), "runs": facts.ran(rows), "counted": facts.counted(rows),
             "kills": kills, "sessions": sessions, "broken": problems, "lost": lost, "wall": wall,
             "hostile": hostile, "forged_left": '"index": 999' in lab.ledger_path.read_text()}
@@ -150,6 +159,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0)
     parser.add_argument("--rate-experiments", type=int, default=16, help="runs of each clean rate night")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sandbox", choices=["auto", "none"], default="auto",
+                        help="none: run unconfined, so the hostile writes reach the lab and the RecordKeeper must catch them")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--lab", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
@@ -159,6 +170,8 @@ def main() -> None:
         sys.exit(child(args))
     from autoresearch_nb import sandbox
 
+    if args.sandbox == "none":
+        os.environ["AUTORESEARCH_SANDBOX"] = "none"
     print(f"soak: {args.experiments} runs on 2 workers, tiny profile, budget {args.budget:g} s, a kill -9 every "
           f"~{args.kill_every} runs; sandbox: {sandbox.probe()}")
     print(f"before: {others_on_the_machine()}", flush=True)
@@ -170,6 +183,8 @@ def main() -> None:
     print(f"forged row left in the ledger: {'YES' if result['forged_left'] else 'no'}")
     print(f"invariants broken: {len(result['broken'])} {result['broken'] or ''}  (target 0)")
     print(f"rows lost or repeated: {len(result['lost'])} {result['lost'] or ''}  (target 0)")
+    if args.rate_experiments <= 0:
+        return
     one, n1, w1 = rate(1, args.rate_experiments, args.budget)
     two, n2, w2 = rate(2, args.rate_experiments, args.budget)
     print(f"clean nights of {args.rate_experiments} runs: 1 worker {one:.0f} runs/h ({n1} in {w1:.0f} s), "
