@@ -143,6 +143,7 @@ class ResearchLoop(Scheduling, Verdicts):
     # -- the run ----------------------------------------------------------------------------
     def run(self, ablate: int | None = None) -> str:
         """Research until an end; with `ablate`, measure the best without each kept change instead."""
+        self.lab.records.hold()  # this thread is the records' one writer until the run ends
         self.state = State.load(self.lab)
         self._retire_other_segments()
         if self.pool is None:
@@ -166,6 +167,7 @@ class ResearchLoop(Scheduling, Verdicts):
             self._drop_unused_drafts()
             self.state.save(self.lab)
             self.pool.forget()
+            self.lab.records.release()
 
     def _finish(self, reason: str) -> str:
         """The session announces the end (run_finished) once the thread is done."""

@@ -39,9 +39,10 @@ class RecordKeeper:
         self._known: dict[Path, bytes | None] | None = None
         self._incidents: list[str] = []
 
-    def adopt(self) -> None:
-        """Take the records as they are now for the harness's own (a session taking the lab over). A
-        torn last ledger line (a kill mid-append) is cut off first."""
+    def hold(self) -> None:
+        """Take the records as they are now for the harness's own: from here until release() this
+        process is their one writer (a session, or a loop, taking the lab over). A torn last ledger
+        line (a kill mid-append) is cut off first."""
         with self._lock:
             self._known = {}
             for path in self.paths:
@@ -52,16 +53,22 @@ class RecordKeeper:
                 self._known[path] = data
             self._incidents.clear()
 
-    def _ensure(self) -> dict:
-        if self._known is None:
-            self.adopt()
-        return self._known
+    def release(self) -> None:
+        """The run is over: others may write the records again (a CLI beside a notebook, say)."""
+        with self._lock:
+            self._known = None
+            self._incidents.clear()
+
+    @property
+    def held(self) -> bool:
+        return self._known is not None
 
     def _put_back(self, path: Path) -> None:
-        known = self._ensure()
-        if path not in known:
+        if path not in self.paths:
             raise ValueError(f"{path} is not one of the lab's records")
-        known = known[path]
+        if self._known is None:  # not held: nothing to compare with
+            return
+        known = self._known[path]
         if _read(path) == known:
             return
         self._incidents.append(path.name)
@@ -71,8 +78,8 @@ class RecordKeeper:
             _replace(path, known)
 
     def read(self, path: Path) -> bytes | None:
-        """A record as the harness wrote it, once a session holds the lab (so what the coordinator
-        decides never rests on a write it has not caught yet); as it is on disk before that."""
+        """A record as the harness wrote it while a run holds the lab (so what the coordinator decides
+        never rests on a write it has not caught yet); as it is on disk otherwise."""
         path = Path(path)
         with self._lock:
             if self._known is None:
@@ -94,7 +101,8 @@ class RecordKeeper:
         with self._lock:
             self._put_back(path)
             append_durably(path, data)
-            self._known[path] = (self._known.get(path) or b"") + data
+            if self._known is not None:
+                self._known[path] = (self._known.get(path) or b"") + data
 
     def replace(self, path: Path, data: bytes) -> None:
         """Write a record whole, atomically."""
@@ -102,11 +110,13 @@ class RecordKeeper:
         with self._lock:
             self._put_back(path)
             _replace(path, data)
-            self._known[path] = data
+            if self._known is not None:
+                self._known[path] = data
 
     def remove(self, path: Path) -> None:
         path = Path(path)
         with self._lock:
             self._put_back(path)
             path.unlink(missing_ok=True)
-            self._known[path] = None
+            if self._known is not None:
+                self._known[path] = None

@@ -149,7 +149,11 @@ class Session:
     def start(self) -> "Session":
         if self.alive:
             raise LabError("this session is already running: `stop` it first")
-        self.loop = self._prepare_lab()
+        try:
+            self.loop = self._prepare_lab()
+        except BaseException:
+            self.lab.records.release()
+            raise
         self._ended.clear()
         self._thread = threading.Thread(target=self._main, name="autoresearch-loop", daemon=True)
         self._thread.start()
@@ -203,7 +207,7 @@ class Session:
 
     def _prepare_lab(self) -> ResearchLoop:
         lab, branch = self.lab, f"autoresearch/{self.tag}"
-        lab.records.adopt()  # from here on this session is the records' one writer
+        lab.records.hold()  # from here on this session is the records' one writer (the loop releases them)
         loop = ResearchLoop(lab, self.agent, LoopOptions(budget=self.options.budget or 0.0,
                                                          max_experiments=self.options.max_experiments,
                                                          policy=self.options.policy, noise_runs=self.options.noise_runs,
@@ -263,6 +267,7 @@ class Session:
                 handle.write(f"[{now_iso()}]\n{traceback.format_exc()}\n")
             self._set_state("error", f"{self.error} (details in .autoresearch/session.log)")
         finally:
+            self.lab.records.release()  # also when the run failed before its loop began
             try:
                 self.agent.close()
             finally:

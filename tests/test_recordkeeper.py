@@ -14,7 +14,7 @@ FORGED = '{"index": 99, "status": "keep", "val_bpb": 0.1, "role": "experiment"}\
 def lab(tmp_path) -> Lab:
     made, _ = init_lab(tmp_path / "lab", profile="tiny")
     lab = Lab.open(made.root)
-    lab.records.adopt()  # what a session does when it takes the lab over
+    lab.records.hold()  # what a session does when it takes the lab over
     lab.append_row({"index": 0, "status": "keep", "role": "baseline", "commit": "abc1234", "val_bpb": 2.5})
     lab.write_results(lab.rows())
     return lab
@@ -61,3 +61,11 @@ def test_a_record_deleted_or_created_by_someone_else_is_put_back(lab):
 def test_only_the_records_go_through_it(lab):
     with pytest.raises(ValueError, match="not one of the lab's records"):
         lab.records.replace(lab.root / "nanochat" / "train.py", b"x = 1\n")
+
+
+def test_released_it_reads_the_disk_and_blames_no_one(lab):
+    lab.records.release()  # the run ended: a CLI beside the notebook may write the lab now
+    with open(lab.ledger_path, "a") as handle:
+        handle.write(FORGED)
+    assert [r["index"] for r in lab.rows()] == [0, 99]
+    assert lab.records.foreign() == []
