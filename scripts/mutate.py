@@ -55,8 +55,8 @@ MUTATIONS = {
         ["tests/test_runner.py", "-k", "records_is_refused"]),
     "record keeper": (
         "the coordinator no longer notices a record it did not write",
-        [("autoresearch_nb/recordkeeper.py", "        known = known[path]\n        if _read(path) == known:\n",
-          "        known = known[path]\n        if True:\n")],
+        [("autoresearch_nb/recordkeeper.py", "        known = self._known[path]\n        if _read(path) == known:\n",
+          "        known = self._known[path]\n        if True:\n")],
         ["tests/test_concurrency.py", "-k", "unsandboxed"]),
     "exactly-once re-queueing": (
         "a resume re-queues each run that was under way twice",
@@ -88,21 +88,28 @@ def run(name: str) -> dict:
     what, edits, tests = MUTATIONS[name]
     copy = mutated_copy(edits)
     started = time.monotonic()
-    env = {**os.environ, "PYTHONPATH": str(copy)}  # the mutated package shadows the installed one
+    env = {**os.environ, "PYTHONPATH": str(copy), "COLUMNS": "1000"}  # the mutated package shadows the installed one
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", *tests],
                           cwd=copy, env=env, capture_output=True, text=True)
-    failed = sorted(set(re.findall(r"^FAILED (\S+)", done.stdout, re.M)))
+    # "FAILED tests/x.py::name[a parameter with spaces] - why": the why tells a real catch from a break
+    found = re.findall(r"^FAILED (.+?)(?: - (.*))?$", done.stdout, re.M)
+    failed = sorted({test for test, _ in found})
+    said = {test: why for test, why in found}
     passed = re.search(r"(\d+) passed", done.stdout)
     shutil.rmtree(copy.parent, ignore_errors=True)
-    return {"name": name, "what": what, "tests": " ".join(tests), "failed": failed,
+    return {"name": name, "what": what, "tests": " ".join(tests), "failed": failed, "said": said,
             "passed": int(passed.group(1)) if passed else 0, "seconds": time.monotonic() - started,
             "tail": done.stdout.strip().splitlines()[-1:] or [done.stderr[-300:]]}
+
+
+def _cell(text: str) -> str:
+    return text[:160].replace("|", "\\|")
 
 
 def table(results: list[dict]) -> str:
     lines = ["| defence broken | how | tests run | failed |", "|---|---|---|---|"]
     for r in results:
-        failed = "<br>".join(f"`{f.split('::', 1)[1]}`" for f in r["failed"]) or "**none**"
+        failed = "<br>".join(f"`{f.split('::', 1)[1]}`: {_cell(r['said'].get(f, ''))}" for f in r["failed"]) or "**none**"
         lines.append(f"| {r['name']} | {r['what']} | `{r['tests']}` | {len(r['failed'])}: {failed} |")
     return "\n".join(lines)
 
@@ -118,6 +125,8 @@ def main() -> int:
         results.append(result)
         print(f"{name}: {len(result['failed'])} failed, {result['passed']} passed in {result['seconds']:.0f} s "
               f"({result['tail'][0]})", flush=True)
+        for test, why in result["said"].items():
+            print(f"    {test.split('::', 1)[1]}: {why[:240]}", flush=True)
     print("\n" + table(results))
     if args.markdown:
         Path(args.markdown).write_text(table(results) + "\n")
