@@ -30,7 +30,7 @@ MUTATIONS = {
     "evaluator causality probe": (
         "the evaluator accepts a model whose outputs move when later tokens change",
         [("nanochat/prepare.py", "    if not math.isfinite(leak) or leak > tolerance:\n", "    if False:\n")],
-        ["tests/test_redteam.py", "-k", "(leak or next_token) and refused_or_score"]),
+        ["tests/test_redteam.py", "-k", "(leak or reads) and refused_or_score"]),
     "sandbox network rule": (
         "bubblewrap runs the experiment in the host's network namespace",
         [("autoresearch_nb/sandbox.py", 'NAMESPACES = ("--unshare-net", ', "NAMESPACES = (")],
