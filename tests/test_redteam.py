@@ -327,11 +327,11 @@ MORE_TRAINING = """
 if not self.training and not EXTRA["busy"]:
     def after_more_training(x):
         EXTRA["busy"] = True
-        deadline = time.time() + 4.0  # twice the budget, on each look
+        deadline = time.time() + LOOK_S  # four times the budget, on each look
         with torch.enable_grad():
             self.train()
             while time.time() < deadline and BATCHES:
-                left = len(BATCHES) / STOCK if STOCKPILED else (deadline - time.time()) / 4.0
+                left = len(BATCHES) / STOCK if STOCKPILED else (deadline - time.time()) / LOOK_S
                 for opt in optimizers:  # the schedule had ended at zero: a second warm-down
                     for group in opt.param_groups:
                         group["lr"] = group["base_lr"] * 0.5 * left
@@ -378,7 +378,7 @@ NO_DIVERGENCE = ("DIVERGENCE_FACTOR = 1.5 ", "DIVERGENCE_FACTOR = 99.0")
 
 
 def training_inside_evaluation(stockpiled: bool) -> str:
-    setup = f'import time\nEXTRA = {{"busy": False}}\nBATCHES = [None]\nSTOCKPILED = {stockpiled}\nSTOCK = 600\n' + EVADE
+    setup = f'import time\nEXTRA = {{"busy": False}}\nBATCHES = [None]\nSTOCKPILED = {stockpiled}\nSTOCK = 1500\nLOOK_S = 8.0\n' + EVADE
     source = in_forward(MORE_TRAINING, before=setup)
     if stockpiled:  # taken on the clock, where batches are allowed and cheap
         source = source.replace(FINISH, "BATCHES[:] = [next(loader) for _ in range(STOCK)]\n" + FINISH)
