@@ -443,8 +443,10 @@ RUN_ATTACKS = {
         lambda: variant((CLOCK, "decoy = TrainingClock()\ndecoy.start()\n" + PRETRAIN + CLOCK), NO_DIVERGENCE),
         "clock rules", ("exception", "budget"), "training clock"),
     # 3.40 against 3.83: optimizer steps inside forward() while the in-process evaluator ran
+    # (undefended it gained 0.018-0.057 here, around the noise margin, so its control need only accept it;
+    # the stockpiled variant below wins clearly)
     "training inside the evaluation": Attack(lambda: training_inside_evaluation(stockpiled=False), "in-process",
-                                             ("export",)),  # a graph cannot hold a training loop
+                                             ("export",), wins=False),  # a graph cannot hold a training loop
     # the same from batches stockpiled on the clock (R5)
     "training inside the evaluation on stockpiled batches": Attack(
         lambda: training_inside_evaluation(stockpiled=True), "in-process", ("export",)),
