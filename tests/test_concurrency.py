@@ -218,9 +218,9 @@ def test_kill_9_of_a_two_worker_night_then_resume(tiny_lab):
     lab_check(tiny_lab)
 
 
-@pytest.mark.xfail(strict=False, reason="failed once in CI (2026-12-05) before its first row, with no driver ever "
-                   "reaching the cluster `ray start` made; passed in the run before and in development: cause not "
-                   "found yet. The Ray kill test on the scored target (test_ray.py) still runs strictly")
+@pytest.mark.xfail(strict=False, reason="failed once in CI (2026-12-05): the CLI could not join the cluster this test's "
+                   "`ray start` made (Ray's GCS: InvalidAuthToken, the cluster's token not handed to it); passed in the "
+                   "run before and in development. The Ray kill test on the scored target (test_ray.py) runs strictly")
 def test_kill_9_of_a_two_worker_ray_night_then_resume(tiny_lab, tmp_path):
     pytest.importorskip("ray", reason="Ray is the [ray] extra; scripts/test.sh installs it")
     ray_cli = str(Path(sys.executable).parent / "ray")
