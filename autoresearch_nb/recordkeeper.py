@@ -95,28 +95,22 @@ class RecordKeeper:
             found, self._incidents = self._incidents, []
             return sorted(set(found))
 
-    def append(self, path: Path, data: bytes) -> None:
-        """Append durably (fsync) to a record."""
+    def _write(self, path, write, after) -> None:
+        """Put back anyone else's change, write, and remember `after(the bytes before)`."""
         path = Path(path)
         with self._lock:
             self._put_back(path)
-            append_durably(path, data)
+            write(path)
             if self._known is not None:
-                self._known[path] = (self._known.get(path) or b"") + data
+                self._known[path] = after(self._known[path])
+
+    def append(self, path: Path, data: bytes) -> None:
+        """Append durably (fsync) to a record."""
+        self._write(path, lambda p: append_durably(p, data), lambda before: (before or b"") + data)
 
     def replace(self, path: Path, data: bytes) -> None:
         """Write a record whole, atomically."""
-        path = Path(path)
-        with self._lock:
-            self._put_back(path)
-            _replace(path, data)
-            if self._known is not None:
-                self._known[path] = data
+        self._write(path, lambda p: _replace(p, data), lambda before: data)
 
     def remove(self, path: Path) -> None:
-        path = Path(path)
-        with self._lock:
-            self._put_back(path)
-            path.unlink(missing_ok=True)
-            if self._known is not None:
-                self._known[path] = None
+        self._write(path, lambda p: p.unlink(missing_ok=True), lambda before: None)
