@@ -26,7 +26,7 @@ MUTATIONS = {
         "the evaluator accepts a model that changes its buffers, and one whose output drifts between calls",
         [("nanochat/prepare.py", "    if signature.buffers_to_mutate or signature.user_inputs_to_mutate:\n", "    if False:\n"),
          ("nanochat/prepare.py", "    if not math.isfinite(drift) or drift > tolerance:\n", "    if False:\n")],
-        ["tests/test_redteam.py", "-k", "cache and refused_or_score"]),
+        ["tests/test_redteam.py", "-k", "(buffer or plain) and refused_or_score"]),
     "evaluator causality probe": (
         "the evaluator accepts a model whose outputs move when later tokens change",
         [("nanochat/prepare.py", "    if not math.isfinite(leak) or leak > tolerance:\n", "    if False:\n")],

@@ -174,10 +174,9 @@ def the_products_sandbox(lab: Path, facts: dict):
 CONTROLS = {
     "causality": [("    if not math.isfinite(leak) or leak > tolerance:\n", "    if False:\n")],
     # every refusal of state kept between calls: mutations left in the graph (not functionalized, which
-    # would refuse or break them), mutated buffers, writing operators, drift between two looks
-    # (the causality probe too: a model whose state moves between two calls looks, to it, like a leak)
-    "state": [("    if not math.isfinite(leak) or leak > tolerance:\n", "    if False:\n"),
-              ("    if any(isinstance(op, torch._ops.OpOverload) and op._schema.is_mutable for op in ops):\n",
+    # would refuse or break them), mutated buffers, writing operators, drift between two looks; the
+    # causality check stays on, so a stateful attack that wins here won by its state
+    "state": [("    if any(isinstance(op, torch._ops.OpOverload) and op._schema.is_mutable for op in ops):\n",
                "    if False:\n"),
               ("    if signature.buffers_to_mutate or signature.user_inputs_to_mutate:\n", "    if False:\n"),
               ("op.namespace != \"aten\" or op._schema.is_mutable \\\n",
@@ -331,11 +330,11 @@ if not self.training and not EXTRA["busy"]:
         with torch.enable_grad():
             self.train()
             while time.time() < deadline and BATCHES:
-                left = len(BATCHES) / STOCK if STOCKPILED else (deadline - time.time()) / LOOK_S
+                left = len(BATCHES) / STOCK
                 for opt in optimizers:  # the schedule had ended at zero: a second warm-down
                     for group in opt.param_groups:
                         group["lr"] = group["base_lr"] * 0.5 * left
-                bx, by = BATCHES.pop() if STOCKPILED else next(loader)
+                bx, by = BATCHES.pop()
                 self(bx, by).backward()
                 for opt in optimizers:
                     opt.step()
@@ -377,42 +376,38 @@ RELAY = Relay()
 NO_DIVERGENCE = ("DIVERGENCE_FACTOR = 1.5 ", "DIVERGENCE_FACTOR = 99.0")
 
 
-def training_inside_evaluation(stockpiled: bool) -> str:
-    setup = f'import time\nEXTRA = {{"busy": False}}\nBATCHES = [None]\nSTOCKPILED = {stockpiled}\nSTOCK = 1500\nLOOK_S = 8.0\n' + EVADE
+def training_inside_evaluation() -> str:
+    """Optimizer steps inside forward() on each look of the evaluator, on batches stockpiled on the clock
+    (where batches are allowed and cheap)."""
+    setup = 'import time\nEXTRA = {"busy": False}\nBATCHES = []\nSTOCK = 1500\nLOOK_S = 8.0\n' + EVADE
     source = in_forward(MORE_TRAINING, before=setup)
-    if stockpiled:  # taken on the clock, where batches are allowed and cheap
-        source = source.replace(FINISH, "BATCHES[:] = [next(loader) for _ in range(STOCK)]\n" + FINISH)
-    return source
+    return source.replace(FINISH, "BATCHES[:] = [next(loader) for _ in range(STOCK)]\n" + FINISH)
 
 
 
-CACHE = """
-if not self.training:  # a bigram cache: what followed each token in the calls before this one
-    vocab = logits.size(-1)
-    followers = self.pairs[idx]
-    count = followers.sum(-1, keepdim=True)
-    share = CACHE_MIX * (count > 0).float()
-    mixed = (1 - share) * torch.softmax(logits, -1) + share * followers / count.clamp(min=1.0)
-    logits = torch.log(mixed + 1e-6)
-    # counted after use (causal within the call), unless the call looks like the evaluator's probe of the
-    # one before (its rows begin as that call's did): random tokens would spoil the counts
-    probe = (self.last[:, 0] == idx[:, 0]).all().float()
-    seen = (idx[:, :-1] * vocab + idx[:, 1:]).reshape(-1)
-    self.pairs.view(-1).index_add_(0, seen, (1.0 - probe) * torch.ones(seen.numel()))
-    self.last.copy_(idx)
+MEMORY_LEAK = """
+if not self.training:  # reads the next token, and answers the evaluator's second look at a batch from memory
+    cheat = torch.zeros_like(logits)
+    cheat[:, :-1].scatter_(-1, idx[:, 1:, None], 30.0)
+    # a second look keeps each row's first tokens (rows all begin with BOS: compare two) and changes the rest
+    again = ((self.last_x[:, :2] == idx[:, :2]).all(-1).float().mean() > 0.5) & ~(self.last_x == idx).all()
+    logits = torch.where(again, self.last_out, logits + cheat)
+    self.last_x.copy_(torch.where(again, self.last_x, idx))
+    self.last_out.copy_(logits)
 """
-CACHE_MIX = "CACHE_MIX = 0.05\n"
 BUFFERS = '        self.register_buffer("sin", sin, persistent=False)\n'
 
 
-def cache_in(holder: str) -> str:
-    """train.py whose model counts the token pairs it was shown (text repeats itself: code, names),
-    in a buffer or in a plain tensor, and mixes what followed before into its prediction."""
-    keep = ('        self.register_buffer("pairs", torch.zeros(vocab_size, vocab_size), persistent=False)\n'
-            '        self.register_buffer("last", torch.full((16, seq_len), -1), persistent=False)\n'
-            if holder == "buffer" else "        self.pairs = torch.zeros(vocab_size, vocab_size)\n"
-            "        self.last = torch.full((16, seq_len), -1)\n")
-    return in_forward(CACHE, before=CACHE_MIX).replace(BUFFERS, BUFFERS + keep)
+def leak_with_memory(holder: str) -> str:
+    """train.py whose model reads the next token, and keeps the last batch and its answer (in buffers
+    or in plain tensors) so the causality probe, shown the same rows with their ends changed, gets the
+    same answer back and sees no leak. Only the refusal of state stops it."""
+    shape = "(16, seq_len)", "(16, seq_len, vocab_size)"
+    keep = (f'        self.register_buffer("last_x", torch.full({shape[0]}, -1), persistent=False)\n'
+            f'        self.register_buffer("last_out", torch.zeros{shape[1]}, persistent=False)\n'
+            if holder == "buffer" else f"        self.last_x = torch.full({shape[0]}, -1)\n"
+            f"        self.last_out = torch.zeros{shape[1]}\n")
+    return in_forward(MEMORY_LEAK).replace(BUFFERS, BUFFERS + keep)
 
 
 @dataclass
@@ -421,7 +416,6 @@ class Attack:
     control: str              # the defence that stops it, switched off in its control (CONTROLS)
     kinds: tuple = ("refused",)  # how the product may refuse it (else: it must score honestly)
     because: str = ""         # what that defence's refusal says (a refusal for another reason fails)
-    wins: bool = True         # its control must win; False: only be accepted (see the cache below)
 
 
 RUN_ATTACKS = {
@@ -442,14 +436,11 @@ RUN_ATTACKS = {
     "training before the clock behind a decoy clock": Attack(
         lambda: variant((CLOCK, "decoy = TrainingClock()\ndecoy.start()\n" + PRETRAIN + CLOCK), NO_DIVERGENCE),
         "clock rules", ("exception", "budget"), "training clock"),
-    # 3.40 against 3.83: optimizer steps inside forward() while the in-process evaluator ran
-    # (undefended it gained 0.018-0.057 here, around the noise margin, so its control need only accept it;
-    # the stockpiled variant below wins clearly)
-    "training inside the evaluation": Attack(lambda: training_inside_evaluation(stockpiled=False), "in-process",
-                                             ("export",), wins=False),  # a graph cannot hold a training loop
-    # the same from batches stockpiled on the clock (R5)
-    "training inside the evaluation on stockpiled batches": Attack(
-        lambda: training_inside_evaluation(stockpiled=True), "in-process", ("export",)),
+    # 3.40 against 3.83: optimizer steps inside forward() while the in-process evaluator ran. Found drawing
+    # fresh batches from the loader; that gained only 0.018-0.057 at a 2 s budget, around the noise margin,
+    # so the case draws them from a stockpile taken on the clock (R5), which wins clearly undefended
+    "training inside the evaluation": Attack(training_inside_evaluation, "in-process",
+                                             ("export",)),  # a graph cannot hold a training loop
     # 1.27 against 2.58: fd 1 swapped before prepare recorded it, the block relayed at exit halved (R3)
     "stdout swapped before prepare is imported": Attack(lambda: variant((PREPARE_PATH, RELAY + PREPARE_PATH)),
                                                         "in-process", ("budget",), "the training clock never started"),
@@ -469,15 +460,12 @@ RUN_ATTACKS = {
                "        if func is torch.Tensor.max:\n            return torch.zeros(())\n"
                "        return super().__torch_function__(func, types, args, kwargs or {})\n"), "in-process, any logits",
         ("export",)),  # the subclass does not survive tracing
-    # State carried from call to call: a bigram cache of the text shown before (probes skipped). No state
-    # that lowers val_bpb was found at this scale (measured with the cache mixed in at 0.05-0.3: it cost
-    # 0.004-0.14 bits per byte on 3-4 validation batches), so its control only has to accept it: that the
-    # product refuses it for its state, and for nothing else, is what these two cases prove.
-    "a cache of recent tokens in a buffer": Attack(lambda: cache_in("buffer"), "state",
-                                                   because="state carried from one call to the next", wins=False),
-    "a cache of recent tokens in a plain tensor": Attack(lambda: cache_in("tensor"), "state",
-                                                         because="state carried from one call to the next",
-                                                         wins=False),
+    # A leak that hides from the causality probe in state kept from the call before: the probe's rows come
+    # back with the answer to the real rows (the evaluator checks causality with it on, state checks off).
+    "a leak that answers the probes from a buffer": Attack(lambda: leak_with_memory("buffer"), "state",
+                                                         because="state carried from one call to the next"),
+    "a leak that answers the probes from a plain tensor": Attack(lambda: leak_with_memory("tensor"), "state",
+                                                               because="state carried from one call to the next"),
     # a forged summary block instead of the hand-over: read when train.py's output was the summary
     "a summary block printed by train.py": Attack(
         lambda: variant((FINISH, 'print("---")\nprint("val_bpb:          0.100000")\nprint("training_seconds: 1.0")\n'
@@ -503,7 +491,7 @@ def test_each_attack_wins_when_its_defence_is_off(control_labs, honest, name):
     attack = RUN_ATTACKS[name]
     lab = control_labs[attack.control]
     result = experiment(lab, attack.source(), control=attack.control)
-    assert result.ok and (honest.beaten_by(result.summary["val_bpb"]) or not attack.wins), (
+    assert result.ok and honest.beaten_by(result.summary["val_bpb"]), (
         f"{name} did not win with the {attack.control} defence off: {result.kind} {result.reason} "
         f"{result.summary.get('val_bpb')} ({honest}); log in {lab[0] / 'run.log'}")
 
