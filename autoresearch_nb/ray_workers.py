@@ -148,7 +148,15 @@ class RayPool:
             if address == "local":
                 ray.init(include_dashboard=False, logging_level="ERROR", log_to_driver=False)
             else:
-                ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+                try:
+                    ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+                except ConnectionError as error:
+                    from .errors import LabError
+
+                    raise LabError(
+                        f"could not join the Ray cluster at {address} ({error}). Is it running (`ray status`)? "
+                        "A cluster started with token authentication needs its token here too: run with "
+                        "RAY_AUTH_MODE=token and the RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH) `ray start` had") from None
             started = True
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = workers if workers > 1 else max(1, gpus)
