@@ -1,6 +1,6 @@
 """`python -m autoresearch_nb` is the same as the `autoresearch-nb` command."""
 import sys
 
-from .cli import main
+from .front.cli import main
 
 sys.exit(main())

@@ -5,8 +5,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from autoresearch_nb.lab import init_lab
-from autoresearch_nb.session import RunOptions, Session
+from autoresearch_nb.lab.lab import init_lab
+from autoresearch_nb.engine.session import RunOptions, Session
 
 
 def fresh_lab(profile: str, name: str = "lab") -> Path:

@@ -15,8 +15,8 @@ import statistics
 import subprocess
 import sys
 
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.workers import experiment_runner
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.run.workers import experiment_runner
 
 from common import fresh_lab
 

@@ -10,7 +10,7 @@ import argparse
 import re
 
 from autoresearch_nb.agents.base import Agent, Proposal
-from autoresearch_nb.session import RunOptions
+from autoresearch_nb.engine.session import RunOptions
 
 from common import fresh_lab, run_session
 

@@ -14,11 +14,11 @@ import subprocess
 import sys
 import time
 
-from autoresearch_nb import boundary
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.loop import timeout_for
-from autoresearch_nb.runner import Runner, clean_environment
-from autoresearch_nb.session import RunOptions
+from autoresearch_nb.run import boundary
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.engine.loop import timeout_for
+from autoresearch_nb.run.runner import Runner, clean_environment
+from autoresearch_nb.engine.session import RunOptions
 
 from common import fresh_lab, run_session
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import argparse
 
-from autoresearch_nb.facts import summary
-from autoresearch_nb.progress import TerminalProgress
-from autoresearch_nb.session import RunOptions
+from autoresearch_nb.judge.facts import summary
+from autoresearch_nb.front.progress import TerminalProgress
+from autoresearch_nb.engine.session import RunOptions
 
 from common import fresh_lab, run_session
 

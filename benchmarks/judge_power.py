@@ -23,8 +23,8 @@ import random
 import statistics
 import time
 
-from autoresearch_nb import plan
-from autoresearch_nb.disturbance import detect
+from autoresearch_nb.judge import plan
+from autoresearch_nb.run.disturbance import detect
 
 SIGMA = 0.01
 BASE = 1.0

@@ -24,7 +24,7 @@ from nbclient import NotebookClient
 REPO = Path(__file__).resolve().parent.parent
 
 INSTRUMENT = """import json, time
-from autoresearch_nb.magics import CURRENT
+from autoresearch_nb.front.magics import CURRENT
 BENCH = {"bytes": 0, "messages": 0, "render_cpu": 0.0, "fold_cpu": 0.0, "renders": 0,
          "started": time.time()}
 _dashboard = CURRENT.dashboard

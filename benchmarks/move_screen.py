@@ -17,12 +17,12 @@ import argparse
 import ast
 import statistics
 
-from autoresearch_nb import facts
+from autoresearch_nb.judge import facts
 from autoresearch_nb.agents import heuristic
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.scheduling import BASE_SEED, SEED_STEP
-from autoresearch_nb.workers import experiment_runner
-from autoresearch_nb.worktrees import Worktrees
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.engine.scheduling import BASE_SEED, SEED_STEP
+from autoresearch_nb.run.workers import experiment_runner
+from autoresearch_nb.lab.worktrees import Worktrees
 
 JOB_BASE = 80000   # log numbers far from the loop's own
 

@@ -20,12 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from autoresearch_nb import facts  # noqa: E402
+from autoresearch_nb.judge import facts  # noqa: E402
 from autoresearch_nb.agents.claude import ClaudeAgent  # noqa: E402
-from autoresearch_nb.loop import LoopOptions, ResearchLoop  # noqa: E402
+from autoresearch_nb.engine.loop import LoopOptions, ResearchLoop  # noqa: E402
 from servers import AnthropicServer, editor, message, submit  # noqa: E402
 
-from autoresearch_nb.session import RunOptions  # noqa: E402
+from autoresearch_nb.engine.session import RunOptions  # noqa: E402
 from common import fresh_lab, run_session  # noqa: E402
 from sleeping_lab import TRAIN, sleeping_lab  # noqa: E402
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from autoresearch_nb.lab import Lab
+from autoresearch_nb.lab.lab import Lab
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from autoresearch_nb.agents.base import Agent, Proposal
-from autoresearch_nb.lab import Lab, init_lab
+from autoresearch_nb.lab.lab import Lab, init_lab
 
 TRAIN = "nanochat/train.py"
 SCORER = '''"""Sleeps as long as a run would train, then prints the summary block."""

@@ -21,11 +21,11 @@ import sys
 import time
 from collections import Counter
 
-from autoresearch_nb import facts
+from autoresearch_nb.judge import facts
 from autoresearch_nb.agents.base import Proposal, ProposalError
 from autoresearch_nb.agents.heuristic import HeuristicAgent
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.labcheck import broken
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.lab.labcheck import broken
 
 from common import fresh_lab
 
@@ -64,8 +64,8 @@ class SoakAgent(HeuristicAgent):
 
 def child(args) -> int:
     """One session of the night, in the foreground (the parent kills it)."""
-    from autoresearch_nb.cli import drive
-    from autoresearch_nb.session import RunOptions, Session
+    from autoresearch_nb.front.cli import drive
+    from autoresearch_nb.engine.session import RunOptions, Session
 
     options = RunOptions(lab=args.lab, budget=args.budget, max_experiments=args.experiments, workers=args.workers,
                          resume=args.resume, tag="soak")
@@ -135,7 +135,7 @@ def soak(args) -> dict:
 def rate(workers: int, experiments: int, budget: float) -> tuple[float, int, float]:
     """(runs per hour, runs, wall seconds) of a clean night on a fresh lab, from its first row to its end."""
     from common import run_session
-    from autoresearch_nb.session import RunOptions
+    from autoresearch_nb.engine.session import RunOptions
 
     lab_dir = fresh_lab("tiny", f"rate{workers}")
     first = []
@@ -168,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         sys.exit(child(args))
-    from autoresearch_nb import sandbox
+    from autoresearch_nb.run import sandbox
 
     if args.sandbox == "none":
         os.environ["AUTORESEARCH_SANDBOX"] = "none"

@@ -11,8 +11,8 @@ import argparse
 import os
 import time
 
-from autoresearch_nb import facts
-from autoresearch_nb.loop import LoopOptions, ResearchLoop
+from autoresearch_nb.judge import facts
+from autoresearch_nb.engine.loop import LoopOptions, ResearchLoop
 
 from sleeping_lab import NullAgent, sleeping_lab
 

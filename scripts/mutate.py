@@ -33,34 +33,34 @@ MUTATIONS = {
         ["tests/test_redteam.py", "-k", "(leak or reads) and refused_or_score"]),
     "sandbox network rule": (
         "bubblewrap runs the experiment in the host's network namespace",
-        [("autoresearch_nb/sandbox.py", 'NAMESPACES = ("--unshare-net", ', "NAMESPACES = (")],
+        [("autoresearch_nb/run/sandbox.py", 'NAMESPACES = ("--unshare-net", ', "NAMESPACES = (")],
         ["tests/test_sandbox.py", "-k", "loopback or internet"]),
     "sandbox file rule": (
         "bubblewrap mounts the file system and the lab writable",
-        [("autoresearch_nb/sandbox.py", '"--ro-bind", "/", "/", *_devices(), "--proc", "/proc"]\n    for',
+        [("autoresearch_nb/run/sandbox.py", '"--ro-bind", "/", "/", *_devices(), "--proc", "/proc"]\n    for',
           '"--bind", "/", "/", *_devices(), "--proc", "/proc"]\n    for'),
-         ("autoresearch_nb/sandbox.py", '["--ro-bind-try", str(path), str(path)] if kind == 1',
+         ("autoresearch_nb/run/sandbox.py", '["--ro-bind-try", str(path), str(path)] if kind == 1',
           '["--bind-try", str(path), str(path)] if kind == 1')],
         ["tests/test_sandbox.py", "-k", "write_into_the_lab"]),
     "judge noise rule": (
         "the default policy keeps any improvement, however small against the noise (greedy's rule)",
-        [("autoresearch_nb/judge.py", '    if policy == "greedy":\n', "    if True:\n")],
+        [("autoresearch_nb/judge/judge.py", '    if policy == "greedy":\n', "    if True:\n")],
         ["tests/test_judge.py"]),
     "locked-file guard": (
         "the runner no longer compares the run's locked files after training and evaluation",
-        [("autoresearch_nb/runner.py", "        changed = guard.restore_changed()\n        if changed and not stopped:",
+        [("autoresearch_nb/run/runner.py", "        changed = guard.restore_changed()\n        if changed and not stopped:",
           "        changed = []\n        if changed and not stopped:"),
-         ("autoresearch_nb/runner.py", "        changed = guard.restore_changed()\n        if changed:\n",
+         ("autoresearch_nb/run/runner.py", "        changed = guard.restore_changed()\n        if changed:\n",
           "        changed = []\n        if changed:\n")],
         ["tests/test_runner.py", "-k", "records_is_refused"]),
     "record keeper": (
         "the coordinator no longer notices a record it did not write",
-        [("autoresearch_nb/recordkeeper.py", "        known = self._known[path]\n        if _read(path) == known:\n",
+        [("autoresearch_nb/lab/recordkeeper.py", "        known = self._known[path]\n        if _read(path) == known:\n",
           "        known = self._known[path]\n        if True:\n")],
         ["tests/test_concurrency.py", "-k", "unsandboxed"]),
     "exactly-once re-queueing": (
         "a resume re-queues each run that was under way twice",
-        [("autoresearch_nb/inflight.py", "        kept.append(track)\n",
+        [("autoresearch_nb/engine/inflight.py", "        kept.append(track)\n",
           "        kept.append(track)\n        kept.append(Track.load({**track.record(), \"id\": state.new_id()}))\n")],
         ["tests/test_resume.py", "-k", "exactly_once or two_workers"]),
 }

@@ -5,9 +5,9 @@ from __future__ import annotations
 import nbformat
 import pytest
 
-from autoresearch_nb import facts
-from autoresearch_nb.export import export_lab
-from autoresearch_nb.loop import BASE_SEED, LoopOptions, ResearchLoop
+from autoresearch_nb.judge import facts
+from autoresearch_nb.report.export import export_lab
+from autoresearch_nb.engine.loop import BASE_SEED, LoopOptions, ResearchLoop
 from conftest import cli
 from test_export import outputs_text
 from test_loop import TRAIN, ScriptedAgent, assert_consistent, scored_lab
@@ -77,7 +77,7 @@ def test_ablating_a_run_without_kept_changes_says_so(tmp_path):
 def test_the_ablate_magic_runs_in_the_background_and_status_shows_the_table(researched, capsys):
     from IPython.core.interactiveshell import InteractiveShell
 
-    from autoresearch_nb.magics import CURRENT
+    from autoresearch_nb.front.magics import CURRENT
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "autoresearch_nb")

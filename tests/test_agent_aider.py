@@ -18,7 +18,7 @@ import pytest
 
 from autoresearch_nb.agents.base import ProposalError
 from autoresearch_nb.agents.command import CommandAgent
-from autoresearch_nb.lab import Lab
+from autoresearch_nb.lab.lab import Lab
 from servers import TRAIN_PY, OpenAIServer, chat_reply, git, make_lab, openai_error
 
 REPO = Path(__file__).resolve().parent.parent

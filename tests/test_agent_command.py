@@ -13,9 +13,9 @@ from autoresearch_nb.agents.base import ProposalError
 from autoresearch_nb.agents.cli_output import stated_description
 from autoresearch_nb.agents.command import CommandAgent, build_prompt
 from autoresearch_nb.agents.scratch_lab import ScratchLab
-from autoresearch_nb.describe import describe_change
+from autoresearch_nb.engine.describe import describe_change
 from autoresearch_nb.errors import LabError
-from autoresearch_nb.progress import result_line
+from autoresearch_nb.front.progress import result_line
 from servers import PREPARE_PY, TRAIN_PY, git, make_lab
 from test_loop import run_loop, scored_lab
 

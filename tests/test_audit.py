@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_nb.audit import audit_source, only_seeds_changed
+from autoresearch_nb.run.audit import audit_source, only_seeds_changed
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = (REPO / "nanochat" / "train.py").read_text()

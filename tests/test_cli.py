@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.ledger import RESULTS_HEADER, read_results_tsv
-from autoresearch_nb.progress import STATUS_MARK
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.lab.ledger import RESULTS_HEADER, read_results_tsv
+from autoresearch_nb.front.progress import STATUS_MARK
 from conftest import cli
 
 

@@ -18,10 +18,10 @@ import pytest
 
 from autoresearch_nb.agents.base import Proposal
 from autoresearch_nb.agents.heuristic import HeuristicAgent
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.labcheck import broken
-from autoresearch_nb.progress import STATUS_MARK
-from autoresearch_nb.session import RunOptions, Session
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.lab.labcheck import broken
+from autoresearch_nb.front.progress import STATUS_MARK
+from autoresearch_nb.engine.session import RunOptions, Session
 from conftest import cli
 
 pytestmark = pytest.mark.slow
@@ -69,7 +69,7 @@ def test_two_workers_on_real_training_keep_every_row(tiny_lab):
 
 
 def overlapping(rows: list[dict]) -> bool:
-    from autoresearch_nb.facts import timestamp
+    from autoresearch_nb.judge.facts import timestamp
 
     spans = [(timestamp(r["started_at"]), timestamp(r["finished_at"]), r["worker"]) for r in rows if r.get("job")]
     return any(a0 < b1 and b0 < a1 for a0, a1, wa in spans for b0, b1, wb in spans if wa < wb)
@@ -120,7 +120,7 @@ def test_pipelined_drafts_and_a_rejected_draft_mid_run(tiny_lab):
     candidates = [r for r in rows if r["role"] == "experiment" and r.get("job") is not None]
     assert len(candidates) >= 3 and not [r for r in rows if r["status"] == "crash"]
     # drafted while the run before it trained: its draft began before that run ended
-    from autoresearch_nb.facts import timestamp
+    from autoresearch_nb.judge.facts import timestamp
 
     ran = [r for r in rows if r.get("job") is not None]
     ahead = [r for r in candidates if any(timestamp(r["started_at"]) < timestamp(o["finished_at"])
@@ -170,7 +170,7 @@ def test_an_unsandboxed_experiment_that_writes_the_ledger_is_refused_and_no_row_
 def test_inside_the_sandbox_an_experiment_cannot_reach_the_records(tiny_lab):
     """The lab is mounted read-only there, or (under /tmp, as here) not at all: the write lands in the
     sandbox's private tmpfs or fails, never in the lab; the run is judged on its own value."""
-    from autoresearch_nb import sandbox
+    from autoresearch_nb.run import sandbox
 
     if not sandbox.probe().active:
         pytest.fail(f"this test needs the sandbox: {sandbox.probe()}")

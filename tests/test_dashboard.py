@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from autoresearch_nb.events import EventBus
+from autoresearch_nb.engine.events import EventBus
 from autoresearch_nb.ui.dashboard import Dashboard, RunView, experiment_html
 from autoresearch_nb.ui.diffview import diff_html, diff_stats
 from autoresearch_nb.ui.loss_curve import loss_curve_png
@@ -231,7 +231,7 @@ def test_loss_curve_is_a_png_with_or_without_points():
 
 
 def _event(kind, **data):
-    from autoresearch_nb.events import Event
+    from autoresearch_nb.engine.events import Event
 
     return Event(kind, data)
 

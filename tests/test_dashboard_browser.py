@@ -75,7 +75,7 @@ def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
 def check_exported_notebook(browser, lab: Path) -> None:
     """The morning after: the run's results notebook, rendered to HTML, reads in a browser with its
     chart and table in place."""
-    from autoresearch_nb.export import export_lab
+    from autoresearch_nb.report.export import export_lab
 
     notebook_path = export_lab(lab, lab.parent / "results.ipynb", html=True)
     html = notebook_path.with_suffix(".html")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import textwrap
 
-from autoresearch_nb.describe import describe_change
+from autoresearch_nb.engine.describe import describe_change
 from test_loop import ScriptedAgent, git, run_loop, score, scored_lab
 
 TRAIN = "nanochat/train.py"

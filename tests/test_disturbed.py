@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from autoresearch_nb.ledger import read_results_tsv
-from autoresearch_nb.loop import LoopOptions, ResearchLoop
+from autoresearch_nb.lab.ledger import read_results_tsv
+from autoresearch_nb.engine.loop import LoopOptions, ResearchLoop
 from autoresearch_nb.ui import text
 from test_loop import ScriptedAgent, TRAIN, assert_consistent, git, scored_lab
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autoresearch_nb import analysis, facts
+from autoresearch_nb.report import analysis
+from autoresearch_nb.judge import facts
 from autoresearch_nb.errors import LabError
-from autoresearch_nb.export import execute, export_lab
-from autoresearch_nb.ledger import append_row, write_results
+from autoresearch_nb.report.export import execute, export_lab
+from autoresearch_nb.lab.ledger import append_row, write_results
 
 TRAIN_V0 = "LEARNING_RATE = 0.01\nDEPTH = 4\n"
 TRAIN_V1 = "LEARNING_RATE = 0.02\nDEPTH = 4\n"

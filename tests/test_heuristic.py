@@ -10,7 +10,7 @@ import pytest
 
 from autoresearch_nb.agents.base import Context, ProposalError
 from autoresearch_nb.agents.heuristic import TRAIN_FILE, HeuristicAgent, constants, fingerprint, model_cost
-from autoresearch_nb.audit import audit_source
+from autoresearch_nb.run.audit import audit_source
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = (REPO / "nanochat" / "train.py").read_text()

@@ -6,10 +6,9 @@ import math
 
 import pytest
 
-from autoresearch_nb import facts, plan
-from autoresearch_nb.disturbance import detect
-from autoresearch_nb.judge import (DISCARD_Z, FINAL_Z, KEEP_Z, MAX_RUNS, NOISE_FLOOR, PAIR_MEDIAN, SMALL_SAMPLE,
-                                   Pairing, decide, estimate, estimate_noise, gain_interval)
+from autoresearch_nb.judge import facts, plan
+from autoresearch_nb.run.disturbance import detect
+from autoresearch_nb.judge.judge import DISCARD_Z, FINAL_Z, KEEP_Z, MAX_RUNS, NOISE_FLOOR, PAIR_MEDIAN, SMALL_SAMPLE, Pairing, decide, estimate, estimate_noise, gain_interval
 
 
 def test_the_noise_estimate_is_the_median_pair_difference_of_identical_code():
@@ -282,6 +281,6 @@ def test_runs_beside_unlike_load_are_not_paired():
 
 
 def test_the_load_beside_a_run_is_read_from_its_step_log():
-    from autoresearch_nb.disturbance import others_load
+    from autoresearch_nb.run.disturbance import others_load
     assert others_load([{"wall": 1.0, "others_cpu": 0.0}, {"wall": 11.0, "others_cpu": 9.5}]) == pytest.approx(0.95)
     assert others_load([{"wall": 1.0}, {"wall": 2.0}]) is None

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from autoresearch_nb.lab import Lab
+from autoresearch_nb.lab.lab import Lab
 from conftest import cli
 from test_loop import ScriptedAgent, git, run_loop, score, scored_lab
 

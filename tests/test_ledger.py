@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from autoresearch_nb.ledger import RESULTS_HEADER, append_row, read_results_tsv, read_rows, write_results
+from autoresearch_nb.lab.ledger import RESULTS_HEADER, append_row, read_results_tsv, read_rows, write_results
 
 ROWS = [
     {"index": 0, "commit": "a1b2c3d", "status": "keep", "role": "baseline", "val_bpb": 1.2345678,

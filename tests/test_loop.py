@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_nb import facts, plan
+from autoresearch_nb.judge import facts, plan
 from autoresearch_nb.agents.base import Agent, Proposal, ProposalError
-from autoresearch_nb.lab import Lab, init_lab
-from autoresearch_nb.ledger import read_results_tsv
-from autoresearch_nb.loop import BASE_SEED, SEED_STEP, LoopOptions, ResearchLoop
+from autoresearch_nb.lab.lab import Lab, init_lab
+from autoresearch_nb.lab.ledger import read_results_tsv
+from autoresearch_nb.engine.loop import BASE_SEED, SEED_STEP, LoopOptions, ResearchLoop
 
 TRAIN = "nanochat/train.py"
 SCORER = '''"""Scores nanochat/train.py: runs it, then prints the summary with val_bpb = SCORE + JITTER[seed]."""
@@ -103,7 +103,7 @@ def assert_consistent(lab: Lab) -> list[dict]:
     best = [r for r in rows if r["status"] == "keep"][-1]
     assert lab.short(lab.head()) == best["commit"]
     assert not lab.inflight_path.exists()
-    from autoresearch_nb.labcheck import broken
+    from autoresearch_nb.lab.labcheck import broken
 
     assert broken(lab) == []  # and every invariant `autoresearch-nb check` verifies
     return rows

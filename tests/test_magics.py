@@ -9,9 +9,9 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
-from autoresearch_nb import magics
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.magics import CURRENT, frontend_of
+from autoresearch_nb.front import magics
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.front.magics import CURRENT, frontend_of
 
 CHARTER = "# Goal\nLower val_bpb on the CPU profile.\n\n- keep changes small\n"
 SUBCOMMANDS = ("init", "start", "stop", "pause", "resume", "status", "wait", "show", "diff",
@@ -74,7 +74,7 @@ def test_mistakes_give_one_clear_line(shell, capsys, line, says):
 
 
 def test_agent_timeout_reaches_the_run_options(shell, capsys, tmp_path):
-    from autoresearch_nb.magic_args import parse
+    from autoresearch_nb.front.magic_args import parse
 
     assert parse('start --agent command --command "claude -p" --agent-timeout 45')[0].agent_timeout == 45
     run(shell, f"%autoresearch init {tmp_path / 'lab'}")

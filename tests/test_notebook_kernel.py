@@ -6,8 +6,8 @@ import pytest
 from jupyter_core.utils import run_sync
 from nbclient import NotebookClient
 
-from autoresearch_nb import facts
-from autoresearch_nb.lab import Lab
+from autoresearch_nb.judge import facts
+from autoresearch_nb.lab.lab import Lab
 from notebook_fixtures import SHORT_RUN, kernel_env, notebook, text_of
 
 CHARTER = "# Goal\nLower val_bpb on this CPU.\n\nPrefer small, simple changes.\n"
@@ -15,13 +15,13 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 # A cell that returns once an experiment is training (or the run is over).
 UNTIL_TRAINING = """import time
-from autoresearch_nb.magics import CURRENT
+from autoresearch_nb.front.magics import CURRENT
 deadline = time.time() + 300
 while time.time() < deadline and CURRENT.session.alive and not CURRENT.session.snapshot()["current"]:
     time.sleep(0.1)
 print("training:", (CURRENT.session.snapshot()["current"] or {}).get("description"))"""
 UNTIL_ROWS = """import time
-from autoresearch_nb.magics import CURRENT
+from autoresearch_nb.front.magics import CURRENT
 deadline = time.time() + 300
 while time.time() < deadline and CURRENT.session.alive and len(CURRENT.session.snapshot()["rows"]) < {n}:
     time.sleep(0.1)

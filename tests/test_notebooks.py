@@ -7,9 +7,9 @@ import nbformat
 import pytest
 from test_export import outputs_text
 
-from autoresearch_nb import facts
-from autoresearch_nb.export import execute
-from autoresearch_nb.lab import Lab
+from autoresearch_nb.judge import facts
+from autoresearch_nb.report.export import execute
+from autoresearch_nb.lab.lab import Lab
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 

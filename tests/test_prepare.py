@@ -465,9 +465,9 @@ def test_the_evaluator_runs_plain_programs_and_refuses_state(prepare_module, tmp
 
 @pytest.mark.slow
 def test_a_model_that_cannot_be_exported_is_an_export_crash_with_the_exporters_message(tiny_lab):
-    from autoresearch_nb import boundary
-    from autoresearch_nb.lab import Lab
-    from autoresearch_nb.runner import Runner, clean_environment
+    from autoresearch_nb.run import boundary
+    from autoresearch_nb.lab.lab import Lab
+    from autoresearch_nb.run.runner import Runner, clean_environment
 
     train = tiny_lab / "nanochat" / "train.py"
     source = train.read_text()

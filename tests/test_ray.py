@@ -10,9 +10,9 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is the [ray] extra; scripts/test.sh installs it")
 
-from autoresearch_nb.loop import LoopOptions, ResearchLoop  # noqa: E402
-from autoresearch_nb.ray_workers import RayPool  # noqa: E402
-from autoresearch_nb.worktrees import Worktrees  # noqa: E402
+from autoresearch_nb.engine.loop import LoopOptions, ResearchLoop  # noqa: E402
+from autoresearch_nb.run.ray_workers import RayPool  # noqa: E402
+from autoresearch_nb.lab.worktrees import Worktrees  # noqa: E402
 from conftest import cli  # noqa: E402
 from test_loop import ScriptedAgent, assert_consistent, scored_lab  # noqa: E402
 from test_workers import SCORED, switch  # noqa: E402
@@ -63,7 +63,7 @@ def test_a_real_tiny_run_on_ray_through_the_cli(tmp_path):
                "--max-experiments", "3", "--policy", "greedy", timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 workers" in done.stdout and "reached --max-experiments 3" in done.stdout
-    from autoresearch_nb.lab import Lab
+    from autoresearch_nb.lab.lab import Lab
 
     rows = Lab.open(lab).rows()
     ran = [r for r in rows if r["status"] in ("keep", "discard")]

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from autoresearch_nb.lab import Lab, init_lab
+from autoresearch_nb.lab.lab import Lab, init_lab
 
 FORGED = '{"index": 99, "status": "keep", "val_bpb": 0.1, "role": "experiment"}\n'
 

@@ -29,11 +29,11 @@ from conftest import cli
 
 from dataclasses import dataclass
 
-from autoresearch_nb import boundary, sandbox
-from autoresearch_nb.audit import audit_source, only_seeds_changed
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.loop import timeout_for
-from autoresearch_nb.runner import CLOCK_MARKER, RunResult, Runner, clean_environment
+from autoresearch_nb.run import boundary, sandbox
+from autoresearch_nb.run.audit import audit_source, only_seeds_changed
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.engine.loop import timeout_for
+from autoresearch_nb.run.runner import CLOCK_MARKER, RunResult, Runner, clean_environment
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = (REPO / "nanochat" / "train.py").read_text()

@@ -17,9 +17,9 @@ from collections import Counter
 
 import pytest
 
-from autoresearch_nb import proctime
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.worktrees import Worktrees
+from autoresearch_nb.run import proctime
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.lab.worktrees import Worktrees
 from conftest import cli
 from test_loop import assert_consistent, scored_lab
 from test_runner import gone, wait_gone

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_nb import proctime
-from autoresearch_nb.inflight import end_orphan
-from autoresearch_nb.runner import LINGER_SECONDS, Runner, clean_environment, parse_step
+from autoresearch_nb.run import proctime
+from autoresearch_nb.engine.inflight import end_orphan
+from autoresearch_nb.run.runner import LINGER_SECONDS, Runner, clean_environment, parse_step
 
 SUMMARY = textwrap.dedent("""\
     print("---")
@@ -406,8 +406,8 @@ def test_a_tampered_clock_is_refused(tiny_lab, name):
     import subprocess
     import sys
 
-    from autoresearch_nb import boundary
-    from autoresearch_nb.lab import Lab
+    from autoresearch_nb.run import boundary
+    from autoresearch_nb.lab.lab import Lab
 
     facts = json.loads(subprocess.run([sys.executable, "nanochat/prepare.py", "--conditions"], cwd=tiny_lab,
                                       capture_output=True, text=True).stdout.splitlines()[-1])

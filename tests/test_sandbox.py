@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch_nb import sandbox
-from autoresearch_nb.lab import Lab
-from autoresearch_nb.ledger import read_results_tsv
-from autoresearch_nb.runner import Runner, clean_environment
+from autoresearch_nb.run import sandbox
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.lab.ledger import read_results_tsv
+from autoresearch_nb.run.runner import Runner, clean_environment
 from conftest import cli
 from test_loop import ScriptedAgent, assert_consistent, run_loop, scored_lab
 from test_resume import TRAIN as RESUMABLE_TRAIN

@@ -7,8 +7,8 @@ import json
 import nbformat
 import pytest
 
-from autoresearch_nb import conditions, facts
-from autoresearch_nb.export import export_lab
+from autoresearch_nb.judge import conditions, facts
+from autoresearch_nb.report.export import export_lab
 from conftest import cli
 from test_export import outputs_text
 from test_loop import assert_consistent, scored_lab
@@ -69,7 +69,7 @@ def test_a_resume_under_another_budget_is_refused_then_rebaselined_into_a_new_se
 def test_the_cli_and_the_notebook_print_the_same_figures_for_a_lab(tmp_path, capsys):
     from IPython.core.interactiveshell import InteractiveShell
 
-    from autoresearch_nb.magics import CURRENT
+    from autoresearch_nb.front.magics import CURRENT
 
     lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
     done = run(lab, "--budget", "1", "--max-experiments", "6", "--tag", "same")

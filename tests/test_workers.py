@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from autoresearch_nb import facts
-from autoresearch_nb.ledger import RESULTS_HEADER
-from autoresearch_nb.loop import LoopOptions, ResearchLoop
-from autoresearch_nb.worktrees import Worktrees
+from autoresearch_nb.judge import facts
+from autoresearch_nb.lab.ledger import RESULTS_HEADER
+from autoresearch_nb.engine.loop import LoopOptions, ResearchLoop
+from autoresearch_nb.lab.worktrees import Worktrees
 from test_loop import TRAIN, ScriptedAgent, assert_consistent, scored_lab
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,7 @@ import anthropic
 from ..errors import LabError
 from . import pricing
 from .base import Agent, Context, Proposal, ProposalError
-from .edit_tools import (EDITOR_TOOL_NAME, EDITOR_TOOL_TYPE, SUBMIT_DESCRIPTION, SUBMIT_SCHEMA,
-                         SUBMIT_TOOL_NAME, ScratchCopy, ToolSession)
+from .edit_tools import EDITOR_TOOL_NAME, EDITOR_TOOL_TYPE, SUBMIT_DESCRIPTION, SUBMIT_SCHEMA, SUBMIT_TOOL_NAME, ScratchCopy, ToolSession
 from .prompting import files_block, situation_block, system_prompt, templated_lesson
 
 # The newest Claude 4.x Sonnet: text_editor_20250728 is the editor version documented for 4.x.

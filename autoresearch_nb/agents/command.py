@@ -6,7 +6,7 @@ import shlex
 import signal
 import subprocess
 
-from .. import proctime
+from ..run import proctime
 from ..errors import LabError
 from . import cli_output
 from .base import Agent, Context, Proposal, ProposalError

@@ -11,7 +11,7 @@ import ast
 import random
 from dataclasses import dataclass
 
-from ..audit import fingerprint
+from ..run.audit import fingerprint
 from .base import Agent, Context, Proposal, ProposalError
 
 TRAIN_FILE = "nanochat/train.py"

@@ -11,9 +11,7 @@ from ..errors import LabError
 from . import pricing
 from .base import Agent, Context, Proposal, ProposalError
 from .claude import backoff_delay
-from .edit_tools import (EDITOR_FUNCTION_DESCRIPTION, EDITOR_SCHEMA, EDITOR_TOOL_NAME,
-                         SUBMIT_DESCRIPTION, SUBMIT_SCHEMA, SUBMIT_TOOL_NAME, ScratchCopy,
-                         ToolSession)
+from .edit_tools import EDITOR_FUNCTION_DESCRIPTION, EDITOR_SCHEMA, EDITOR_TOOL_NAME, SUBMIT_DESCRIPTION, SUBMIT_SCHEMA, SUBMIT_TOOL_NAME, ScratchCopy, ToolSession
 from .prompting import files_block, situation_block, system_prompt, templated_lesson
 
 TOOLS = [

@@ -4,13 +4,11 @@ from __future__ import annotations
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .. import facts
+from ..judge import facts
+from ..lab.words import STATUS_COLOURS
 from .png import figure_png
 
-KEPT = "#2ca02c"
-DISCARDED = "#b0b0b0"
-CRASHED = "#d62728"
-DISTURBED = "#e08a2c"
+KEPT, DISCARDED, CRASHED, DISTURBED = (STATUS_COLOURS[s] for s in ("keep", "discard", "crash", "disturbed"))
 
 
 def progress_points(rows: list[dict], metric: str = "val_bpb", direction: str = "lower"):

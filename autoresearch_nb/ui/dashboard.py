@@ -16,11 +16,10 @@ import ipywidgets as widgets
 from .chart import progress_chart_png
 from .diffview import diff_html
 from .loss_curve import loss_curve_png
-from .text import STATUS_WORDS, ablation_text, duration, header_lines, row_cells, summarize, table_line, verdict_text
+from ..lab.words import STATUS_COLOURS, STATUS_WORDS, duration
+from .text import ablation_text, header_lines, row_cells, summarize, table_line, verdict_text
 
 ENDED_STATES = ("stopped", "finished", "error")
-STATUS_COLOURS = {"keep": "#1a7f37", "discard": "#57606a", "crash": "#cf222e",
-                  "rejected": "#9a6700", "interrupted": "#cf222e", "disturbed": "#bc4c00"}
 # Monospace rows make the Select read as a table; a style tag is the one way to reach a
 # core widget's inner <select> without a custom widget (which Colab would not load).
 TABLE_STYLE = ("<style>.arnb-table select{font-family:ui-monospace,Menlo,Consolas,monospace;"
@@ -285,7 +284,7 @@ class Dashboard:
         budget = current.get("budget") or self.view.info.get("budget")
         label = f"{progress:.0%} of the budget"
         if elapsed is not None:
-            label += f" · {duration(elapsed)}" + (f" / {duration(budget)}" if budget else "")
+            label += f" · {duration(elapsed, compact=True)}" + (f" / {duration(budget, compact=True)}" if budget else "")
         self.progress_label.value = label
         losses = current["losses"]
         now = time.monotonic()

@@ -1,16 +1,8 @@
 """Plain-text views of a run (terminal IPython, `status`) and the header facts the dashboard shares."""
 from __future__ import annotations
 
-from .. import facts
-from ..facts import STATUSES
-
-STATUS_WORDS = {"keep": "kept", "discard": "discarded", "crash": "crashed",
-                "rejected": "rejected", "interrupted": "interrupted", "disturbed": "disturbed"}
-
-
-def metric_of(row: dict, metric: str = "val_bpb") -> float | None:
-    """The row's metric, or None when the experiment produced none (crash, rejected, 0.0)."""
-    return facts.value(row, metric)
+from ..judge import facts
+from ..lab.words import STATUS_WORDS, STATUSES, duration, profile_name
 
 
 def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: str = "lower") -> dict:
@@ -21,29 +13,12 @@ def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: 
     return found
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
-
-
-def _profile_name(profile) -> str:
-    if isinstance(profile, dict):
-        return str(profile.get("name") or profile.get("profile") or "")
-    return str(profile or "")
-
-
 def header_lines(found: dict) -> list[str]:
     """Short lines: who runs on what, the tally, the values with their intervals, the pace."""
     who = found["agent"] or "agent"
     if found.get("model"):
         who += f" ({found['model']})"
-    profile, device = _profile_name(found.get("profile")), str(found.get("device") or "")
+    profile, device = profile_name(found.get("profile")), str(found.get("device") or "")
     where = f"profile {profile}" if profile else ""
     if device and device != profile:
         where = f"{where} on {device}" if where else device
@@ -77,7 +52,7 @@ def header_lines(found: dict) -> list[str]:
         pace.append(f"{found['per_hour']:.1f} runs/h")
     pace.append(f"cost ${found['cost_usd']:.2f}")
     if found["eta_s"] is not None:
-        pace.append(f"ETA {duration(found['eta_s'])}")
+        pace.append(f"ETA {duration(found['eta_s'], compact=True)}")
     if found.get("segments", 1) > 1:
         pace.append(f"segment {found['segment']} since #{found['segment_start']} (earlier numbers not compared)")
     lines.append(" · ".join(pace))
@@ -87,7 +62,7 @@ def header_lines(found: dict) -> list[str]:
 def row_cells(row: dict, metric: str = "val_bpb") -> tuple[str, str, str, str]:
     """(number, status, metric, description) as the table shows them; a disturbed run shows its
     number, which was not judged."""
-    value = metric_of(row, metric)
+    value = facts.value(row, metric)
     status = row.get("status", "?")
     if status == "disturbed" and isinstance(row.get(metric), (int, float)):
         value = float(row[metric])

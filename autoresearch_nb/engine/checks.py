@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import ast
 
-from .audit import audit_source, fingerprint, only_seeds_changed
-from .lab import Lab
+from ..run.audit import audit_source, fingerprint, only_seeds_changed
+from ..lab.lab import Lab
 
 
 def fixed_exports(lab: Lab) -> set[str]:

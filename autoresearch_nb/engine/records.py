@@ -1,9 +1,9 @@
 """Ledger rows made from what the loop knows: a run's result, a track, a rejected draft."""
 from __future__ import annotations
 
-from .disturbance import others_load
+from ..run.disturbance import others_load
 from .inflight import now_iso
-from .runner import RunResult
+from ..run.runner import RunResult
 
 SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                   "total_tokens_M", "num_steps", "num_params_M", "depth")

@@ -20,8 +20,7 @@ from typing import Callable
 from . import proctime
 from . import sandbox as sandboxing
 from .boundary import ProtectedFiles
-from .summary import (SummaryReader, budget_limit, classify_failure, format_summary,  # noqa: F401
-                      parse_step, parse_summary)  # parse_summary: callers read it here too
+from .summary import SummaryReader, budget_limit, classify_failure, format_summary, parse_step, parse_summary  # parse_summary: callers read it here too
 
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import git
 
-from . import facts
-from .errors import LabError
-from .reapply import reapply
+from ..judge import facts
+from ..errors import LabError
+from ..lab.reapply import reapply
 from .records import base_row
 
 DEFAULT_REPEATS = 2

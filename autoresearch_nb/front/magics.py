@@ -12,10 +12,10 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import HTML, Markdown, display
 
-from .errors import LabError
+from ..errors import LabError
 from .magic_args import help_text, parse
-from .ui.diffview import diff_html
-from .ui.text import ablation_text, experiment_text, header_lines, status_text, summarize
+from ..ui.diffview import diff_html
+from ..ui.text import ablation_text, experiment_text, header_lines, status_text, summarize
 
 DEFAULT_LAB = "autoresearch-lab"
 SHUTDOWN_WAIT_S = 3.0   # jupyter_client kills a kernel that has not exited 5 s after shutdown
@@ -99,7 +99,7 @@ class AutoresearchMagics(Magics):
             display(rich)
 
     def _lab(self, path=None, create: bool = False):
-        from .lab import Lab, init_lab
+        from ..lab.lab import Lab, init_lab
 
         lab_dir = Path(path).expanduser() if path else CURRENT.lab_dir
         if create and not lab_dir.exists():
@@ -136,7 +136,7 @@ class AutoresearchMagics(Magics):
 
     # -- subcommands ---------------------------------------------------------------------------
     def _do_init(self, args):
-        from .lab import init_lab
+        from ..lab.lab import init_lab
 
         lab, created = init_lab(Path(args.dir or CURRENT.lab_dir).expanduser(), profile=args.profile, data=args.data)
         CURRENT.lab_dir = Path(lab.root)
@@ -144,7 +144,7 @@ class AutoresearchMagics(Magics):
         print(f"{state} in {lab.root}. Write the charter with %%program, then %autoresearch start.")
 
     def _do_start(self, args):
-        from .session import RunOptions, Session
+        from ..engine.session import RunOptions, Session
 
         if CURRENT.alive:
             raise UsageError(f"a run is already going in this kernel (lab {CURRENT.lab_dir}): "
@@ -161,7 +161,7 @@ class AutoresearchMagics(Magics):
         self._launch(Session(options), lab, f"Started a run in {lab.root} ({args.agent} agent).")
 
     def _do_ablate(self, args):
-        from .session import RunOptions, Session
+        from ..engine.session import RunOptions, Session
 
         if CURRENT.alive:
             raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
@@ -196,7 +196,7 @@ class AutoresearchMagics(Magics):
                   "current experiment.")
 
     def _dashboard(self, session, lab):
-        from .ui.dashboard import Dashboard
+        from ..ui.dashboard import Dashboard
 
         metric, direction = self._metric(lab)
         return Dashboard(session.snapshot(), metric=metric, direction=direction,
@@ -283,7 +283,7 @@ class AutoresearchMagics(Magics):
         print("\n".join(header_lines(facts)))
 
     def _do_show(self, args):
-        from .ui.dashboard import experiment_html
+        from ..ui.dashboard import experiment_html
 
         lab = self._lab()
         metric, _ = self._metric(lab)
@@ -330,7 +330,7 @@ class AutoresearchMagics(Magics):
         print(f"Noted in {lab.steering_path}: the next run's agent reads it.")
 
     def _do_check(self, args):
-        from .labcheck import report
+        from ..lab.labcheck import report
 
         if CURRENT.alive:
             raise UsageError("a run is under way: the lab is checked at rest (%autoresearch wait, then check)")
@@ -338,7 +338,7 @@ class AutoresearchMagics(Magics):
         print(text if holds else f"The lab breaks {len(text.splitlines())} invariant(s):\n{text}")
 
     def _do_export(self, args):
-        from .export import export_lab
+        from ..report.export import export_lab
 
         lab = self._lab()
         path = export_lab(lab.root, out_path=args.path, html=args.html)

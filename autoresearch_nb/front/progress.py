@@ -5,11 +5,10 @@ import sys
 
 from tqdm import tqdm
 
-from .events import Event
-from .facts import summary
+from ..engine.events import Event
+from ..judge.facts import summary
+from ..lab.words import STATUS_MARK
 
-STATUS_MARK = {"keep": "keep   ", "discard": "discard", "crash": "crash  ", "rejected": "reject ",
-               "interrupted": "interr.", "disturbed": "disturb"}
 
 
 def result_line(row: dict, best_before: float | None) -> str:

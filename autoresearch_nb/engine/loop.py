@@ -16,20 +16,22 @@ import threading
 import time
 from dataclasses import dataclass, field, replace
 
-from . import facts, inflight, plan, sandbox
-from .agents.base import Agent, ProposalError
+from ..judge import facts, plan
+from . import inflight
+from ..run import sandbox
+from ..agents.base import Agent, ProposalError
 from .checks import fixed_exports
-from .disturbance import detect
+from ..run.disturbance import detect
 from .drafter import Drafter
-from .errors import LabError
+from ..errors import LabError
 from .events import EventBus
 from .inflight import State, crashpoint, now_iso
-from .lab import Lab
+from ..lab.lab import Lab
 from .records import base_row, result_fields
 from .scheduling import BASE_SEED, MAX_REJECTED_IN_A_ROW, SEED_STEP, Scheduling  # noqa: F401  (read here too)
 from .tracks import Track
 from .verdicts import Verdicts
-from .workers import LocalPool, timeout_for  # noqa: F401  (timeout_for: callers read it here too)
+from ..run.workers import LocalPool, timeout_for  # noqa: F401  (timeout_for: callers read it here too)
 
 MAX_BASELINE_FAILURES = 3
 AGENT_OUTAGE_WAITS = (30.0, 60.0, 120.0)

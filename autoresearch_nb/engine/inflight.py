@@ -14,8 +14,8 @@ import signal
 import time
 from dataclasses import dataclass, field
 
-from . import proctime
-from .lab import Lab
+from ..run import proctime
+from ..lab.lab import Lab
 from .tracks import Draft, Track
 
 FORMAT = 2
@@ -108,7 +108,7 @@ def end_orphan(job: dict | None) -> None:
 
 def append(lab: Lab, rows: list[dict], row: dict) -> dict:
     """Append a row with the next index and the value to beat after it."""
-    from .facts import value_to_beat
+    from ..judge.facts import value_to_beat
 
     row["index"] = len(rows)
     best = value_to_beat(rows + [row])
@@ -136,7 +136,7 @@ def recover(lab: Lab) -> State:
         track.job = None                 # re-queued: it runs again, once, in the resumed run
         kept.append(track)
     state.tracks = kept
-    from .worktrees import Worktrees
+    from ..lab.worktrees import Worktrees
 
     Worktrees(lab).remove_all()
     lab.reset(lab.head())

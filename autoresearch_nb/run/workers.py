@@ -14,7 +14,7 @@ from typing import Callable
 
 from . import boundary, sandbox
 from .runner import RunResult, Runner, clean_environment
-from .worktrees import Worktrees
+from ..lab.worktrees import Worktrees
 
 
 def timeout_for(budget: float, profile: str, allowance: float | None = None, clock: str = "wall") -> float:

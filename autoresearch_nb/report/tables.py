@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import html
 
-from . import facts
-from .analysis import (duration, metric_of, profile_name, row_seconds, status_counts, time_and_money,
-                       value_of, wall_time)
+from ..judge import facts
+from .figures import duration, metric_of, profile_name, row_seconds, status_counts, time_and_money, wall_time
 
 
 def rich(html_text: str, plain: str) -> dict:
@@ -16,7 +15,7 @@ def rich(html_text: str, plain: str) -> dict:
 def diff_display(diff: str) -> dict:
     """A unified diff highlighted as the dashboard shows it (inline styles survive GitHub,
     nbviewer and Colab), with the plain diff for everything else."""
-    from .ui.diffview import diff_html
+    from ..ui.diffview import diff_html
 
     return rich(diff_html(diff or "", max_height="none"), diff or "no changes")
 
@@ -44,7 +43,7 @@ def experiments_table(record: dict) -> dict:
     best_after = dict(facts.running_best(rows, metric))
     cells, best = [], None
     for position, row in enumerate(rows):
-        value = value_of(row, metric)
+        value = facts.value(row, metric)
         if value is None and row.get("status") == "disturbed" and isinstance(row.get(metric), (int, float)):
             value = float(row[metric])
         delta = "" if value is None or best is None else f"{value - best:+.6f}"

@@ -9,14 +9,15 @@ from __future__ import annotations
 import queue
 import time
 
-from . import facts, plan, proctime
-from .audit import fingerprint
+from ..judge import facts, plan
+from ..run import proctime
+from ..run.audit import fingerprint
 from .checks import validate
 from .context import build_context
 from .describe import describe_change
 from .inflight import crashpoint, now_iso
-from .agents.base import Context
-from .reapply import reapply
+from ..agents.base import Context
+from ..lab.reapply import reapply
 from .records import base_row
 from .tracks import Draft, Job, Track
 

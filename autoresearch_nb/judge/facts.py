@@ -18,10 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .judge import Estimate, Noise, Pairing, estimate, estimate_noise, gain, gain_interval
-from .ledger import RAN_STATUSES
+from ..lab.words import CLEAN_STATUSES, RAN_STATUSES, STATUSES  # noqa: F401  (read here by the judge's callers too)
 
-CLEAN_STATUSES = ("keep", "discard")
-STATUSES = ("keep", "discard", "crash", "rejected", "interrupted", "disturbed")
 MEASUREMENT_ROLES = ("baseline", "noise", "confirm", "remeasure", "ablation")
 CANDIDATE_ROLES = ("experiment", "confirm")
 LOAD_TOLERANCE = 0.5      # cores: a busy neighbour (one core) moves values by more than a paired spread

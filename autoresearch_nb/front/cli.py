@@ -7,10 +7,10 @@ import subprocess
 import sys
 import time
 
-from .errors import LabError
-from .analysis import read_json
-from .lab import DEFAULT_DIR, Lab, init_lab, template_dir
-from .ui.text import ablation_text, status_text
+from ..errors import LabError
+from ..report.record import read_json
+from ..lab.lab import DEFAULT_DIR, Lab, init_lab, template_dir
+from ..ui.text import ablation_text, status_text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,7 +138,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .session import RunOptions, Session
+    from ..engine.session import RunOptions, Session
 
     options = RunOptions(lab=args.lab, agent=args.agent, model=args.model, budget=args.budget,
                          max_experiments=args.max_experiments, tag=args.tag, policy=args.policy,
@@ -155,7 +155,7 @@ def gpu_list(text: str | None) -> list[str] | None:
 
 
 def cmd_ablate(args) -> int:
-    from .session import RunOptions, Session
+    from ..engine.session import RunOptions, Session
 
     options = RunOptions(lab=args.lab, ablate=args.repeats, rebaseline=args.rebaseline)
     code = drive(Session(options))
@@ -221,7 +221,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from .labcheck import report
+    from ..lab.labcheck import report
 
     holds, text = report(Lab.open(args.lab))
     print(text)
@@ -241,7 +241,7 @@ def cmd_steer(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import export_lab
+    from ..report.export import export_lab
 
     path = export_lab(args.lab, args.output, html=args.html)
     print(f"wrote {path}")

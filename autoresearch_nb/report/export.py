@@ -8,8 +8,10 @@ from pathlib import Path
 
 import nbformat
 
-from .analysis import best_row, kept_changes, lab_record, metric_of
-from .errors import LabError
+from ..judge.facts import best_row
+from .figures import kept_changes, metric_of
+from .record import lab_record
+from ..errors import LabError
 from .export_cells import build_notebook
 
 CELL_TIMEOUT_S = 300
@@ -62,7 +64,7 @@ def collect_record(root: Path) -> dict:
     for change in kept_changes(rows, metric, direction):
         row = by_index.get(change["index"], {})
         record["diffs"][str(change["index"])] = change_diff(repo, row, allowed)
-    best = best_row(rows, metric, direction)
+    best = best_row(rows)
     record["best_index"] = best.get("index") if best else None
     # the best kept commit; before any keep, what experiment 0 ran (never the working tree,
     # which holds the in-flight experiment's code while a run is going)

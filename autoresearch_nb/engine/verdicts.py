@@ -5,9 +5,9 @@ A mixin of ResearchLoop (loop.py); the statistics are judge.py's, the schedule p
 """
 from __future__ import annotations
 
-from . import plan
+from ..judge import plan
 from .inflight import crashpoint
-from .reapply import reapply
+from ..lab.reapply import reapply
 from .records import settle
 from .tracks import Track
 

@@ -7,9 +7,12 @@ import sys
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from . import __version__, facts
-from .analysis import (RECORD_CLOSE, RECORD_OPEN, best_row, kept_changes, metric_of, number,
-                       progress_note)
+from ..version import __version__
+from ..judge import facts
+from ..judge.facts import best_row
+from .figures import kept_changes, metric_of
+from .record import RECORD_CLOSE, RECORD_OPEN
+from .tables import number, progress_note
 
 RECORD_TAG = "autoresearch-record"
 
@@ -28,7 +31,7 @@ REPRODUCE = '''\
 import os, pathlib, subprocess, sys, tempfile
 REPRODUCE = os.environ.get("AUTORESEARCH_REPRODUCE") == "1"
 run_info, config = RECORD["run"], RECORD["config"]
-best = analysis.best_row(RECORD["rows"], METRIC, DIRECTION) or {}
+best = analysis.best_row(RECORD["rows"]) or {}
 profile = analysis.profile_name(run_info.get("profile") or config.get("profile"))
 prepare_args = ["--data", str(config.get("data") or "builtin")] + (
     ["--profile", profile] if profile else []) + (["--byte-level"] if config.get("byte_level") else [])
@@ -64,7 +67,7 @@ def build_notebook(record: dict) -> nbformat.NotebookNode:
     """The whole results notebook, unexecuted."""
     metric, direction = metric_of(record)
     rows = record.get("rows") or []
-    best = best_row(rows, metric, direction)
+    best = best_row(rows)
     run = record.get("run") or {}
     title = f"# autoresearch results: {record.get('lab', 'lab')}"
     if run.get("tag"):

@@ -1,8 +1,8 @@
 """What an agent is shown before proposing: the charter, the code, the history, the journal, the notes."""
 from __future__ import annotations
 
-from .agents.base import Context
-from .lab import Lab
+from ..agents.base import Context
+from ..lab.lab import Lab
 
 
 def build_context(lab: Lab, index: int, rows: list[dict], best: dict | None, best_score: float | None,

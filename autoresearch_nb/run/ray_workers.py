@@ -30,7 +30,7 @@ def _ray():
     try:
         import ray
     except ImportError:
-        from .errors import LabError
+        from ..errors import LabError
 
         raise LabError("--ray needs Ray: pip install 'autoresearch-nb[ray]'") from None
     return ray
@@ -151,7 +151,7 @@ class RayPool:
                 try:
                     ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
                 except ConnectionError as error:
-                    from .errors import LabError
+                    from ..errors import LabError
 
                     raise LabError(
                         f"could not join the Ray cluster at {address} ({error}). Is it running (`ray status`)? "
@@ -206,7 +206,7 @@ class RayPool:
         facts = [ray.get(actor.probe.remote(files, lab.config)) for actor in self.actors]
         kinds = {f.get("device_name") for f in facts}
         if len(kinds) > 1:
-            from .errors import LabError
+            from ..errors import LabError
 
             raise LabError(f"the Ray workers have different devices ({', '.join(sorted(map(str, kinds)))}): "
                            "numbers are only compared on one kind; give the run workers of one kind")

@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 
-from .agents.base import Agent, ProposalError
+from ..agents.base import Agent, ProposalError
 from .inflight import now_iso
 from .tracks import Draft
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import git
 
-from . import __version__
-from .errors import LabError
+from ..version import __version__
+from ..errors import LabError
 from .ledger import parse_rows, results_text, row_line
 from .recordkeeper import RecordKeeper
 
@@ -25,10 +25,11 @@ IDENTITY = {"user.name": "autoresearch-nb", "user.email": "autoresearch-nb@local
 
 def template_dir() -> Path:
     """Where program.md and nanochat/ live: inside the installed wheel, or the source checkout."""
-    packaged = Path(__file__).parent / "template"
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / "template"
     if (packaged / "nanochat" / "train.py").exists():
         return packaged
-    source = Path(__file__).resolve().parent.parent
+    source = package.parent
     if (source / "nanochat" / "train.py").exists():
         return source
     raise LabError("the packaged template is missing: reinstall autoresearch-nb")

@@ -11,15 +11,15 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from . import conditions, facts
-from .agents import AGENTS, make_agent
-from .errors import LabError
+from ..judge import conditions, facts
+from ..agents import AGENTS, make_agent
+from ..errors import LabError
 from .events import Event, EventBus
-from .lab import DEFAULT_DIR, Lab
+from ..lab.lab import DEFAULT_DIR, Lab
 from .inflight import now_iso
 from .loop import LoopOptions, ResearchLoop
-from . import sandbox
-from .runner import clean_environment
+from ..run import sandbox
+from ..run.runner import clean_environment
 
 POLICIES = ("noise", "greedy")
 LOSS_POINTS = 600
@@ -296,7 +296,7 @@ class Session:
         """Ray actors as the workers when --ray is given (the extra autoresearch-nb[ray])."""
         if not self.options.ray:
             return None
-        from .ray_workers import RayPool
+        from ..run.ray_workers import RayPool
 
         return RayPool.connect(self.options.ray, self.options.workers, self.bus)
 

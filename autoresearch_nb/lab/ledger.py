@@ -19,8 +19,9 @@ import json
 import os
 from pathlib import Path
 
+from .words import RAN_STATUSES
+
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
-RAN_STATUSES = ("keep", "discard", "crash", "interrupted", "disturbed")  # used training time
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -1,0 +1,36 @@
+"""The lab's vocabulary, one home: the statuses a row can have, how each is said, marked and coloured,
+which count as failures, and how durations and profiles are written. Every front end reads it here."""
+from __future__ import annotations
+
+STATUSES = ("keep", "discard", "crash", "rejected", "interrupted", "disturbed")
+CLEAN_STATUSES = ("keep", "discard")                                    # a judged, comparable number
+RAN_STATUSES = ("keep", "discard", "crash", "interrupted", "disturbed")  # used training time
+FAILED_STATUSES = ("crash", "rejected", "interrupted")                 # grouped as failures, by kind
+
+STATUS_WORDS = {"keep": "kept", "discard": "discarded", "crash": "crashed",
+                "rejected": "rejected", "interrupted": "interrupted", "disturbed": "disturbed"}
+STATUS_MARK = {"keep": "keep   ", "discard": "discard", "crash": "crash  ", "rejected": "reject ",
+               "interrupted": "interr.", "disturbed": "disturb"}  # the terminal's fixed-width column
+STATUS_COLOURS = {"keep": "#1a7f37", "discard": "#8c959f", "crash": "#cf222e",
+                  "rejected": "#9a6700", "interrupted": "#cf222e", "disturbed": "#bc4c00"}
+
+
+def duration(seconds: float | None, compact: bool = False) -> str:
+    """"1 h 05 min", "4 min 07 s", "9 s"; compact (a dashboard's narrow line): "1h05m", "4m07s", "9s"."""
+    if seconds is None:
+        return "-" if compact else "unknown"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if compact:
+        return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def profile_name(profile) -> str:
+    """The profile's name whether a record holds the name or the profile's facts."""
+    if isinstance(profile, dict):
+        return str(profile.get("name") or profile.get("profile") or "")
+    return str(profile or "")

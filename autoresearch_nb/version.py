@@ -1,0 +1,2 @@
+"""The package's version, alone, so any layer can read it without importing the others."""
+__version__ = "0.1.0"
