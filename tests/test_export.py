@@ -289,3 +289,20 @@ def test_kept_changes_are_measured_against_the_best_before_them():
     assert [c["index"] for c in analysis.ranked_by_gain(changes)] == [3, 1]
     higher = [dict(status="keep", val_bpb=0.5, role="baseline"), dict(status="keep", val_bpb=0.7)]
     assert round(analysis.kept_changes(higher, direction="higher")[0]["gain"], 6) == 0.2
+
+
+def test_a_notebook_exported_by_release_0_1_0_still_re_executes(tmp_path):
+    """Notebooks people keep were written by earlier versions: they call the flat
+    `from autoresearch_nb import analysis` and its old signatures (best_row with a metric and direction)."""
+    exported = nbformat.read(Path(__file__).parent / "fixtures" / "results-0.1.0.ipynb", as_version=4)
+    sources = "\n".join(cell.source for cell in exported.cells)
+    assert "from autoresearch_nb import analysis" in sources and "best_row(RECORD[\"rows\"], METRIC, DIRECTION)" in sources
+    assert "autoresearch-nb 0.1.0" in sources
+    execute(exported)
+    assert not errors(exported), errors(exported)
+    assert len(images(exported)) == 1
+    text = outputs_text(exported)
+    record = analysis.load(Path(__file__).parent / "fixtures" / "results-0.1.0.ipynb")
+    for row in record["rows"]:
+        assert row["description"] in text
+    assert "(skipped: set REPRODUCE = True to train it)" in text
