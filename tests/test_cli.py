@@ -243,3 +243,24 @@ def test_each_run_is_evaluated_in_a_second_process_from_what_it_handed_over(real
         assert f"val_bpb:          {row['val_bpb']:.6f}" in log.split("the run's summary")[1]
         handed = lab.state_dir / "runs" / f"run-{row['job']:05d}"
         assert (handed / "handover.json").exists() and not (handed / "model.pt2").exists()
+
+
+def _flags(parser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings} - {"-h", "--help"}
+
+
+def test_the_cli_and_the_magic_take_the_same_run_options():
+    from autoresearch_nb.front.cli import build_parser
+    from autoresearch_nb.front.magic_args import COMMANDS, parse
+    from autoresearch_nb.front.options import run_options
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    started = {name: parser for name, parser, _ in COMMANDS.listed}
+    assert _flags(commands["run"]) == _flags(started["start"])
+    assert _flags(commands["ablate"]) == _flags(started["ablate"])
+    line = "start --noise-runs 3 --seed 7 --gpus 0,1 --policy greedy --depth 0"
+    from_magic = run_options(parse(line)[0], "lab")
+    from_cli = run_options(build_parser().parse_args(["run", *line.split()[1:]]), "lab")
+    assert from_magic == from_cli
+    assert (from_magic.noise_runs, from_magic.seed, from_magic.gpus, from_magic.policy, from_magic.depth) == \
+        (3, 7, ["0", "1"], "greedy", 0)

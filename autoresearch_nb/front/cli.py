@@ -11,6 +11,7 @@ from ..errors import LabError
 from ..report.record import read_json
 from ..lab.lab import DEFAULT_DIR, Lab, init_lab, template_dir
 from ..ui.text import ablation_text, status_text
+from .options import ABLATE, PROFILES, RUN, add_options, run_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,24 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("init", help="create a lab (a git repo made from the template)")
     p.add_argument("dir", nargs="?", default=DEFAULT_DIR)
-    p.add_argument("--profile", default="auto", choices=["auto", "cpu", "mps", "cuda", "tiny"])
+    p.add_argument("--profile", default="auto", choices=PROFILES)
     p.add_argument("--data", default="builtin", help="builtin, tinystories, fineweb-edu, or a path")
     p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment")
 
     p = sub.add_parser("prepare", help="download/build the data and train the tokenizer")
     p.add_argument("--lab", default=None, help="prepare for this lab (and record the data choice in it)")
     p.add_argument("--data", default=None, help="builtin, tinystories, fineweb-edu, or a path")
-    p.add_argument("--profile", default=None, choices=["auto", "cpu", "mps", "cuda", "tiny"])
+    p.add_argument("--profile", default=None, choices=PROFILES)
     p.add_argument("--byte-level", action="store_true", help="raw bytes instead of a BPE tokenizer")
     p.add_argument("--shards", type=int, default=1, help="training shards to download (hub sources)")
 
     p = sub.add_parser("run", help="run the research loop")
-    add_run_options(p)
+    p.add_argument("--lab", default=DEFAULT_DIR)
+    add_options(p, RUN)
 
     p = sub.add_parser("ablate", help="measure each kept change's own contribution to the best")
     p.add_argument("--lab", default=DEFAULT_DIR)
-    p.add_argument("--repeats", type=int, default=2, help="clean runs of the best without each change")
-    p.add_argument("--rebaseline", action="store_true", help="conditions changed: measure the best again first")
+    add_options(p, ABLATE)
 
     p = sub.add_parser("status", help="the experiments so far, the best result, counts by status")
     p.add_argument("--lab", default=DEFAULT_DIR)
@@ -55,44 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default=None)
     p.add_argument("--html", action="store_true", help="also render HTML")
     return parser
-
-
-def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lab", default=DEFAULT_DIR)
-    p.add_argument("--agent", default="heuristic", help="heuristic (offline), claude, openai or command")
-    p.add_argument("--model", default=None, help="the LLM for claude/openai")
-    p.add_argument("--base-url", default=None, help="OpenAI-compatible endpoint (openai agent)")
-    p.add_argument("--command", dest="agent_command", default=None, metavar="CMD", help=(
-        "the coding-agent CLI of --agent command. It runs in a scratch git copy of the lab "
-        "(allowed files editable, locked ones read-only); what it changes in allowed files is the "
-        "proposal. In CMD, {prompt_file} becomes the prompt's path (stdin is then empty; "
-        "otherwise the prompt comes on stdin) and {description_file} the file for its one-line "
-        "description (or it prints a line 'DESCRIPTION: ...'); both paths are also in "
-        "$AUTORESEARCH_PROMPT_FILE and $AUTORESEARCH_DESCRIPTION_FILE. Recipes for aider, "
-        "claude -p and codex exec: README"))
-    p.add_argument("--agent-timeout", type=float, default=None, metavar="S",
-                   help="seconds the command agent may take per proposal before it is killed (default 900)")
-    p.add_argument("--budget", type=float, default=None, help="seconds of training per experiment")
-    p.add_argument("--max-experiments", type=int, default=None,
-                   help="bound on runs (baseline repeats and confirmations included; "
-                        "runs disturbed from outside are run again and not counted)")
-    p.add_argument("--tag", default=None, help="run name; the branch is autoresearch/<tag> (default: the date)")
-    p.add_argument("--policy", default="noise", choices=["noise", "greedy"])
-    p.add_argument("--noise-runs", type=int, default=2, help="extra baseline runs that measure the noise")
-    p.add_argument("--max-cost", type=float, default=None, help="stop before spending more USD on the agent")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue the lab's run after a stop or a crash")
-    p.add_argument("--rebaseline", action="store_true",
-                   help="resume under other conditions (budget, data, device...): measure the best again "
-                        "and start a new comparison segment")
-    p.add_argument("--workers", type=int, default=1,
-                   help="experiments at once (on a CPU: slots sharing the cores; on GPUs use --gpus)")
-    p.add_argument("--gpus", default=None, help="one worker per CUDA device, e.g. --gpus 0,1,2,3")
-    p.add_argument("--depth", type=int, default=1,
-                   help="proposals the agent drafts ahead while experiments train (0: one after another)")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="run the workers as Ray actors, one GPU each: auto, or a cluster address "
-                        "(pip install autoresearch-nb[ray])")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,27 +101,15 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ..engine.session import RunOptions, Session
+    from ..engine.session import Session
 
-    options = RunOptions(lab=args.lab, agent=args.agent, model=args.model, budget=args.budget,
-                         max_experiments=args.max_experiments, tag=args.tag, policy=args.policy,
-                         max_cost=args.max_cost, resume=args.resume, base_url=args.base_url,
-                         command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed,
-                         rebaseline=args.rebaseline, agent_timeout=args.agent_timeout, workers=args.workers,
-                         gpus=gpu_list(args.gpus), depth=args.depth, ray=args.ray)
-    return drive(Session(options))
-
-
-def gpu_list(text: str | None) -> list[str] | None:
-    """"0,1,2" -> ["0", "1", "2"]; session.check_options says what is wrong with a bad list."""
-    return None if text is None else [part.strip() for part in text.split(",")]
+    return drive(Session(run_options(args, args.lab)))
 
 
 def cmd_ablate(args) -> int:
-    from ..engine.session import RunOptions, Session
+    from ..engine.session import Session
 
-    options = RunOptions(lab=args.lab, ablate=args.repeats, rebaseline=args.rebaseline)
-    code = drive(Session(options))
+    code = drive(Session(run_options(args, args.lab)))
     if code == 0:
         lab = Lab.open(args.lab)
         print(ablation_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")))

@@ -9,6 +9,8 @@ import textwrap
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
+from .options import ABLATE, PROFILES, RUN, add_options
+
 
 class _Commands:
     """The subcommands, in order, with plain argparse formatting (IPython's formatter adds
@@ -30,38 +32,16 @@ def build_parser() -> tuple[MagicArgumentParser, _Commands]:
     commands = _Commands(parser.add_subparsers(dest="subcommand", metavar="COMMAND"))
     init = commands.add_parser("init", help="create a lab (default ./autoresearch-lab)")
     init.add_argument("dir", nargs="?", metavar="DIR", help="where to create it")
-    init.add_argument("--profile", default="auto", choices=["auto", "cpu", "mps", "cuda", "tiny"],
+    init.add_argument("--profile", default="auto", choices=PROFILES,
                       help="hardware profile (default: picked from the hardware)")
     init.add_argument("--data", default="builtin", metavar="SOURCE",
                       help="builtin, tinystories, fineweb-edu, or a path")
     start = commands.add_parser("start", help="start a run in the background and show the dashboard")
     start.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
-    start.add_argument("--agent", default="heuristic", metavar="NAME",
-                       help="heuristic (offline baseline), claude, openai or command")
-    start.add_argument("--model", metavar="NAME", help="the agent's model")
-    start.add_argument("--budget", type=float, metavar="S", help="training seconds per experiment")
-    start.add_argument("--max-experiments", type=int, metavar="N", help="stop after this many experiments")
-    start.add_argument("--tag", help="names the run's branch autoresearch/<tag>")
-    start.add_argument("--policy", choices=("noise", "greedy"), default="noise",
-                       help="noise: keep gains that stand clear of seed noise; greedy: any gain")
-    start.add_argument("--max-cost", type=float, metavar="USD", help="stop when the agent has spent this many USD")
-    start.add_argument("--resume", action="store_true", help="continue the lab's last run")
-    start.add_argument("--base-url", metavar="URL", help="the agent API's base URL")
-    start.add_argument("--command", dest="agent_command", metavar="CMD",
-                       help="the command agent's CLI, e.g. \"claude -p\" (recipes: README)")
-    start.add_argument("--agent-timeout", type=float, metavar="S",
-                       help="seconds the command agent may take per proposal (default 900)")
-    start.add_argument("--workers", type=int, default=1, metavar="N", help="experiments at once (CPU slots)")
-    start.add_argument("--gpus", metavar="LIST", help="one worker per CUDA device, e.g. 0,1,2,3")
-    start.add_argument("--depth", type=int, default=1, metavar="N",
-                       help="proposals drafted ahead while experiments train (0: one after another)")
-    start.add_argument("--ray", metavar="ADDRESS", help="workers as Ray actors: auto or a cluster address")
-    start.add_argument("--rebaseline", action="store_true",
-                       help="resume under other conditions: measure the best again, start a new segment")
+    add_options(start, RUN)
     ablate = commands.add_parser("ablate", help="measure each kept change's own contribution to the best")
     ablate.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
-    ablate.add_argument("--repeats", type=int, default=2, metavar="N", help="clean runs without each change")
-    ablate.add_argument("--rebaseline", action="store_true", help="conditions changed: measure the best again first")
+    add_options(ablate, ABLATE)
     stop = commands.add_parser("stop", help="stop after the current experiment")
     stop.add_argument("--now", action="store_true", help="kill the current experiment (recorded)")
     commands.add_parser("pause", help="hold before the next experiment")

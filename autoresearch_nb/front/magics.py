@@ -14,6 +14,7 @@ from IPython.display import HTML, Markdown, display
 
 from ..errors import LabError
 from .magic_args import help_text, parse
+from .options import run_options
 from ..ui.diffview import diff_html
 from ..ui.text import ablation_text, experiment_text, header_lines, status_text, summarize
 
@@ -144,30 +145,24 @@ class AutoresearchMagics(Magics):
         print(f"{state} in {lab.root}. Write the charter with %%program, then %autoresearch start.")
 
     def _do_start(self, args):
-        from ..engine.session import RunOptions, Session
+        from ..engine.session import Session
 
         if CURRENT.alive:
             raise UsageError(f"a run is already going in this kernel (lab {CURRENT.lab_dir}): "
                              "%autoresearch status shows it, %autoresearch stop ends it "
                              "(--now kills the current experiment)")
         lab = self._lab(args.lab, create=not args.resume)
-        options = RunOptions(lab=str(lab.root), agent=args.agent, model=args.model,
-                             budget=args.budget, max_experiments=args.max_experiments,
-                             tag=args.tag, policy=args.policy, max_cost=args.max_cost,
-                             resume=args.resume, base_url=args.base_url,
-                             command=args.agent_command, rebaseline=args.rebaseline,
-                             agent_timeout=args.agent_timeout, workers=args.workers, depth=args.depth,
-                             gpus=[g.strip() for g in args.gpus.split(",")] if args.gpus else None, ray=args.ray)
+        options = run_options(args, str(lab.root))
         self._launch(Session(options), lab, f"Started a run in {lab.root} ({args.agent} agent).")
 
     def _do_ablate(self, args):
-        from ..engine.session import RunOptions, Session
+        from ..engine.session import Session
 
         if CURRENT.alive:
             raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
                              "then ablate")
         lab = self._lab(args.lab)
-        options = RunOptions(lab=str(lab.root), ablate=args.repeats, rebaseline=args.rebaseline)
+        options = run_options(args, str(lab.root))
         self._launch(Session(options), lab, f"Ablating the best of {lab.root} ({args.repeats} runs per change); "
                                             "%autoresearch status shows the table when it is done.")
 
