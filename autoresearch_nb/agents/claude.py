@@ -2,21 +2,19 @@
 from __future__ import annotations
 
 import os
-import random
-import time
 
 import anthropic
 
 from ..errors import LabError
 from . import pricing
-from .base import Agent, Context, Proposal, ProposalError
-from .edit_tools import EDITOR_TOOL_NAME, EDITOR_TOOL_TYPE, SUBMIT_DESCRIPTION, SUBMIT_SCHEMA, SUBMIT_TOOL_NAME, ScratchCopy, ToolSession
-from .prompting import files_block, situation_block, system_prompt, templated_lesson
+from .base import Context, ProposalError
+from .edit_tools import EDITOR_TOOL_NAME, EDITOR_TOOL_TYPE, SUBMIT_DESCRIPTION, SUBMIT_SCHEMA, SUBMIT_TOOL_NAME
+from .prompting import files_block, situation_block, system_prompt
+from .tool_loop import ToolCall, ToolLoopAgent
 
 # The newest Claude 4.x Sonnet: text_editor_20250728 is the editor version documented for 4.x.
 DEFAULT_MODEL = "claude-sonnet-4-6"
 MAX_OUTPUT_TOKENS = 16_000       # room to rewrite a whole train.py; non-streaming stays allowed
-MAX_BACKOFF_S = 60.0
 EPHEMERAL = {"type": "ephemeral"}
 NUDGE = ("Continue: make your change with the str_replace_based_edit_tool, then call "
          "submit_experiment. Reply with tool calls only.")
@@ -42,32 +40,15 @@ def find_api_key(explicit: str | None = None) -> str:
     raise LabError(API_KEY_HELP)
 
 
-def backoff_delay(attempt: int, base: float, error: Exception | None) -> float:
-    """Seconds to wait before retry `attempt`: the server's retry-after if given, else exponential."""
-    response = getattr(error, "response", None)
-    if response is not None:
-        header = response.headers.get("retry-after")
-        try:
-            if header is not None and 0 <= float(header) <= MAX_BACKOFF_S:
-                return float(header)
-        except ValueError:
-            pass
-    return min(MAX_BACKOFF_S, base * (2 ** attempt)) * random.uniform(0.75, 1.0)
-
-
-def is_retryable(error: Exception) -> bool:
-    """Rate limits, overload, server errors and timeouts pass; other client errors do not."""
-    if isinstance(error, anthropic.APIConnectionError):  # includes timeouts
-        return True
-    if isinstance(error, anthropic.APIStatusError):
-        return error.status_code in (408, 409, 429) or error.status_code >= 500
-    return False
-
-
-class ClaudeAgent(Agent):
+class ClaudeAgent(ToolLoopAgent):
     """Claude edits a scratch copy of the allowed files with tools and submits one experiment."""
 
     name = "claude"
+    speaker = "Claude"
+    service = "Anthropic API"
+    api_error = anthropic.APIError
+    connection_error = anthropic.APIConnectionError  # timeouts included
+    status_error = anthropic.APIStatusError
 
     def __init__(self, model: str | None = None, max_turns: int = 12, api_key: str | None = None,
                  base_url: str | None = None, max_retries: int = 6, retry_backoff: float = 2.0,
@@ -78,89 +59,52 @@ class ClaudeAgent(Agent):
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
         self.max_tokens = max_tokens
-        # Our own retry loop (below) replaces the SDK's: its waits top out at 8 s, too short to
-        # ride out an overload storm overnight, and ours reports the usage spent so far.
+        # The loop's own retries (tool_loop) replace the SDK's: its waits top out at 8 s, too short to
+        # ride out an overload storm overnight, and ours report the usage spent so far.
         self._client = anthropic.Anthropic(api_key=find_api_key(api_key), base_url=base_url,
                                            max_retries=0, timeout=timeout)
 
-    def propose(self, context: Context) -> Proposal:
-        session = ToolSession(ScratchCopy(context.files, context.allowed, context.locked,
-                                          context.lab_dir))
-        tally = pricing.UsageTally(self.model)
-        system = [{"type": "text", "text": system_prompt(context), "cache_control": EPHEMERAL}]
-        tools = [
-            {"type": EDITOR_TOOL_TYPE, "name": EDITOR_TOOL_NAME},
-            {"name": SUBMIT_TOOL_NAME, "description": SUBMIT_DESCRIPTION,
-             "input_schema": SUBMIT_SCHEMA, "cache_control": EPHEMERAL},
-        ]
+    def begin(self, context: Context) -> dict:
         # The files change only when an experiment is kept: a cache breakpoint after them lets
         # consecutive proposals share that prefix too.
-        messages = [{"role": "user", "content": [
-            {"type": "text", "text": files_block(context), "cache_control": EPHEMERAL},
-            {"type": "text", "text": situation_block(context)},
-        ]}]
-        for _ in range(self.max_turns):
-            response = self._create(tally, system=system, tools=tools,
-                                    messages=_with_moving_breakpoint(messages))
-            usage = response.usage
-            tally.add(usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens,
-                      usage.cache_creation_input_tokens)
-            messages.append({"role": "assistant",
-                             "content": [block.to_dict() for block in response.content]})
-            if response.stop_reason == "refusal":
-                raise ProposalError("Claude declined to propose an experiment", tally.as_dict())
-            calls = [block for block in response.content if block.type == "tool_use"]
-            if not calls:
-                messages.append({"role": "user", "content": NUDGE})
-                continue
-            session.begin_turn()
-            results = []
-            for call in calls:
-                text, is_error = session.call(call.name, call.input)
-                if is_error and response.stop_reason == "max_tokens":
-                    text += " (Your reply hit the output limit: prefer small str_replace edits.)"
-                results.append({"type": "tool_result", "tool_use_id": call.id,
-                                "content": text, "is_error": is_error})
-            if session.submission:
-                return self._finish(session, tally)
-            messages.append({"role": "user", "content": results})
-        raise ProposalError(f"Claude did not submit an experiment within {self.max_turns} turns",
-                            tally.as_dict())
+        return {"system": [{"type": "text", "text": system_prompt(context), "cache_control": EPHEMERAL}],
+                "tools": [{"type": EDITOR_TOOL_TYPE, "name": EDITOR_TOOL_NAME},
+                          {"name": SUBMIT_TOOL_NAME, "description": SUBMIT_DESCRIPTION,
+                           "input_schema": SUBMIT_SCHEMA, "cache_control": EPHEMERAL}],
+                "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": files_block(context), "cache_control": EPHEMERAL},
+                    {"type": "text", "text": situation_block(context)}]}]}
 
-    def _finish(self, session: ToolSession, tally: pricing.UsageTally) -> Proposal:
-        description, rationale = session.submission
-        files = session.scratch.changed_files()
-        if not files:
-            raise ProposalError(f"Claude submitted '{description}' without changing any file",
-                                tally.as_dict())
-        return Proposal(files=files, description=description, rationale=rationale,
-                        usage=tally.as_dict())
+    def ask(self, conversation: dict):
+        return self._client.messages.create(model=self.model, max_tokens=self.max_tokens,
+                                            system=conversation["system"], tools=conversation["tools"],
+                                            messages=_with_moving_breakpoint(conversation["messages"]))
 
-    def _create(self, tally: pricing.UsageTally, **request):
-        """One Messages call with retries; ProposalError(fatal) once they are spent."""
-        last_error: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(backoff_delay(attempt - 1, self.retry_backoff, last_error))
-            try:
-                return self._client.messages.create(model=self.model, max_tokens=self.max_tokens,
-                                                    **request)
-            except anthropic.APIError as error:
-                if not is_retryable(error):
-                    raise ProposalError(_describe(error), tally.as_dict(), fatal=True) from error
-                last_error = error
-        raise ProposalError(f"Anthropic API still failing after {self.max_retries + 1} attempts: "
-                            f"{_describe(last_error)}", tally.as_dict(), fatal=True)
+    def count(self, tally: pricing.UsageTally, response) -> None:
+        usage = response.usage
+        tally.add(usage.input_tokens, usage.output_tokens, usage.cache_read_input_tokens,
+                  usage.cache_creation_input_tokens)
 
-    def reflect(self, context: Context, row: dict) -> str:
-        return templated_lesson(context, row)
+    def take(self, response, conversation: dict, tally: pricing.UsageTally) -> list[ToolCall]:
+        conversation["messages"].append({"role": "assistant",
+                                         "content": [block.to_dict() for block in response.content]})
+        if response.stop_reason == "refusal":
+            raise ProposalError("Claude declined to propose an experiment", tally.as_dict())
+        return [ToolCall(block.id, block.name, block.input) for block in response.content
+                if block.type == "tool_use"]
 
-    def estimate_next_cost(self, history_usage: list[dict]) -> float:
-        """A cautious guess at the next proposal's dollar cost, for --max-cost."""
-        return pricing.estimate_next_cost(history_usage, self.model)
+    def nudge(self, conversation: dict) -> None:
+        conversation["messages"].append({"role": "user", "content": NUDGE})
 
-    def close(self) -> None:
-        self._client.close()
+    def answer(self, conversation: dict, results, response) -> None:
+        hint = " (Your reply hit the output limit: prefer small str_replace edits.)"
+        conversation["messages"].append({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call.id, "is_error": is_error,
+             "content": text + (hint if is_error and response.stop_reason == "max_tokens" else "")}
+            for call, text, is_error in results]})
+
+    def describe(self, error: Exception | None) -> str:
+        return _describe(error)
 
 
 def _with_moving_breakpoint(messages: list[dict]) -> list[dict]:

@@ -17,7 +17,7 @@ from .chart import progress_chart_png
 from .diffview import diff_html
 from .loss_curve import loss_curve_png
 from ..lab.words import STATUS_COLOURS, STATUS_WORDS, duration
-from .text import ablation_text, header_lines, row_cells, summarize, table_line, verdict_text
+from .text import ablation_text, header_lines, outcome_lines, row_cells, summarize, table_line
 
 ENDED_STATES = ("stopped", "finished", "error")
 # Monospace rows make the Select read as a table; a style tag is the one way to reach a
@@ -400,11 +400,7 @@ def experiment_html(row: dict, diff: str, log_tail: str, metric: str = "val_bpb"
     parts = [f'<div style="font-size:13px;"><b>#{html.escape(number)}</b> '
              f'<span style="color:{colour};font-weight:bold;">{html.escape(word)}</span>'
              f' · {html.escape(metric)} {html.escape(value)} · {html.escape(description)}</div>']
-    if row.get("reason"):
-        parts.append(f'<div style="font-size:12px;color:#57606a;">{html.escape(str(row["reason"]))}</div>')
-    verdict = verdict_text(row.get("judge"))
-    if verdict:
-        parts.append(f'<div style="font-size:12px;color:#57606a;">{html.escape(verdict)}</div>')
+    parts += [f'<div style="font-size:12px;color:#57606a;">{html.escape(line)}</div>' for line in outcome_lines(row)]
     if row.get("rationale"):
         parts.append('<div style="font-size:12px;margin-top:4px;"><b>Rationale</b><br>'
                      + html.escape(str(row["rationale"])).replace("\n", "<br>") + "</div>")

@@ -150,11 +150,7 @@ def experiment_text(row: dict, diff: str = "", log_tail: str = "", metric: str =
     lines = [f"experiment {number}: {description}",
              f"status {status} · {metric} {value} · role {row.get('role', '-')}"
              f" · commit {str(row.get('commit') or '-')[:10]}"]
-    if row.get("reason"):
-        lines.append(f"reason: {row['reason']}")
-    verdict = verdict_text(row.get("judge"))
-    if verdict:
-        lines.append(verdict)
+    lines += outcome_lines(row)
     measured = [f"{key} {row[key]}" for key in ("training_seconds", "num_steps", "memory_gb",
                                                 "num_params_M") if row.get(key) is not None]
     if measured:
@@ -166,6 +162,13 @@ def experiment_text(row: dict, diff: str = "", log_tail: str = "", metric: str =
     if log_tail:
         lines += ["", "log tail:", log_tail.rstrip()]
     return "\n".join(lines)
+
+
+def outcome_lines(row: dict) -> list[str]:
+    """Why an experiment ended as it did: the reason given, and the judge's verdict."""
+    lines = [f"reason: {row['reason']}"] if row.get("reason") else []
+    verdict = verdict_text(row.get("judge"))
+    return lines + ([verdict] if verdict else [])
 
 
 def verdict_text(judge: dict | None) -> str:
