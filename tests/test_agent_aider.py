@@ -24,7 +24,7 @@ from servers import TRAIN_PY, OpenAIServer, chat_reply, git, make_lab, openai_er
 REPO = Path(__file__).resolve().parent.parent
 AIDER = Path(os.environ.get("AUTORESEARCH_AIDER") or REPO / ".venv-aider" / "bin" / "aider")
 MODEL = "openai/test-model"
-# The README's recipe, flag for flag (test_the_readme_recipe_is_this_one checks it is there).
+# The recipe in docs/agents.md, flag for flag (test_the_readme_recipe_is_this_one checks it is there).
 AIDER_FLAGS = ("--edit-format diff --message-file {prompt_file} --yes-always --no-auto-commits "
                "--no-dirty-commits --no-gitignore --map-tokens 0 --no-check-update "
                "--no-show-release-notes --no-analytics --no-show-model-warnings --no-pretty "
@@ -41,7 +41,7 @@ def aider() -> Path:
 
 
 def aider_command(aider: Path, server: OpenAIServer, tmp_path: Path) -> str:
-    """The README recipe pointed at the loopback server, with a home of its own for aider's files."""
+    """The recipe in docs/agents.md pointed at the loopback server, with a home of its own for aider's files."""
     metadata = tmp_path / "aider-models.json"
     metadata.write_text(json.dumps({MODEL: {
         "max_input_tokens": 32768, "max_output_tokens": 4096, "input_cost_per_token": 0.0,
@@ -67,7 +67,7 @@ def user_texts(request: dict) -> list[str]:
 
 
 def test_the_readme_recipe_is_this_one():
-    readme = " ".join((REPO / "README.md").read_text().replace("\\\n", " ").split())
+    readme = " ".join((REPO / "docs" / "agents.md").read_text().replace("\\\n", " ").split())
     assert " ".join(AIDER_FLAGS.split()) in readme
 
 

@@ -287,7 +287,7 @@ def test_the_label_names_the_program():
     assert CommandAgent("/opt/bin/codex exec -").label == "command: codex"
 
 
-# -- stand-ins for Claude Code and Codex: the README's command lines, run against scripts that
+# -- stand-ins for Claude Code and Codex: the command lines in docs/agents.md, run against scripts that
 #    behave like them (prompt on stdin, edit, status lines, their own side files).
 
 CLAUDE_RECIPE = "claude -p --permission-mode acceptEdits --disallowedTools Bash,WebFetch,WebSearch"
@@ -302,7 +302,7 @@ def stand_in(bin_dir: Path, name: str, body: str) -> None:
 
 
 def test_claude_code_recipe_with_a_stand_in(tmp_path, monkeypatch):
-    assert CLAUDE_RECIPE in (REPO / "README.md").read_text()
+    assert CLAUDE_RECIPE in (REPO / "docs" / "agents.md").read_text()
     lab = tmp_path / "lab"
     context = make_lab(lab)
     head = git(lab, "rev-parse", "HEAD").strip()
@@ -331,7 +331,7 @@ def test_claude_code_recipe_with_a_stand_in(tmp_path, monkeypatch):
 
 
 def test_codex_exec_recipe_with_a_stand_in(tmp_path, monkeypatch):
-    assert CODEX_RECIPE in (REPO / "README.md").read_text()
+    assert CODEX_RECIPE in (REPO / "docs" / "agents.md").read_text()
     lab = tmp_path / "lab"
     context = make_lab(lab)
     head = git(lab, "rev-parse", "HEAD").strip()

@@ -37,7 +37,7 @@ RUN = (
            "In CMD, {prompt_file} becomes the prompt's path (stdin is then empty; otherwise the prompt comes on "
            "stdin) and {description_file} the file for its one-line description (or it prints a line "
            "'DESCRIPTION: ...'); both paths are also in $AUTORESEARCH_PROMPT_FILE and "
-           "$AUTORESEARCH_DESCRIPTION_FILE. Recipes for aider, claude -p and codex exec: README",
+           "$AUTORESEARCH_DESCRIPTION_FILE. Recipes for aider, claude -p and codex exec: docs/agents.md",
            metavar="CMD", dest="agent_command"),
     Option("--agent-timeout", "seconds the command agent may take per proposal before it is killed (default 900)",
            type=float, metavar="S"),
