@@ -12,7 +12,7 @@ import threading
 import time
 
 from ..agents.base import Agent, ProposalError
-from .inflight import now_iso
+from ..lab.ledger import now_iso
 from .tracks import Draft
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from dataclasses import dataclass, field
 
 from ..run import proctime
@@ -19,10 +18,6 @@ from ..lab.lab import Lab
 from .tracks import Draft, Track
 
 FORMAT = 2
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 _PASSES: dict[str, int] = {}

@@ -25,7 +25,8 @@ from ..run.disturbance import detect
 from .drafter import Drafter
 from ..errors import LabError
 from .events import EventBus
-from .inflight import State, crashpoint, now_iso
+from .inflight import State, crashpoint
+from ..lab.ledger import now_iso
 from ..lab.lab import Lab
 from .records import base_row, result_fields
 from .scheduling import BASE_SEED, MAX_REJECTED_IN_A_ROW, SEED_STEP, Scheduling  # noqa: F401  (read here too)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..run.disturbance import others_load
-from .inflight import now_iso
+from ..lab.ledger import now_iso
 from ..run.runner import RunResult
 
 SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",

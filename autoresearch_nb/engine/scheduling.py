@@ -15,7 +15,8 @@ from ..run.audit import fingerprint
 from .checks import validate
 from .context import build_context
 from .describe import describe_change
-from .inflight import crashpoint, now_iso
+from .inflight import crashpoint
+from ..lab.ledger import now_iso
 from ..agents.base import Context
 from ..lab.reapply import reapply
 from .records import base_row

@@ -16,7 +16,7 @@ from ..agents import AGENTS, make_agent
 from ..errors import LabError
 from .events import Event, EventBus
 from ..lab.lab import DEFAULT_DIR, Lab
-from .inflight import now_iso
+from ..lab.ledger import now_iso
 from .loop import LoopOptions, ResearchLoop
 from ..run import sandbox
 from ..run.runner import clean_environment

@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 from .words import RAN_STATUSES
+
+
+def now_iso() -> str:
+    """A row's timestamp: local time to the second, as every started_at and finished_at is written."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 RESULTS_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
 
