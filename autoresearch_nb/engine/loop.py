@@ -31,7 +31,7 @@ from ..lab.lab import Lab
 from .records import base_row, result_fields
 from .scheduling import BASE_SEED, MAX_REJECTED_IN_A_ROW, SEED_STEP, Scheduling  # noqa: F401  (read here too)
 from .tracks import Track
-from .verdicts import Verdicts
+from .verdicts import VerdictStep
 from ..run.workers import LocalPool, timeout_for  # noqa: F401  (timeout_for: callers read it here too)
 
 MAX_BASELINE_FAILURES = 3
@@ -58,8 +58,11 @@ class LoopOptions:
     depth: int = 1              # drafts the agent keeps ready beyond the free workers (0: no pipelining)
 
 
-class ResearchLoop(Scheduling, Verdicts):
-    """Runs experiments on a lab until stopped, bounded, or out of money. One per lab at a time."""
+class ResearchLoop(Scheduling):
+    """Runs experiments on a lab until stopped, bounded, or out of money. One per lab at a time.
+
+    Its scheduling (which track runs where, when the agent drafts) is scheduling.py's, on this object;
+    its verdicts are a VerdictStep of their own (verdicts.py), made for each run."""
 
     def __init__(self, lab: Lab, agent: Agent, options: LoopOptions, bus: EventBus | None = None, pool=None):
         self.lab, self.agent, self.options = lab, agent, options
@@ -75,6 +78,7 @@ class ResearchLoop(Scheduling, Verdicts):
         self.pool = pool
         self.state = State()
         self.drafter: Drafter | None = None
+        self.verdicts: VerdictStep | None = None
 
     # -- control, from any thread -----------------------------------------------------------
     def stop(self, now: bool = False) -> None:
@@ -148,7 +152,9 @@ class ResearchLoop(Scheduling, Verdicts):
         """Research until an end; with `ablate`, measure the best without each kept change instead."""
         self.lab.records.hold()  # this thread is the records' one writer until the run ends
         self.state = State.load(self.lab)
-        self._retire_other_segments()
+        self.verdicts = VerdictStep(self.lab, self.state, self.options, self.metric, self.direction, self.record,
+                                    room=self._room, run_seed=self._run_seed, diff_stats=self._diff_stats)
+        self.verdicts.retire_other_segments()
         if self.pool is None:
             gpus = list(self.options.gpus) if self.options.gpus else [None] * max(1, self.options.workers)
             self.pool = LocalPool(gpus)
@@ -190,7 +196,7 @@ class ResearchLoop(Scheduling, Verdicts):
                     self._ask_for_drafts(rows)
             if not self._running():
                 if ending:
-                    self._wind_down()
+                    self.verdicts.wind_down()
                     return ending
                 if self._exhausted and not self.state.drafts and not self._waiting_tracks():
                     return self._exhausted
@@ -317,9 +323,9 @@ class ResearchLoop(Scheduling, Verdicts):
             row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
             track.rows.append(row)
             if track.role == "experiment":
-                self._conclude(track, None, "interrupted" if result.kind == "interrupted" else "discard")
+                self.verdicts.conclude(track, None, "interrupted" if result.kind == "interrupted" else "discard")
             else:
-                self._close(track, "crashed")
+                self.verdicts.close(track, "crashed")
                 if track.role == "baseline" and result.kind != "interrupted":
                     self._baseline_failures += 1
                     if self._baseline_failures >= MAX_BASELINE_FAILURES:
@@ -345,12 +351,12 @@ class ResearchLoop(Scheduling, Verdicts):
         if track.role != "experiment":
             self._baseline_failures = 0
             row["status"] = "keep" if track.role == "baseline" else "discard"
-            self._close(track, "measured")
-            self._judge_parked()
+            self.verdicts.close(track, "measured")
+            self.verdicts.judge_parked()
             return ""
         track.values.append(result.summary[self.metric])
         track.seed = self._run_seed(len(track.values))  # its next run's own seed
-        self._judge(track)
+        self.verdicts.judge(track)
         return ""
 
     def _run_row(self, track: Track, job: dict, result) -> dict:

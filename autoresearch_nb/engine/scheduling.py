@@ -1,6 +1,7 @@
 """The coordinator's scheduling: which track runs next on which worker, and when the agent drafts.
 
-A mixin of ResearchLoop (loop.py), split out so each file reads in one sitting: measurements
+Part of ResearchLoop (loop.py), split out so each file reads in one sitting (the verdicts are a
+VerdictStep of their own, reached as self.verdicts): measurements
 plan.py says are due come first, then the runs the judge asked for, then new candidates made from
 the agent's drafts (re-applied onto the best when it moved since they were drafted).
 """
@@ -57,7 +58,7 @@ class Scheduling:
             if track is None:
                 return
             if not self._room(rows):
-                self._out_of_room(track, rows)
+                self.verdicts.decide_on_what_it_has(track, rows)
                 continue
             self._start(track, slot)
 
@@ -109,7 +110,7 @@ class Scheduling:
                     self._start(waiting[0], slot)
             if not self._running() and (self.stop_requested.is_set() or not self._waiting_tracks()):
                 for track in [t for t in self.state.tracks if not t.job]:
-                    self._close(track, "dropped")
+                    self.verdicts.close(track, "dropped")
                 break
             try:
                 self._handle(self.events.get(timeout=0.25))
@@ -144,16 +145,6 @@ class Scheduling:
                       description=f"confirm: {track.description}" if confirming else track.description,
                       role="confirm" if confirming else track.role, budget=self.options.budget,
                       commit=self.lab.short(track.commit))
-
-    def _out_of_room(self, track: Track, rows: list[dict]) -> None:
-        """No run left under --max-experiments: a candidate is decided on what it has, the rest dropped."""
-        if track.role == "experiment" and track.values:
-            verdict = plan.verdict(rows, self.options.segment, track.values, self.options.policy, self.direction,
-                                   self.metric, against=track.shared.get("parent_code"), max_runs=len(track.values),
-                                   seeds=track.seeds, loads=track.loads)
-            self._conclude(track, verdict)
-        else:
-            self._close(track, "dropped")
 
     # -- drafts -----------------------------------------------------------------------------
     def _ask_for_drafts(self, rows: list[dict]) -> None:
