@@ -1,6 +1,7 @@
 """What an LLM agent reads: a stable system prompt (charter + lab rules) and the context of this round."""
 from __future__ import annotations
 
+from ..lab.words import STATUS_WORDS
 from .base import Context
 
 MAX_TABLE_ROWS = 60
@@ -133,8 +134,8 @@ def templated_lesson(context: Context, row: dict) -> str:
     """A one-line journal entry from a result, written without another API call."""
     value = row.get(context.metric)
     shown = f"{value:.6f}" if isinstance(value, (int, float)) else "no result"
-    verdict = {"keep": "kept", "discard": "no gain, reverted", "crash": "crashed",
-               "rejected": "rejected", "interrupted": "interrupted"}.get(row.get("status"), "?")
+    status = row.get("status")
+    verdict = "no gain, reverted" if status == "discard" else STATUS_WORDS.get(status, "?")
     line = f"- #{row.get('index', '?')} {row.get('description', '').strip()}: {verdict} ({shown})"
     if row.get("status") in ("crash", "rejected") and row.get("reason"):
         line += f"; {' '.join(str(row['reason']).split())[:160]}"

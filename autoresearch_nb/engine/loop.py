@@ -28,7 +28,7 @@ from .events import EventBus
 from .inflight import State, crashpoint
 from ..lab.ledger import now_iso
 from ..lab.lab import Lab
-from .records import base_row, result_fields
+from .records import run_row
 from .scheduling import BASE_SEED, MAX_REJECTED_IN_A_ROW, SEED_STEP, Scheduling  # noqa: F401  (read here too)
 from .tracks import Track
 from .verdicts import VerdictStep
@@ -318,7 +318,7 @@ class ResearchLoop(Scheduling):
         track.job = None
         if job.get("foreign") and result.kind != "interrupted":
             result = refused_for_records(result, job["foreign"], job.get("suspects", 1))
-        row = self._run_row(track, job, result)
+        row = run_row(track, job, result, self.options, self.agent, self.lab, self.pool, self.metric)
         if not result.ok:
             row["status"] = "interrupted" if result.kind == "interrupted" else "crash"
             track.rows.append(row)
@@ -358,29 +358,6 @@ class ResearchLoop(Scheduling):
         track.seed = self._run_seed(len(track.values))  # its next run's own seed
         self.verdicts.judge(track)
         return ""
-
-    def _run_row(self, track: Track, job: dict, result) -> dict:
-        first = not track.rows and not track.values and track.runs <= 1 + track.disturbed_streak and bool(track.first)
-        description = track.description if track.role != "experiment" or not track.values else \
-            f"confirm: {track.description}"
-        role = track.role if track.role != "experiment" or not track.values else "confirm"
-        row = base_row(self.options, self.agent, role=role, commit=self.lab.short(track.commit),
-                       parent=self.lab.short(track.parent), description=description, seed=job["seed"],
-                       started_at=job.get("started_at") or now_iso(), finished_at=now_iso(), log=job.get("log"),
-                       job=job["id"], worker=job.get("worker"), host=self.pool.host_of(job["slot"]),
-                       device=self.pool.device(job["slot"]),
-                       **track.shared)
-        if track.ablates is not None:
-            row["ablates"] = track.ablates
-        row["sandbox"] = sandbox.probe().name
-        row.update(result_fields(result, self.metric))
-        if first:
-            row.update({k: v for k, v in track.first.items() if k not in ("timings", "started_at")})
-            row["timings"].update(track.first.get("timings", {}))
-            row["started_at"] = track.first.get("started_at") or row["started_at"]
-        row["timings"]["run_s"] = round(result.wall_seconds, 3)
-        row["timings"]["total_s"] = round(result.wall_seconds + (row["timings"].get("propose_s") or 0.0), 3)
-        return row
 
     # -- pieces -----------------------------------------------------------------------------
     def _diff_stats(self, old: str, new: str) -> dict:

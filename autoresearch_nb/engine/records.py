@@ -1,6 +1,8 @@
-"""Ledger rows made from what the loop knows: a run's result, a track, a rejected draft."""
+"""Ledger rows, built here and only here from what the loop knows: a run's result on its track, a
+rejected draft, a candidate's final status. (inflight.append gives a row its index; ledger.py writes it.)"""
 from __future__ import annotations
 
+from ..run import sandbox
 from ..run.disturbance import others_load
 from ..lab.ledger import now_iso
 from ..run.runner import RunResult
@@ -20,6 +22,47 @@ def base_row(options, agent, **fields) -> dict:
     if options.segment_reason:
         row["segment_reason"] = options.segment_reason
     row.update(fields)
+    return row
+
+
+def run_row(track, job: dict, result: RunResult, options, agent, lab, pool, metric: str = "val_bpb") -> dict:
+    """The row of one run of a track: who ran it where, the result's numbers, and, on a candidate's first
+    run, what its draft cost (the agent's usage and time)."""
+    first = not track.rows and not track.values and track.runs <= 1 + track.disturbed_streak and bool(track.first)
+    confirming = track.role == "experiment" and track.values
+    row = base_row(options, agent, role="confirm" if confirming else track.role, commit=lab.short(track.commit),
+                   parent=lab.short(track.parent), seed=job["seed"],
+                   description=f"confirm: {track.description}" if confirming else track.description,
+                   started_at=job.get("started_at") or now_iso(), finished_at=now_iso(), log=job.get("log"),
+                   job=job["id"], worker=job.get("worker"), host=pool.host_of(job["slot"]),
+                   device=pool.device(job["slot"]), **track.shared)
+    if track.ablates is not None:
+        row["ablates"] = track.ablates
+    row["sandbox"] = sandbox.probe().name
+    row.update(result_fields(result, metric))
+    if first:
+        row.update({k: v for k, v in track.first.items() if k not in ("timings", "started_at")})
+        row["timings"].update(track.first.get("timings", {}))
+        row["started_at"] = track.first.get("started_at") or row["started_at"]
+    row["timings"]["run_s"] = round(result.wall_seconds, 3)
+    row["timings"]["total_s"] = round(result.wall_seconds + (row["timings"].get("propose_s") or 0.0), 3)
+    return row
+
+
+def rejected_row(options, agent, kind: str, reason: str, description: str = "", parent: str = "", usage=None,
+                 propose_s: float = 0.0, rationale: str = "", meta=None, fingerprint=None, started: str = "",
+                 fatal: bool = False, exhausted: bool = False) -> dict:
+    """The row of a proposal that did not run: refused, a conflict, an agent failure, a draft not run."""
+    row = base_row(options, agent, description=description or "(no proposal)",
+                   status="rejected" if kind != "interrupted" else "interrupted", kind=kind, reason=reason,
+                   usage=usage or {}, rationale=rationale, fingerprint=fingerprint, val_bpb=None,
+                   parent=parent, started_at=started or now_iso(), **(meta or {}))
+    row["timings"]["propose_s"] = round(propose_s, 3)
+    row["timings"]["total_s"] = round(propose_s, 3)
+    if fatal:
+        row["fatal"] = True
+    if exhausted:
+        row["exhausted"] = True
     return row
 
 

@@ -20,7 +20,7 @@ from .inflight import crashpoint
 from ..lab.ledger import now_iso
 from ..agents.base import Context
 from ..lab.reapply import reapply
-from .records import base_row
+from .records import rejected_row
 from .tracks import Draft, Job, Track
 
 BASE_SEED = 42
@@ -215,16 +215,10 @@ class Scheduling:
     def _rejected(self, kind: str, reason: str, description: str = "", usage=None, propose_s: float = 0.0,
                   rationale: str = "", meta=None, fingerprint=None, started: str = "", fatal: bool = False,
                   exhausted: bool = False) -> dict:
-        row = base_row(self.options, self.agent, description=description or "(no proposal)",
-                       status="rejected" if kind != "interrupted" else "interrupted", kind=kind, reason=reason,
-                       usage=usage or {}, rationale=rationale, fingerprint=fingerprint, val_bpb=None,
-                       parent=self.lab.short(self.lab.head()), started_at=started or now_iso(), **(meta or {}))
-        row["timings"]["propose_s"] = round(propose_s, 3)
-        row["timings"]["total_s"] = round(propose_s, 3)
-        if fatal:
-            row["fatal"] = True
-        if exhausted:
-            row["exhausted"] = True
+        row = rejected_row(self.options, self.agent, kind, reason, description=description,
+                           parent=self.lab.short(self.lab.head()), usage=usage, propose_s=propose_s,
+                           rationale=rationale, meta=meta, fingerprint=fingerprint, started=started, fatal=fatal,
+                           exhausted=exhausted)
         if kind not in ("conflict", "not_run"):
             self._rejected_in_a_row += 1
         return self.record(row)
