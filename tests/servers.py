@@ -240,9 +240,11 @@ class ScriptedServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for event in events:
-                    self.wfile.write(b"data: " + json.dumps(event).encode() + b"\n\n")
-                self.wfile.write(b"data: [DONE]\n\n")
+                for event in events:  # the Messages API names each event; chat completions do not
+                    named = b"event: " + event["type"].encode() + b"\n" if server.api == "anthropic" else b""
+                    self.wfile.write(named + b"data: " + json.dumps(event).encode() + b"\n\n")
+                if server.api != "anthropic":
+                    self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 self.close_connection = True
 
@@ -253,7 +255,30 @@ class ScriptedServer:
 
 
 class AnthropicServer(ScriptedServer):
-    """Speaks POST /v1/messages. Point the SDK at it with base_url=server.url."""
+    """Speaks POST /v1/messages, streamed or not. Point the SDK at it with base_url=server.url, a CLI
+    with ANTHROPIC_BASE_URL=server.url."""
+
+    def stream_events(self, request: dict, reply: dict) -> list[dict]:
+        """A message as the API streams it: start, each block opened, filled in one delta and closed,
+        then the stop reason and the output tokens."""
+        usage = dict(reply["usage"])
+        output = usage.pop("output_tokens", 0)
+        head = {k: reply[k] for k in ("id", "type", "role", "model")}
+        events = [{"type": "message_start", "message": {**head, "content": [], "stop_reason": None,
+                                                         "stop_sequence": None, "usage": {**usage, "output_tokens": 1}}}]
+        for index, block in enumerate(reply["content"]):
+            if block["type"] == "tool_use":
+                opened, delta = {**block, "input": {}}, {"type": "input_json_delta",
+                                                         "partial_json": json.dumps(block["input"])}
+            else:
+                opened, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block["text"]}
+            events += [{"type": "content_block_start", "index": index, "content_block": opened},
+                       {"type": "content_block_delta", "index": index, "delta": delta},
+                       {"type": "content_block_stop", "index": index}]
+        events += [{"type": "message_delta", "delta": {"stop_reason": reply["stop_reason"], "stop_sequence": None},
+                    "usage": {"output_tokens": output}},
+                   {"type": "message_stop"}]
+        return events
 
 
 class OpenAIServer(ScriptedServer):

@@ -8,7 +8,8 @@ AGENTS = {
     "heuristic": ("heuristic", "HeuristicAgent", "offline, no key: an honest baseline"),
     "claude": ("claude", "ClaudeAgent", "Claude through the anthropic SDK (ANTHROPIC_API_KEY)"),
     "openai": ("openai_agent", "OpenAIAgent", "any OpenAI-compatible endpoint (--base-url, --model)"),
-    "command": ("command", "CommandAgent", "a coding-agent CLI (--command \"claude -p ...\")"),
+    "claude-code": ("claude_code", "ClaudeCodeAgent", "Claude Code's CLI, claude -p (an API key or a subscription)"),
+    "command": ("command", "CommandAgent", "any coding-agent CLI (--command \"aider ...\")"),
 }
 
 

@@ -24,6 +24,7 @@ class CommandAgent(Agent):
     proposal, what it wrote elsewhere is discarded and listed."""
 
     name = "command"
+    extra_env: dict = {}   # what a named CLI is always given (see claude_code.py)
 
     def __init__(self, command: str, timeout: float = 900):
         if not command or not command.strip():
@@ -41,7 +42,7 @@ class CommandAgent(Agent):
             command = (self.command
                        .replace("{prompt_file}", shlex.quote(str(scratch.prompt_file)))
                        .replace("{description_file}", shlex.quote(str(scratch.description_file))))
-            env = dict(os.environ, AUTORESEARCH_PROMPT_FILE=str(scratch.prompt_file),
+            env = dict(os.environ, **self.extra_env, AUTORESEARCH_PROMPT_FILE=str(scratch.prompt_file),
                        AUTORESEARCH_DESCRIPTION_FILE=str(scratch.description_file),
                        PYTHONUNBUFFERED="1")  # a CLI killed at the time limit keeps its last words
             # A CLI handed the prompt file gets no stdin: aider, for one, reads each stdin line
@@ -55,35 +56,40 @@ class CommandAgent(Agent):
         self.empty_in_a_row = self.empty_in_a_row + 1 if empty else 0
         return self._judge(outcome, changes, stated)
 
+    def understand(self, output: str) -> tuple[str, dict]:
+        """What the CLI said, as text (for its description and its last words), and what it spent.
+        A plain CLI prints text and reports no usage; a named one (claude_code.py) overrides this."""
+        return output, _no_usage()
+
     def _judge(self, outcome: "Outcome", changes: Changes, stated: str) -> Proposal:
-        output = outcome.output
+        output, usage = self.understand(outcome.output)
         if changes.locked:
             raise ProposalError(f"REFUSED: the command agent changed the locked file "
-                                f"{', '.join(changes.locked)}; nothing it did is kept", _no_usage())
+                                f"{', '.join(changes.locked)}; nothing it did is kept", usage)
         outage = cli_output.looks_like_outage(output)
         if outcome.timed_out:
             reason = f"command agent ran past its {self.timeout:g} s limit: killed, its changes discarded"
             if outage:
                 raise ProposalError(f"{reason}; its API looks down: {cli_output.tail(output)}",
-                                    _no_usage(), fatal=True)
-            raise ProposalError(f"{reason}; its output ends: {cli_output.tail(output)}", _no_usage())
+                                    usage, fatal=True)
+            raise ProposalError(f"{reason}; its output ends: {cli_output.tail(output)}", usage)
         if outcome.returncode != 0:
             raise ProposalError(f"command exited with status {outcome.returncode}: "
-                                f"{cli_output.tail(output)}", _no_usage(),
+                                f"{cli_output.tail(output)}", usage,
                                 fatal=outcome.returncode == 127 or outage)
         if changes.deleted:
             raise ProposalError(f"command agent deleted {', '.join(changes.deleted)} "
-                                "(or replaced it with a link); nothing it did is kept", _no_usage())
+                                "(or replaced it with a link); nothing it did is kept", usage)
         if not changes.files:
             if outage:
                 raise ProposalError("command agent changed nothing and its API looks down: "
-                                    f"{cli_output.tail(output)}", _no_usage(), fatal=True)
+                                    f"{cli_output.tail(output)}", usage, fatal=True)
             if self.empty_in_a_row >= 2:
                 raise ProposalError(f"command agent changed none of the allowed files "
                                     f"({self.empty_in_a_row} times in a row); its output ends: "
-                                    f"{cli_output.tail(output)}", _no_usage())
+                                    f"{cli_output.tail(output)}", usage)
             raise ProposalError("command agent changed none of the allowed files (its last line: "
-                                f"{cli_output.last_line(output) or 'none'})", _no_usage())
+                                f"{cli_output.last_line(output) or 'none'})", usage)
         description, rationale = cli_output.stated_description(stated, output)
         meta = {}
         if changes.side:
@@ -93,7 +99,7 @@ class CommandAgent(Agent):
             meta["side_files"] = side
         # An empty description is filled in by the loop from the diff (describe.py).
         return Proposal(files=changes.files, description=description, rationale=rationale,
-                        usage=_no_usage(), meta=meta)
+                        usage=usage, meta=meta)
 
     def reflect(self, context: Context, row: dict) -> str:
         return templated_lesson(context, row)

@@ -8,7 +8,7 @@ from collections import Counter
 
 from ..judge import facts
 from ..judge.facts import timestamp
-from ..lab.words import FAILED_STATUSES, STATUSES, duration, profile_name  # noqa: F401  (read here by the tables)
+from ..lab.words import FAILED_STATUSES, STATUSES, cost_text, duration, profile_name  # noqa: F401  (read here by the tables)
 
 _TSV_KIND = re.compile(r"\[([a-z_]+)\]\s*$")  # our results.tsv puts the crash kind last: "[oom]"
 _KIND_WORDS = (("oom", ("oom", "out of memory")), ("timeout", ("timeout", "timed out")),
@@ -110,7 +110,7 @@ def time_and_money(rows: list[dict]) -> dict:
     total, by_status = 0.0, {}
     tokens = {"input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
               "cache_write_tokens": 0}
-    cost, timed = 0.0, 0
+    timed = 0
     for row in rows:
         timings = row.get("timings") or {}
         for phase in PHASES:
@@ -124,9 +124,9 @@ def time_and_money(rows: list[dict]) -> dict:
         usage = row.get("usage") or {}
         for name in tokens:
             tokens[name] += int(usage.get(name) or 0)
-        cost += float(usage.get("cost_usd") or 0.0)
+    cost, on_subscription = facts.spent(rows)
     return {"timed_rows": timed, **spent, "total_s": total, "by_status": by_status,
-            "tokens": tokens, "cost_usd": cost}
+            "tokens": tokens, "cost_usd": cost, "subscription_usd": on_subscription}
 
 
 def wall_time(record: dict) -> float | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 
 from ..judge import facts
-from .figures import duration, metric_of, profile_name, row_seconds, status_counts, time_and_money, wall_time
+from .figures import cost_text, duration, metric_of, profile_name, row_seconds, status_counts, time_and_money, wall_time
 
 
 def rich(html_text: str, plain: str) -> dict:
@@ -157,8 +157,7 @@ def summary_markdown(record: dict) -> str:
             f"#{s['index']} ({s['reason'] or 'see the rows'})" for s in starts)
                      + "; the figures above are the last segment's, numbers are never compared across segments")
     lines.append(f"- **Wall time**: {duration(wall_time(record))}")
-    cost = money["cost_usd"]
-    lines.append(f"- **Cost**: ${cost:.2f}" if cost >= 1 or not cost else f"- **Cost**: ${cost:.4f}"
+    lines.append(f"- **Cost**: {cost_text(money['cost_usd'], money['subscription_usd'])}"
                  + (f" ({money['tokens']['input_tokens']:,} input / "
                     f"{money['tokens']['output_tokens']:,} output tokens)"
                     if money["tokens"]["input_tokens"] else ""))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..judge import facts
-from ..lab.words import STATUS_WORDS, STATUSES, duration, profile_name
+from ..lab.words import STATUS_WORDS, STATUSES, cost_text, duration, profile_name
 
 
 def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: str = "lower") -> dict:
@@ -50,7 +50,7 @@ def header_lines(found: dict) -> list[str]:
         pace.append(f"noise σ {noise.usable:.4f} ({noise.pairs} pairs)")
     if found["per_hour"] is not None:
         pace.append(f"{found['per_hour']:.1f} runs/h")
-    pace.append(f"cost ${found['cost_usd']:.2f}")
+    pace.append(f"cost {cost_text(found['cost_usd'], found.get('subscription_usd') or 0.0)}")
     if found["eta_s"] is not None:
         pace.append(f"ETA {duration(found['eta_s'], compact=True)}")
     if found.get("segments", 1) > 1:
