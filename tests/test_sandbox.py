@@ -306,7 +306,7 @@ def test_an_honest_run_trains_in_the_sandbox(bubblewrap, home):
     done = cli("run", "--lab", str(lab), "--max-experiments", "1", "--budget", "1", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "sandbox: bubblewrap" in done.stdout
-    row = Lab.open(lab).rows()[0]
+    row = next(r for r in Lab.open(lab).rows() if r["status"] != "disturbed")  # slowed from outside: run again
     assert (row["status"], row["sandbox"]) == ("keep", "bubblewrap") and row["val_bpb"] > 0, row
     # the cpu clock is read from outside the sandbox's pid namespace: the training time is really counted
     # (at most the budget's limit, or the row would say "budget"; CPU time, so load does not move it)
