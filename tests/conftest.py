@@ -37,3 +37,16 @@ def tiny_lab(tmp_path):
     done = cli("init", str(lab), "--profile", "tiny")
     assert done.returncode == 0, done.stderr
     return lab
+
+
+NPM_AGENTS = Path(__file__).resolve().parent.parent / ".npm-agents" / "node_modules" / ".bin"
+
+
+def npm_program(name: str, package: str, version: str) -> Path:
+    """A coding-agent CLI scripts/test.sh installed from npm; the test fails, not skips, without it
+    (CI must run the real program)."""
+    program = NPM_AGENTS / name
+    if not program.exists():
+        pytest.fail(f"{name} is not installed at {program}: `bash scripts/test.sh` installs it "
+                    f"(or: npm install --prefix .npm-agents {package}@{version})")
+    return program

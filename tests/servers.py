@@ -1,4 +1,4 @@
-"""Loopback HTTP servers that speak the Anthropic Messages API and OpenAI chat completions.
+"""Loopback HTTP servers that speak the Anthropic Messages API, OpenAI chat completions and the Responses API.
 
 Each test scripts the replies it wants (tool calls, text, 429/529/500 errors) and reads back the
 requests the real SDKs and CLIs sent; a chat-completions request with "stream": true is answered
@@ -240,10 +240,10 @@ class ScriptedServer:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
-                for event in events:  # the Messages API names each event; chat completions do not
-                    named = b"event: " + event["type"].encode() + b"\n" if server.api == "anthropic" else b""
+                for event in events:  # the Messages and Responses APIs name each event; chat completions do not
+                    named = b"event: " + event["type"].encode() + b"\n" if server.api != "openai" else b""
                     self.wfile.write(named + b"data: " + json.dumps(event).encode() + b"\n\n")
-                if server.api != "anthropic":
+                if server.api == "openai":
                     self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
                 self.close_connection = True
@@ -330,6 +330,52 @@ class OpenAIServer(ScriptedServer):
                 cached = total
             self.seen_prefixes[key] = total
         return total, cached
+
+
+class ResponsesServer(ScriptedServer):
+    """Speaks POST /v1/responses, streamed as the Responses API streams it (what Codex asks for). Point
+    Codex at it with a custom provider: base_url=server.url + '/v1', wire_api="responses"."""
+
+    api = "responses"
+
+    def complete(self, request: dict, reply: dict) -> dict:
+        reply.setdefault("id", f"resp_{next(_ids):06d}")
+        reply.setdefault("model", request.get("model", "test-model"))
+        if "usage" not in reply:
+            prompt = tokens_of(request.get("input", [])) + tokens_of(request.get("tools", []))
+            output = tokens_of(reply["output"])
+            reply["usage"] = {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+                              "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+                              "total_tokens": prompt + output}
+        return reply
+
+    def stream_events(self, request: dict, reply: dict) -> list[dict]:
+        """Created, each output item added and done, then completed with the usage."""
+        head = {"id": reply["id"], "object": "response", "model": reply["model"]}
+        events = [{"type": "response.created", "response": {**head, "status": "in_progress", "output": []}}]
+        for index, item in enumerate(reply["output"]):
+            events += [{"type": "response.output_item.added", "output_index": index,
+                        "item": {**item, "status": "in_progress"}},
+                       {"type": "response.output_item.done", "output_index": index, "item": item}]
+        events.append({"type": "response.completed", "response": {**head, "status": "completed",
+                                                                   "output": reply["output"], "usage": reply["usage"]}})
+        return events
+
+
+def responses_reply(*items) -> dict:
+    return {"object": "response", "status": "completed", "output": list(items)}
+
+
+def shell_call(command: str) -> dict:
+    """Codex's exec_command tool, as the Responses API returns a function call."""
+    call = f"call_{next(_ids):04d}"
+    return {"type": "function_call", "id": f"fc_{call}", "call_id": call, "name": "exec_command",
+            "arguments": json.dumps({"cmd": command}), "status": "completed"}
+
+
+def output_text(words: str) -> dict:
+    return {"type": "message", "id": f"msg_{next(_ids):04d}", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": words, "annotations": []}]}
 
 
 # ----------------------------------------------------------------------------- a tiny real lab

@@ -17,22 +17,16 @@ from autoresearch_nb.errors import LabError
 from autoresearch_nb.judge import facts
 from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.lab.words import cost_text
-from conftest import cli
+from conftest import NPM_AGENTS as BIN, cli, npm_program
 from servers import AnthropicServer, anthropic_error, make_lab, message, text, tool_use
 
-REPO = Path(__file__).resolve().parent.parent
 CLAUDE_VERSION = "2.1.332"  # scripts/test.sh installs this one
-BIN = REPO / ".npm-agents" / "node_modules" / ".bin"
 CANARY = "sk-ant-canary-3f9d1c"
 
 
 @pytest.fixture(scope="module")
 def claude() -> Path:
-    program = BIN / "claude"
-    if not program.exists():  # fail, not skip: CI must run the real CLI
-        pytest.fail(f"Claude Code is not installed at {program}: `bash scripts/test.sh` installs it "
-                    f"(or: npm install --prefix .npm-agents @anthropic-ai/claude-code@{CLAUDE_VERSION})")
-    return program
+    return npm_program("claude", "@anthropic-ai/claude-code", CLAUDE_VERSION)
 
 
 @pytest.fixture

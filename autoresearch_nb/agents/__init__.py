@@ -9,6 +9,7 @@ AGENTS = {
     "claude": ("claude", "ClaudeAgent", "Claude through the anthropic SDK (ANTHROPIC_API_KEY)"),
     "openai": ("openai_agent", "OpenAIAgent", "any OpenAI-compatible endpoint (--base-url, --model)"),
     "claude-code": ("claude_code", "ClaudeCodeAgent", "Claude Code's CLI, claude -p (an API key or a subscription)"),
+    "codex": ("codex", "CodexAgent", "OpenAI's Codex CLI, codex exec (an API key or a ChatGPT login)"),
     "command": ("command", "CommandAgent", "any coding-agent CLI (--command \"aider ...\")"),
 }
 

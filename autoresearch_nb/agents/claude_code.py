@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 from pathlib import Path
 
 from ..errors import LabError
 from . import cli_output
-from .command import CommandAgent
+from .command import CommandAgent, find_program, no_usage
 
 INSTALL = "npm install -g @anthropic-ai/claude-code"
 # No shell (it would run the training, or anything), no web, no sub-agents or skills: it reads and
@@ -18,15 +17,6 @@ INSTALL = "npm install -g @anthropic-ai/claude-code"
 DISALLOWED = "Bash,WebFetch,WebSearch,Agent,Task,Skill,Workflow,ScheduleWakeup,NotebookEdit"
 # An overnight run wants no update checks, telemetry or other calls beside the model's.
 QUIET = {"DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_TELEMETRY": "1"}
-
-
-def find_claude(binary: str | None = None) -> str:
-    """The `claude` program: the one given, else on the PATH; LabError saying how to install it."""
-    found = shutil.which(binary or "claude")
-    if found:
-        return found
-    raise LabError(f"--agent claude-code needs Claude Code's `claude` program on the PATH: install it with "
-                   f"`{INSTALL}` (in Colab: `!{INSTALL}`), or give --command for another CLI")
 
 
 def login() -> str:
@@ -52,7 +42,7 @@ class ClaudeCodeAgent(CommandAgent):
 
     def __init__(self, model: str | None = None, timeout: float | None = None, binary: str | None = None,
                  base_url: str | None = None):
-        program = find_claude(binary)
+        program = find_program(binary or "claude", "--agent claude-code", INSTALL)
         self.billing = login()
         words = [program, "-p", "--output-format", "json", "--permission-mode", "acceptEdits",
                  "--disallowedTools", DISALLOWED]
@@ -69,14 +59,16 @@ class ClaudeCodeAgent(CommandAgent):
         dollars are Claude Code's list-price estimate, kept apart, not billed."""
         result = _result_object(output)
         if result is None:  # it died before its result: its own words are all there is
-            return output, _usage()
+            return output, no_usage()
         text = str(result.get("result") or "")
         if result.get("is_error"):
             status = result.get("api_error_status")
             text = f"API Error{f': {status}' if status else ''} {text}".strip()
         raw = result.get("usage") or {}
-        usage = _usage(raw.get("input_tokens"), raw.get("output_tokens"), raw.get("cache_read_input_tokens"),
-                       raw.get("cache_creation_input_tokens"))
+        usage = {**no_usage(), "input_tokens": int(raw.get("input_tokens") or 0),
+                 "output_tokens": int(raw.get("output_tokens") or 0),
+                 "cache_read_tokens": int(raw.get("cache_read_input_tokens") or 0),
+                 "cache_write_tokens": int(raw.get("cache_creation_input_tokens") or 0)}
         cost = float(result.get("total_cost_usd") or 0.0)
         if self.billing == "api-key":
             usage["cost_usd"] = round(cost, 6)
@@ -101,8 +93,3 @@ def _result_object(output: str) -> dict | None:
             if isinstance(found, dict) and found.get("type") == "result":
                 return found
     return None
-
-
-def _usage(inputs=0, outputs=0, read=0, written=0) -> dict:
-    return {"input_tokens": int(inputs or 0), "output_tokens": int(outputs or 0),
-            "cache_read_tokens": int(read or 0), "cache_write_tokens": int(written or 0), "cost_usd": 0.0}

@@ -16,12 +16,14 @@ ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")
 MARKED = re.compile(r"^[\s>*_`#-]*(DESCRIPTION|RATIONALE)[*_`]*\s*:[*_`]*\s*(.*?)[\s*_`]*$")
 # What CLIs print when their API is down, overloaded or refusing them: aider (litellm's error
 # names and its own explanations), Claude Code ("API Error: 529 ... overloaded_error"), Codex
-# ("exceeded retry limit, last status: 429"; "stream disconnected before completion").
+# ("exceeded retry limit, last status: 429"; "stream disconnected before completion"; on a 5xx since
+# 0.17x: "Reconnecting... 2/5 (We're currently experiencing high demand ...)").
 OUTAGE = re.compile(
     r"servers? (?:are|is) down|overloaded|service unavailable|bad gateway|gateway time-?out"
     r"|internal server error|InternalServerError|ServiceUnavailableError|BadGatewayError"
     r"|APIConnectionError|RateLimitError|rate[ _-]limit(?:ed|_error)|too many requests"
     r"|connection (?:refused|reset|error)|timed out|exceeded retry limit|stream disconnected"
+    r"|experiencing high demand|reconnecting\.{3} \d+/\d+"
     r"|error sending request|(?:api error|status|http|error)\W{0,3}(?:code\W{0,3})?(?:429|5\d\d)\b"
     r"|not able to authenticate|invalid (?:x-)?api[ _-]key|authentication_error|\b401 unauthorized",
     re.IGNORECASE)

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
+
+from pathlib import Path
 
 from ..run import proctime
 from ..errors import LabError
@@ -59,7 +62,7 @@ class CommandAgent(Agent):
     def understand(self, output: str) -> tuple[str, dict]:
         """What the CLI said, as text (for its description and its last words), and what it spent.
         A plain CLI prints text and reports no usage; a named one (claude_code.py) overrides this."""
-        return output, _no_usage()
+        return output, no_usage()
 
     def _judge(self, outcome: "Outcome", changes: Changes, stated: str) -> Proposal:
         output, usage = self.understand(outcome.output)
@@ -106,6 +109,15 @@ class CommandAgent(Agent):
 
     def estimate_next_cost(self, history_usage: list[dict]) -> float:
         return 0.0  # a CLI bills on its own account; we cannot see it
+
+
+def find_program(program: str, agent: str, install: str) -> str:
+    """A named CLI's program, given as a path or found on the PATH; LabError saying how to install it."""
+    found = shutil.which(program)
+    if found:
+        return found
+    raise LabError(f"{agent} needs the `{Path(program).name}` program on the PATH: install it with `{install}` "
+                   f"(in Colab: `!{install}`), or give --agent command --command for another CLI")
 
 
 def build_prompt(context: Context, scratch: ScratchLab) -> str:
@@ -163,6 +175,7 @@ def run_in_group(command: str, cwd, stdin: str, env: dict, timeout: float) -> Ou
         raise
 
 
-def _no_usage() -> dict:
+def no_usage() -> dict:
+    """No tokens and no dollars: what a plain CLI reports."""
     return {"input_tokens": 0, "output_tokens": 0, "cache_read_tokens": 0,
             "cache_write_tokens": 0, "cost_usd": 0.0}

@@ -91,7 +91,7 @@ def agent_options(options: RunOptions) -> dict:
         return {"seed": options.seed}
     if options.agent == "command":
         return {"command": options.command, "timeout": options.agent_timeout}
-    if options.agent == "claude-code":
+    if options.agent in ("claude-code", "codex"):
         return {"model": options.model, "timeout": options.agent_timeout, "base_url": options.base_url}
     return {"model": options.model, "base_url": options.base_url}
 

@@ -29,9 +29,9 @@ class Option:
 
 
 RUN = (
-    Option("--agent", "heuristic (offline baseline), claude, openai, claude-code or command", default="heuristic",
+    Option("--agent", "heuristic (offline baseline), claude, openai, claude-code, codex or command", default="heuristic",
            metavar="NAME"),
-    Option("--model", "the agent's model (claude, openai, claude-code)", metavar="NAME"),
+    Option("--model", "the agent's model (claude, openai, claude-code, codex)", metavar="NAME"),
     Option("--base-url", "an OpenAI-compatible endpoint (openai agent)", metavar="URL"),
     Option("--command", "the coding-agent CLI of --agent command. It runs in a scratch git copy of the lab "
            "(allowed files editable, locked ones read-only); what it changes in allowed files is the proposal. "
@@ -40,7 +40,7 @@ RUN = (
            "'DESCRIPTION: ...'); both paths are also in $AUTORESEARCH_PROMPT_FILE and "
            "$AUTORESEARCH_DESCRIPTION_FILE. Recipes for aider, claude -p and codex exec: docs/agents.md",
            metavar="CMD", dest="agent_command"),
-    Option("--agent-timeout", "seconds a CLI agent (command, claude-code) may take per proposal before it is killed "
+    Option("--agent-timeout", "seconds a CLI agent (command, claude-code, codex) may take per proposal before it is killed "
            "(default 900)",
            type=float, metavar="S"),
     Option("--budget", "seconds of training per experiment", type=float, metavar="S"),

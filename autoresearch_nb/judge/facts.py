@@ -328,7 +328,7 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
         if base_values and best_values:
             gain, half = gain_interval(best_values, base_values, noise(rows, segment, metric), direction)
     per_hour, eta = pace(rows, info.get("max_experiments"))
-    cost, on_subscription = spent(rows)
+    cost, on_subscription, unpriced = spent(rows)
     spread = noise(rows, segment, metric)
     starts = segment_starts(rows)
     return {"metric": metric, "direction": direction, "counts": counts(rows), "done": ran(rows), "counted": counted(rows),
@@ -336,22 +336,24 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
             "gain_pct": 100.0 * gain / start.mean if gain is not None and start and start.mean else None,
             "noise": spread, "segment": segment, "segment_start": starts[-1]["index"] if starts else None,
             "segments": len(starts), "per_hour": per_hour, "eta_s": eta, "cost_usd": cost,
-            "subscription_usd": on_subscription,
+            "subscription_usd": on_subscription, "unpriced": unpriced,
             "max_experiments": info.get("max_experiments"), "max_cost": info.get("max_cost"),
             "changes": sum(1 for r in rows if r.get("status") == "keep" and r.get("role", "experiment") == "experiment"),
             "now": time.time()}
 
 
-def spent(rows: list[dict]) -> tuple[float, float]:
-    """Dollars billed for the agent (API keys), and the list price of what a subscription paid for
-    (Claude Code reports it; nobody is billed it)."""
+def spent(rows: list[dict]) -> tuple[float, float, int]:
+    """Dollars billed for the agent (API keys); the list price of what a subscription paid for (Claude
+    Code reports it; nobody is billed it); and how many proposals came with no price at all (Codex)."""
     billed = on_subscription = 0.0
+    unpriced = 0
     for row in rows:
         usage = row.get("usage") or {}
         billed += float(usage.get("cost_usd") or 0.0)
         if usage.get("billing") == "subscription":
             on_subscription += float(usage.get("list_cost_usd") or 0.0)
-    return billed, on_subscription
+        unpriced += usage.get("billing") in ("unpriced", "subscription") and not usage.get("list_cost_usd")
+    return billed, on_subscription, unpriced
 
 
 def ablation_table(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> list[dict]:

@@ -29,11 +29,14 @@ def duration(seconds: float | None, compact: bool = False) -> str:
     return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
 
 
-def cost_text(billed: float, on_subscription: float = 0.0) -> str:
-    """"$0.43"; with a subscription, what it covered is said, never shown as $0 spent."""
+def cost_text(billed: float, on_subscription: float = 0.0, unpriced: int = 0) -> str:
+    """"$0.43"; what a subscription covered, or proposals that came with no price, are said, never
+    shown as $0 spent."""
     said = f"${billed:.2f}" if billed >= 1 or not billed else f"${billed:.4f}"
     if on_subscription:
         said += f" (+ a subscription's: ${on_subscription:.2f} at list price, not billed)"
+    if unpriced:
+        said += f" (+ {unpriced} proposal{'' if unpriced == 1 else 's'} whose CLI reports no price)"
     return said
 
 

@@ -124,9 +124,9 @@ def time_and_money(rows: list[dict]) -> dict:
         usage = row.get("usage") or {}
         for name in tokens:
             tokens[name] += int(usage.get(name) or 0)
-    cost, on_subscription = facts.spent(rows)
+    cost, on_subscription, unpriced = facts.spent(rows)
     return {"timed_rows": timed, **spent, "total_s": total, "by_status": by_status,
-            "tokens": tokens, "cost_usd": cost, "subscription_usd": on_subscription}
+            "tokens": tokens, "cost_usd": cost, "subscription_usd": on_subscription, "unpriced": unpriced}
 
 
 def wall_time(record: dict) -> float | None:

@@ -157,7 +157,7 @@ def summary_markdown(record: dict) -> str:
             f"#{s['index']} ({s['reason'] or 'see the rows'})" for s in starts)
                      + "; the figures above are the last segment's, numbers are never compared across segments")
     lines.append(f"- **Wall time**: {duration(wall_time(record))}")
-    lines.append(f"- **Cost**: {cost_text(money['cost_usd'], money['subscription_usd'])}"
+    lines.append(f"- **Cost**: {cost_text(money['cost_usd'], money['subscription_usd'], money['unpriced'])}"
                  + (f" ({money['tokens']['input_tokens']:,} input / "
                     f"{money['tokens']['output_tokens']:,} output tokens)"
                     if money["tokens"]["input_tokens"] else ""))

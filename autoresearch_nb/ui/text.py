@@ -50,7 +50,7 @@ def header_lines(found: dict) -> list[str]:
         pace.append(f"noise σ {noise.usable:.4f} ({noise.pairs} pairs)")
     if found["per_hour"] is not None:
         pace.append(f"{found['per_hour']:.1f} runs/h")
-    pace.append(f"cost {cost_text(found['cost_usd'], found.get('subscription_usd') or 0.0)}")
+    pace.append(f"cost {cost_text(found['cost_usd'], found.get('subscription_usd') or 0.0, found.get('unpriced') or 0)}")
     if found["eta_s"] is not None:
         pace.append(f"ETA {duration(found['eta_s'], compact=True)}")
     if found.get("segments", 1) > 1:

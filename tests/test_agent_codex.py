@@ -1,0 +1,169 @@
+"""`--agent codex`: the real Codex CLI (`codex exec`, installed from npm by scripts/test.sh) against a
+loopback Responses API that streams, as Codex asks for it. The scripted model edits with Codex's own
+apply_patch, run through its shell tool inside Codex's sandbox, and states what it changed."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch_nb.agents import make_agent
+from autoresearch_nb.agents.base import ProposalError
+from autoresearch_nb.errors import LabError
+from autoresearch_nb.judge import facts
+from autoresearch_nb.lab.lab import Lab
+from autoresearch_nb.lab.words import cost_text
+from conftest import NPM_AGENTS as BIN, cli, npm_program
+from servers import Reply, ResponsesServer, make_lab, output_text, responses_reply, shell_call
+
+CODEX_VERSION = "0.171.0"  # scripts/test.sh installs this one
+CANARY = "sk-openai-canary-7be21"
+
+
+@pytest.fixture(scope="module")
+def codex() -> Path:
+    return npm_program("codex", "@openai/codex", CODEX_VERSION)
+
+
+@pytest.fixture
+def cli_env(codex, monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", f"{codex.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("OPENAI_API_KEY", CANARY)
+    monkeypatch.delenv("CODEX_API_KEY", raising=False)
+    # outside /tmp: Codex refuses to put its helper programs under a temporary directory
+    home = Path("/var/tmp") / f"codex-home-{os.getpid()}-{time.monotonic_ns()}"
+    home.mkdir(parents=True)
+    monkeypatch.setenv("CODEX_HOME", str(home))
+    monkeypatch.setenv("HOME", str(home))
+
+
+def outputs(request: dict) -> list[dict]:
+    return [i for i in request.get("input", []) if isinstance(i, dict) and i.get("type") == "function_call_output"]
+
+
+def patch(path: str, old: str, new: str) -> str:
+    return (f"apply_patch <<'EOF'\n*** Begin Patch\n*** Update File: {path}\n@@\n-{old}\n+{new}\n"
+            "*** End Patch\nEOF\n")
+
+
+def editing(old: str, new: str, description: str, path: str = "nanochat/train.py"):
+    """A model that patches one line of `path`, then says what it changed."""
+    def reply(request: dict) -> dict:
+        if not outputs(request):
+            return responses_reply(shell_call(patch(path, old, new)))
+        return responses_reply(output_text(f"Done.\nDESCRIPTION: {description}\nRATIONALE: worth a try"))
+    return reply
+
+
+def test_a_night_driven_by_codex_runs_its_edits_and_records_its_tokens(cli_env, tiny_lab):
+    train = (tiny_lab / "nanochat" / "train.py").read_text().splitlines()
+    line = {name: next(l for l in train if l.startswith(name + " = ")) for name in
+            ("MATRIX_LR", "EMBED_LR", "WARMDOWN_FRAC", "UNEMBED_LR", "ROPE_BASE")}
+    edits = [(line["MATRIX_LR"], line["MATRIX_LR"].replace("0.02", "0.03", 1), "MATRIX_LR 0.02 -> 0.03"),
+             (line["EMBED_LR"], line["EMBED_LR"].replace("0.3", "0.4", 1), "EMBED_LR 0.3 -> 0.4"),
+             (line["WARMDOWN_FRAC"], line["WARMDOWN_FRAC"].replace("0.4", "0.5", 1), "WARMDOWN_FRAC 0.4 -> 0.5"),
+             (line["UNEMBED_LR"], line["UNEMBED_LR"].replace("0.004", "0.008", 1), "UNEMBED_LR 0.004 -> 0.008"),
+             (line["ROPE_BASE"], line["ROPE_BASE"].replace("10000.0", "1000.0", 1), "ROPE_BASE 10000 -> 1000")]
+    proposals = []
+
+    def reply(request):
+        if not outputs(request):
+            proposals.append(request)
+        return editing(*edits[min(len(proposals), len(edits)) - 1])(request)
+
+    with ResponsesServer(default=reply) as server:
+        done = cli("run", "--lab", str(tiny_lab), "--agent", "codex", "--model", "gpt-5-codex",
+                   "--base-url", server.url + "/v1", "--budget", "2", "--noise-runs", "1", "--policy", "greedy",
+                   "--max-experiments", "5", "--depth", "0", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Lab.open(tiny_lab).rows()
+    experiments = [r for r in rows if r["role"] == "experiment" and r["status"] != "disturbed"]
+    assert all(r["status"] in ("keep", "discard") for r in experiments), [(r["status"], r.get("reason")) for r in experiments]
+    assert len(experiments) >= 3 and [r["description"] for r in experiments] == [e[2] for e in edits][:len(experiments)]
+    for row in experiments:  # tokens from Codex's own turn events; it reports no price, and the rows say so
+        usage = row["usage"]
+        assert usage["input_tokens"] > 1000 and usage["output_tokens"] > 0 and usage["billing"] == "unpriced", usage
+    assert "reports no price" in cost_text(*facts.spent(rows))
+    sent = proposals[0]
+    assert sent["stream"] is True and sent["model"] == "gpt-5-codex"
+    assert not any(tool.get("type") == "web_search" for tool in sent["tools"]), [t.get("type") for t in sent["tools"]]
+    headers = {name.lower(): value for name, value in server.requests[0]["headers"].items()}
+    assert headers.get("authorization") == f"Bearer {CANARY}"  # the key reaches Codex, never the experiment
+    logs = "".join((tiny_lab / r["log"]).read_text() for r in experiments)
+    assert CANARY not in logs and CANARY not in (tiny_lab / ".autoresearch" / "ledger.jsonl").read_text()
+
+
+def propose(tmp_path, model_reply, **options):
+    context = make_lab(tmp_path / "lab")
+    with ResponsesServer(default=model_reply) as server:
+        agent = make_agent("codex", model="gpt-5-codex", base_url=server.url + "/v1", **options)
+        try:
+            return agent.propose(context), server
+        except ProposalError as error:
+            return error, server
+
+
+def test_codex_edits_are_the_proposal_and_its_side_files_are_discarded(cli_env, tmp_path):
+    def reply(request):
+        done = outputs(request)
+        if not done:
+            return responses_reply(shell_call(patch("nanochat/train.py", "DEPTH = 4", "DEPTH = 6")))
+        if len(done) == 1:
+            return responses_reply(shell_call("echo 'my notes' > notes.md"))
+        return responses_reply(output_text("DESCRIPTION: DEPTH 4 -> 6"))
+    proposal, _ = propose(tmp_path, reply)
+    assert not isinstance(proposal, ProposalError), proposal
+    assert "DEPTH = 6" in proposal.files["nanochat/train.py"] and set(proposal.files) == {"nanochat/train.py"}
+    assert proposal.description == "DEPTH 4 -> 6" and proposal.meta["side_files"] == ["notes.md"]
+
+
+def test_an_edit_of_the_locked_file_refuses_the_proposal(cli_env, tmp_path):
+    outcome, _ = propose(tmp_path, editing("EVAL_TOKENS = 1000", "EVAL_TOKENS = 10", "fewer eval tokens",
+                                           path="nanochat/prepare.py"))
+    assert isinstance(outcome, ProposalError)
+    assert "REFUSED" in outcome.reason or "changed none of the allowed files" in outcome.reason, outcome.reason
+
+
+def test_a_hung_model_meets_the_agent_timeout(cli_env, tmp_path):
+    def hang(request):
+        time.sleep(60)
+        return responses_reply(output_text("too late"))
+    started = time.monotonic()
+    outcome, _ = propose(tmp_path, hang, timeout=8)
+    assert isinstance(outcome, ProposalError) and "ran past its 8 s limit" in outcome.reason, outcome
+    assert time.monotonic() - started < 50
+
+
+def test_a_failing_api_is_reported_as_an_outage_not_as_no_change(cli_env, tmp_path):
+    failing = Reply(500, {"error": {"message": "the server had an error", "type": "server_error"}})
+    outcome, server = propose(tmp_path, lambda request: failing, timeout=240)
+    assert isinstance(outcome, ProposalError), outcome
+    assert outcome.fatal, outcome.reason
+    assert len(server.requests) >= 2  # Codex retried before giving up
+
+
+def test_without_the_program_or_a_login_it_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(LabError, match="npm install -g @openai/codex"):
+        make_agent("codex")
+    monkeypatch.setenv("PATH", f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("CODEX_HOME", str(tmp_path / "codex"))
+    for name in ("OPENAI_API_KEY", "CODEX_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(LabError, match="codex login"):
+        make_agent("codex")
+
+
+def test_the_events_it_prints_give_the_description_and_the_tokens(cli_env, tmp_path):
+    agent = make_agent("codex")
+    output = "\n".join(json.dumps(event) for event in (
+        {"type": "thread.started", "thread_id": "t"},
+        {"type": "item.completed", "item": {"type": "agent_message", "text": "DESCRIPTION: halve the batch"}},
+        {"type": "turn.completed", "usage": {"input_tokens": 900, "cached_input_tokens": 400, "output_tokens": 30}}))
+    text, usage = agent.understand(output)
+    assert "DESCRIPTION: halve the batch" in text
+    assert (usage["input_tokens"], usage["cache_read_tokens"], usage["output_tokens"]) == (500, 400, 30)
