@@ -172,3 +172,17 @@ def test_on_a_subscription_the_price_is_an_estimate_not_a_bill(cli_env, tmp_path
     assert server.requests[0]["headers"].get("Authorization", "").endswith("sk-ant-oat-canary")
     said = cost_text(*facts.spent([{"usage": proposal.usage}]))  # as the header and the export say it
     assert said.startswith("$0") and "subscription" in said and "not billed" in said, said
+
+
+def test_max_cost_stops_a_night_driven_by_claude_code(cli_env, tiny_lab):
+    with AnthropicServer(default=editing("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.03 ", "MATRIX_LR 0.02 -> 0.03")) as server:
+        done = cli("run", "--lab", str(tiny_lab), "--agent", "claude-code", "--budget", "2", "--noise-runs", "1",
+                   "--max-experiments", "8", "--max-cost", "0.1", "--depth", "0",
+                   env={"ANTHROPIC_BASE_URL": server.url}, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Lab.open(tiny_lab).rows()
+    spent = facts.spent(rows)[0]
+    proposals = [r for r in rows if (r.get("usage") or {}).get("cost_usd")]
+    # each proposal cost about $0.08 here (Claude Code's own figure): the second would pass $0.10
+    assert len(proposals) == 1 and 0 < spent <= 0.1, [(r["index"], r["usage"]) for r in rows]
+    assert "--max-cost" in done.stdout

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from autoresearch_nb.judge import facts
 from autoresearch_nb.lab.ledger import read_results_tsv
 from autoresearch_nb.engine.loop import LoopOptions, ResearchLoop
 from autoresearch_nb.ui import text
@@ -142,3 +143,23 @@ def test_a_run_that_slows_itself_is_judged_as_it_is(tmp_path):
     rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\nSLEEP = True\n"}, "sleeps in training")]),
                Neighbour(runs=set()))[:-1]
     assert [r["status"] for r in rows] == ["keep", "keep"]
+
+
+class PricedAgent(ScriptedAgent):
+    """Each proposal costs $0.50, as an SDK or CLI agent's usage says."""
+
+    def propose(self, context):
+        proposal = super().propose(context)
+        proposal.usage = {"input_tokens": 100, "output_tokens": 10, "cost_usd": 0.5}
+        return proposal
+
+
+def test_what_a_proposal_cost_is_counted_once_when_its_first_run_is_disturbed(tmp_path):
+    # the re-run is a row of its own: were the draft's usage copied onto it, --max-cost and the
+    # header would count the proposal twice
+    lab = working_lab(tmp_path)
+    rows = run(lab, PricedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), Neighbour(runs={1}))[:-1]
+    assert [r["status"] for r in rows] == ["keep", "disturbed", "keep"]
+    assert rows[1]["usage"]["cost_usd"] == 0.5 and not (rows[2].get("usage") or {}).get("cost_usd")
+    assert facts.spent(lab.rows())[0] == 0.5
+    assert rows[2]["rationale"] == rows[1]["rationale"] == "test: better"
