@@ -83,7 +83,7 @@ def test_drafts_rejected_while_the_baseline_trains_are_all_on_record(tiny_lab, t
                "--max-experiments", "3", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = Lab.open(tiny_lab).rows()
-    baseline = [r for r in rows if r["role"] == "baseline"]
+    baseline = [r for r in rows if r["role"] == "baseline" and r["status"] != "disturbed"]  # slowed from outside: again
     assert [r["status"] for r in baseline] == ["keep"], [(r["status"], r.get("reason")) for r in baseline]
     rejected = [r for r in rows if r["status"] == "rejected"]
     answered = len(calls.read_text().splitlines())
@@ -267,7 +267,7 @@ def test_kill_9_of_a_two_worker_ray_night_then_resume(tiny_lab, tmp_path):
         assert len(again) == 1, (track["description"], [(r["index"], r["status"]) for r in again])
     ran = [r for r in rows if r.get("job") is not None]
     assert {r["worker"].split(" ")[0] for r in ran} == {"r0", "r1"}
-    assert all(r["status"] in ("keep", "discard") for r in ran), [(r["index"], r.get("reason")) for r in ran]
+    assert all(r["status"] in ("keep", "discard", "disturbed") for r in ran), [(r["index"], r.get("reason")) for r in ran]
     lab_check(tiny_lab)
 
 
