@@ -76,11 +76,6 @@ class ClaudeCodeAgent(CommandAgent):
             usage.update(billing="subscription", list_cost_usd=round(cost, 6))
         return text, usage
 
-    def estimate_next_cost(self, history_usage: list[dict]) -> float:
-        """For --max-cost: the dearest of the last five proposals (a subscription bills none)."""
-        recent = [float(u.get("cost_usd") or 0.0) for u in history_usage[-5:]]
-        return max(recent, default=0.0)
-
 
 def _result_object(output: str) -> dict | None:
     """The last JSON object with "type": "result" in the CLI's output (stderr may come before it)."""

@@ -24,7 +24,9 @@ CLI_TASK = ("make one focused change to the files you may edit, then say what yo
 
 class CommandAgent(Agent):
     """Runs a coding-agent CLI in a scratch git repo; what it changed in the allowed files is the
-    proposal, what it wrote elsewhere is discarded and listed."""
+    proposal, what it wrote elsewhere is discarded and listed.
+    For --max-cost it has no price list: the loop guesses the next proposal's cost from the last
+    ones' recorded cost (nothing for a plain CLI, Claude Code's own figure for claude-code)."""
 
     name = "command"
     extra_env: dict = {}   # what a named CLI is always given (see claude_code.py)
@@ -106,9 +108,6 @@ class CommandAgent(Agent):
 
     def reflect(self, context: Context, row: dict) -> str:
         return templated_lesson(context, row)
-
-    def estimate_next_cost(self, history_usage: list[dict]) -> float:
-        return 0.0  # a CLI bills on its own account; we cannot see it
 
 
 def find_program(program: str, agent: str, install: str) -> str:

@@ -8,7 +8,7 @@ from collections import Counter
 
 from ..judge import facts
 from ..judge.facts import timestamp
-from ..lab.words import FAILED_STATUSES, STATUSES, cost_text, duration, profile_name  # noqa: F401  (read here by the tables)
+from ..lab.words import FAILED_STATUSES, STATUSES
 
 _TSV_KIND = re.compile(r"\[([a-z_]+)\]\s*$")  # our results.tsv puts the crash kind last: "[oom]"
 _KIND_WORDS = (("oom", ("oom", "out of memory")), ("timeout", ("timeout", "timed out")),

@@ -4,7 +4,8 @@ from __future__ import annotations
 import html
 
 from ..judge import facts
-from .figures import cost_text, duration, metric_of, profile_name, row_seconds, status_counts, time_and_money, wall_time
+from ..lab.words import cost_text, duration, profile_name
+from .figures import metric_of, row_seconds, status_counts, time_and_money, wall_time
 
 
 def rich(html_text: str, plain: str) -> dict:
