@@ -30,6 +30,12 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: f
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def lab_check(lab) -> None:
+    """The lab's invariant check, as a person runs it (`autoresearch-nb check`)."""
+    done = cli("check", "--lab", str(lab))
+    assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stdout + done.stderr
+
+
 @pytest.fixture
 def tiny_lab(tmp_path):
     """A fresh lab on the tiny profile (5-second budget): real nanochat, real git, fast."""

@@ -17,7 +17,7 @@ from autoresearch_nb.errors import LabError
 from autoresearch_nb.judge import facts
 from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.lab.words import cost_text
-from conftest import NPM_AGENTS as BIN, cli, npm_program
+from conftest import NPM_AGENTS as BIN, cli, lab_check, npm_program
 from servers import AnthropicServer, anthropic_error, make_lab, message, text, tool_use
 
 CLAUDE_VERSION = "2.1.332"  # scripts/test.sh installs this one
@@ -98,6 +98,7 @@ def test_a_night_driven_by_claude_code_runs_its_edits_and_records_what_they_cost
     logs = "".join((tiny_lab / r["log"]).read_text() for r in experiments)
     assert CANARY not in logs and CANARY not in (tiny_lab / ".autoresearch" / "ledger.jsonl").read_text()
     assert "claude-code" in done.stdout or "Claude Code" in done.stdout
+    lab_check(tiny_lab)
 
 
 def propose(tmp_path, model_reply, **options):
@@ -186,3 +187,4 @@ def test_max_cost_stops_a_night_driven_by_claude_code(cli_env, tiny_lab):
     # each proposal cost about $0.08 here (Claude Code's own figure): the second would pass $0.10
     assert len(proposals) == 1 and 0 < spent <= 0.1, [(r["index"], r["usage"]) for r in rows]
     assert "--max-cost" in done.stdout
+    lab_check(tiny_lab)

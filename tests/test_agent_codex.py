@@ -16,7 +16,7 @@ from autoresearch_nb.errors import LabError
 from autoresearch_nb.judge import facts
 from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.lab.words import cost_text
-from conftest import NPM_AGENTS as BIN, cli, npm_program
+from conftest import NPM_AGENTS as BIN, cli, lab_check, npm_program
 from servers import Reply, ResponsesServer, make_lab, output_text, responses_reply, shell_call
 
 CODEX_VERSION = "0.171.0"  # scripts/test.sh installs this one
@@ -94,6 +94,7 @@ def test_a_night_driven_by_codex_runs_its_edits_and_records_its_tokens(cli_env, 
     assert headers.get("authorization") == f"Bearer {CANARY}"  # the key reaches Codex, never the experiment
     logs = "".join((tiny_lab / r["log"]).read_text() for r in experiments)
     assert CANARY not in logs and CANARY not in (tiny_lab / ".autoresearch" / "ledger.jsonl").read_text()
+    lab_check(tiny_lab)
 
 
 def propose(tmp_path, model_reply, **options):

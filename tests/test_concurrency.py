@@ -22,7 +22,7 @@ from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.lab.labcheck import broken
 from autoresearch_nb.front.progress import STATUS_MARK
 from autoresearch_nb.engine.session import RunOptions, Session
-from conftest import cli
+from conftest import cli, lab_check
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +36,6 @@ WRITES_THE_LEDGER = ('import pathlib as _p\n'
                      '_ledger = _p.Path.cwd().parents[1] / "ledger.jsonl"\n'
                      '_ledger.open("a").write(\'{"index": 99, "status": "keep", "val_bpb": 0.1, "role": "experiment"}\\n\')\n'
                      '(_p.Path.cwd().parents[2] / "results.tsv").write_text("commit\\tval_bpb\\nabc1234\\t0.1\\n")\n')
-
-
-def lab_check(lab) -> None:
-    """The invariant check, as a person runs it."""
-    done = cli("check", "--lab", str(lab))
-    assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stdout + done.stderr
 
 
 def printed_rows(stdout: str) -> list[tuple[int, str]]:
