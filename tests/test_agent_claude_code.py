@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import re
 import time
 from pathlib import Path
@@ -186,3 +187,84 @@ def test_max_cost_stops_a_night_driven_by_claude_code(cli_env, tiny_lab):
     assert len(proposals) == 1 and 0 < spent <= 0.1, [(r["index"], r["usage"]) for r in rows]
     assert "--max-cost" in done.stdout
     lab_check(tiny_lab)
+
+
+def this_turn(request: dict) -> list[dict]:
+    """The tool results since the prompt of the proposal under way (a resumed conversation holds earlier ones)."""
+    messages = request["messages"]
+    start = max(i for i, msg in enumerate(messages) if msg["role"] == "user" and not (
+        isinstance(msg["content"], list) and any(b.get("type") == "tool_result" for b in msg["content"])))
+    return tool_results({"messages": messages[start:]})
+
+
+def turn_editing(edits: list[tuple[str, str, str]], firsts: list[dict]):
+    """A model that makes edit k in the k-th proposal (read, edit, say), in a fresh or a resumed conversation."""
+    def reply(request: dict) -> dict:
+        done = this_turn(request)
+        if not done:
+            firsts.append(request)
+        old, new, description = edits[min(len(firsts), len(edits)) - 1]
+        target = f"{workdir(request)}/nanochat/train.py"
+        if not done:
+            return message(tool_use("Read", {"file_path": target}))
+        if len(done) == 1:
+            return message(tool_use("Edit", {"file_path": target, "old_string": old, "new_string": new}))
+        return message(text(f"Done.\nDESCRIPTION: {description}\nRATIONALE: next in line"))
+    return reply
+
+
+def user_texts(request: dict) -> list[str]:
+    return [msg["content"] if isinstance(msg["content"], str) else
+            " ".join(b.get("text", "") for b in msg["content"] if b.get("type") == "text")
+            for msg in request["messages"] if msg["role"] == "user"]
+
+
+def test_with_memory_each_proposal_resumes_the_conversation_and_is_told_only_what_is_new(cli_env, tiny_lab):
+    edits = [("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.03 ", "MATRIX_LR 0.02 -> 0.03"),
+             ("EMBED_LR = 0.3 ", "EMBED_LR = 0.4 ", "EMBED_LR 0.3 -> 0.4"),
+             ("WARMDOWN_FRAC = 0.4 ", "WARMDOWN_FRAC = 0.5 ", "WARMDOWN_FRAC 0.4 -> 0.5")]
+    firsts: list[dict] = []
+    with AnthropicServer(default=turn_editing(edits, firsts)) as server:
+        done = cli("run", "--lab", str(tiny_lab), "--agent", "claude-code", "--agent-memory", "--budget", "2",
+                   "--noise-runs", "1", "--policy", "greedy", "--max-experiments", "4", "--depth", "0",
+                   env={"ANTHROPIC_BASE_URL": server.url}, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Lab.open(tiny_lab).rows()
+    experiments = [r for r in rows if r["role"] == "experiment" and r["status"] != "disturbed"]
+    assert [r["description"] for r in experiments] == [e[2] for e in edits][:len(experiments)] and len(experiments) >= 2
+    turns = [r["memory"] for r in experiments]
+    assert [t["turn"] for t in turns] == list(range(1, len(turns) + 1)), turns
+    assert len({t["conversation"] for t in turns}) == 1, turns
+    # The second proposal's request carries the first one's conversation, then a short follow-up with
+    # the first result in it, not the whole charter again.
+    first, second = user_texts(firsts[0]), user_texts(firsts[1])
+    assert second[:len(first)] == first and len(second) > len(first)
+    follow_up = second[-1]
+    assert "Results since your last change" in follow_up and experiments[0]["description"] in follow_up
+    assert "reset to the lab's best code" in follow_up
+    assert len(follow_up) < len(first[0]) / 2, (len(follow_up), len(first[0]))
+    assert workdir(firsts[0]) == workdir(firsts[1])  # one directory: Claude Code files sessions under it
+    lab_check(tiny_lab)
+
+
+def test_a_lost_conversation_costs_one_proposal_then_a_new_one_starts(cli_env, tmp_path):
+    context = make_lab(tmp_path / "lab")
+    agent = make_agent("claude-code", memory=True)
+    edits = [("DEPTH = 4", "DEPTH = 5", "DEPTH 4 -> 5"), ("DEPTH = 4", "DEPTH = 6", "DEPTH 4 -> 6"),
+             ("DEPTH = 4", "DEPTH = 3", "DEPTH 4 -> 3")]
+    firsts: list[dict] = []
+    try:
+        with AnthropicServer(default=turn_editing(edits, firsts)) as server:
+            agent.extra_env = {**agent.extra_env, "ANTHROPIC_BASE_URL": server.url}
+            proposal = agent.propose(context)
+            assert proposal.meta["memory"]["turn"] == 1
+            # the machine was reset: Claude Code's stored sessions are gone
+            shutil.rmtree(Path(os.environ["HOME"]) / ".claude" / "projects")
+            with pytest.raises(ProposalError):
+                agent.propose(context)
+            again = agent.propose(context)
+        assert again.meta["memory"]["turn"] == 1 and again.meta["memory"]["conversation"] != proposal.meta["memory"]["conversation"]
+        assert len(user_texts(firsts[-1])) == 1  # a new conversation: the whole prompt, nothing before it
+    finally:
+        agent.close()
+    assert not agent.memory.home.exists()

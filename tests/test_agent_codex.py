@@ -83,10 +83,11 @@ def test_a_night_driven_by_codex_runs_its_edits_and_records_its_tokens(cli_env, 
     experiments = [r for r in rows if r["role"] == "experiment" and r["status"] != "disturbed"]
     assert all(r["status"] in ("keep", "discard") for r in experiments), [(r["status"], r.get("reason")) for r in experiments]
     assert len(experiments) >= 3 and [r["description"] for r in experiments] == [e[2] for e in edits][:len(experiments)]
-    for row in experiments:  # tokens from Codex's own turn events; it reports no price, and the rows say so
+    for row in experiments:  # tokens from Codex's own turn events, priced at the named model's list price
         usage = row["usage"]
-        assert usage["input_tokens"] > 1000 and usage["output_tokens"] > 0 and usage["billing"] == "unpriced", usage
-    assert "reports no price" in cost_text(*facts.spent(rows))
+        assert usage["input_tokens"] > 1000 and usage["output_tokens"] > 0, usage
+        expected = (usage["input_tokens"] * 1.25 + usage["cache_read_tokens"] * 0.125 + usage["output_tokens"] * 10) / 1e6
+        assert usage["cost_usd"] == pytest.approx(expected, abs=1e-6) and "list price" in usage["cost_note"], usage
     sent = proposals[0]
     assert sent["stream"] is True and sent["model"] == "gpt-5-codex"
     assert not any(tool.get("type") == "web_search" for tool in sent["tools"]), [t.get("type") for t in sent["tools"]]
@@ -166,3 +167,93 @@ def test_the_events_it_prints_give_the_description_and_the_tokens(cli_env, tmp_p
     text, usage = agent.understand(output)
     assert "DESCRIPTION: halve the batch" in text
     assert (usage["input_tokens"], usage["cache_read_tokens"], usage["output_tokens"]) == (500, 400, 30)
+    # its default model has no price we know: the rows say so rather than $0
+    assert usage["billing"] == "unpriced" and usage["cost_usd"] == 0
+    assert "reports no price" in cost_text(*facts.spent([{"usage": usage}]))
+
+
+def test_max_cost_stops_a_codex_night_at_the_models_list_price(cli_env, tiny_lab):
+    train = (tiny_lab / "nanochat" / "train.py").read_text().splitlines()
+    line = next(l for l in train if l.startswith("MATRIX_LR = "))
+    with ResponsesServer(default=editing(line, line.replace("0.02", "0.03", 1), "MATRIX_LR 0.02 -> 0.03")) as server:
+        done = cli("run", "--lab", str(tiny_lab), "--agent", "codex", "--model", "gpt-5-codex",
+                   "--base-url", server.url + "/v1", "--budget", "2", "--noise-runs", "1",
+                   "--max-experiments", "8", "--max-cost", "0.05", "--depth", "0", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Lab.open(tiny_lab).rows()
+    proposals = [r for r in rows if (r.get("usage") or {}).get("cost_usd")]
+    each = proposals[0]["usage"]["cost_usd"]
+    # a proposal costs about $0.03 here: a second would pass $0.05
+    assert 0.02 < each < 0.05 and len(proposals) == 1, [(r["index"], r["usage"]) for r in rows]
+    assert "--max-cost" in done.stdout
+    lab_check(tiny_lab)
+
+
+def this_turn(request: dict) -> list[dict]:
+    """The tool outputs since the prompt of the proposal under way (a resumed session holds earlier ones)."""
+    items = [i for i in request.get("input", []) if isinstance(i, dict)]
+    start = max(n for n, i in enumerate(items) if i.get("type") == "message" and i.get("role") == "user")
+    return outputs({"input": items[start:]})
+
+
+def user_texts(request: dict) -> list[str]:
+    return [" ".join(part.get("text", "") for part in i.get("content", []) if isinstance(part, dict))
+            for i in request.get("input", []) if isinstance(i, dict) and i.get("type") == "message"
+            and i.get("role") == "user"]
+
+
+def test_its_shell_cannot_write_outside_the_scratch_copy_fresh_or_resumed(cli_env, tmp_path):
+    outside = Path(os.environ["HOME"]) / "escaped.txt"
+    firsts: list[dict] = []
+
+    def reply(request):
+        done = this_turn(request)
+        if not done:
+            firsts.append(request)
+            return responses_reply(shell_call(f"echo out > {outside}"))
+        if len(done) == 1:
+            return responses_reply(shell_call(patch("nanochat/train.py", "DEPTH = 4", f"DEPTH = {4 + len(firsts)}")))
+        return responses_reply(output_text(f"DESCRIPTION: DEPTH 4 -> {4 + len(firsts)}"))
+    context = make_lab(tmp_path / "lab")
+    with ResponsesServer(default=reply) as server:
+        for memory in (False, True):
+            agent = make_agent("codex", model="gpt-5-codex", base_url=server.url + "/v1", memory=memory)
+            try:
+                for _ in range(2 if memory else 1):  # with memory, the second runs as `codex exec resume`
+                    proposal = agent.propose(context)
+                    assert proposal.files, proposal
+            finally:
+                agent.close()
+    assert len(user_texts(firsts[-1])) > len(user_texts(firsts[-2]))  # the last one was a resumed session
+    assert not outside.exists()
+
+
+def test_with_memory_each_proposal_resumes_the_session_and_is_told_only_what_is_new(cli_env, tiny_lab):
+    train = (tiny_lab / "nanochat" / "train.py").read_text().splitlines()
+    line = {name: next(l for l in train if l.startswith(name + " = ")) for name in ("MATRIX_LR", "EMBED_LR", "WARMDOWN_FRAC")}
+    edits = [(line["MATRIX_LR"], line["MATRIX_LR"].replace("0.02", "0.03", 1), "MATRIX_LR 0.02 -> 0.03"),
+             (line["EMBED_LR"], line["EMBED_LR"].replace("0.3", "0.4", 1), "EMBED_LR 0.3 -> 0.4"),
+             (line["WARMDOWN_FRAC"], line["WARMDOWN_FRAC"].replace("0.4", "0.5", 1), "WARMDOWN_FRAC 0.4 -> 0.5")]
+    firsts: list[dict] = []
+
+    def reply(request):
+        if not this_turn(request):
+            firsts.append(request)
+            old, new, _ = edits[min(len(firsts), len(edits)) - 1]
+            return responses_reply(shell_call(patch("nanochat/train.py", old, new)))
+        return responses_reply(output_text(f"Done.\nDESCRIPTION: {edits[min(len(firsts), len(edits)) - 1][2]}"))
+
+    with ResponsesServer(default=reply) as server:
+        done = cli("run", "--lab", str(tiny_lab), "--agent", "codex", "--agent-memory", "--model", "gpt-5-codex",
+                   "--base-url", server.url + "/v1", "--budget", "2", "--noise-runs", "1", "--policy", "greedy",
+                   "--max-experiments", "4", "--depth", "0", timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = Lab.open(tiny_lab).rows()
+    experiments = [r for r in rows if r["role"] == "experiment" and r["status"] != "disturbed"]
+    assert [r["description"] for r in experiments] == [e[2] for e in edits][:len(experiments)] and len(experiments) >= 2
+    turns = [r["memory"] for r in experiments]
+    assert [t["turn"] for t in turns] == list(range(1, len(turns) + 1)) and len({t["conversation"] for t in turns}) == 1
+    first, second = user_texts(firsts[0]), user_texts(firsts[1])
+    assert second[:len(first)] == first and "Results since your last change" in second[-1]
+    assert experiments[0]["description"] in second[-1]
+    lab_check(tiny_lab)

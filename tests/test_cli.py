@@ -117,7 +117,10 @@ def test_a_locked_file_edited_by_hand(tiny_lab):
     (["--max-experiments", "0"], ["--max-experiments"]),
     (["--agent", "openai"], ["--base-url"]),
     (["--agent", "command", "--command", "aider", "--agent-timeout", "0"], ["--agent-timeout", "positive"]),
-    (["--agent-timeout", "60"], ["--agent-timeout", "--agent command"]),
+    (["--agent-timeout", "60"], ["--agent-timeout", "claude-code", "codex or command"]),
+    (["--agent-memory"], ["--agent-memory", "claude-code or codex"]),
+    (["--agent", "codex", "--max-cost", "1"], ["--max-cost", "Codex reports none", "--model gpt-5-codex"]),
+    (["--agent", "command", "--command", "aider", "--agent-memory"], ["--agent-memory", "claude-code or codex"]),
 ])
 def test_bad_run_options(tiny_lab, args, words):
     message = one_line_error(cli("run", "--lab", str(tiny_lab), *args))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import LabError
 from . import cli_output
+from .cli_memory import Conversation
 from .command import CommandAgent, find_program, no_usage
 
 INSTALL = "npm install -g @anthropic-ai/claude-code"
@@ -41,7 +42,7 @@ class ClaudeCodeAgent(CommandAgent):
     extra_env = QUIET
 
     def __init__(self, model: str | None = None, timeout: float | None = None, binary: str | None = None,
-                 base_url: str | None = None):
+                 base_url: str | None = None, memory: bool = False):
         program = find_program(binary or "claude", "--agent claude-code", INSTALL)
         self.billing = login()
         words = [program, "-p", "--output-format", "json", "--permission-mode", "acceptEdits",
@@ -49,10 +50,21 @@ class ClaudeCodeAgent(CommandAgent):
         if model:
             words += ["--model", model]
         super().__init__(shlex.join(words), 900 if timeout is None else timeout)
+        self.memory = Conversation() if memory else None
         if base_url:  # an Anthropic-compatible endpoint of the person's choosing (a proxy, a gateway)
             self.extra_env = {**QUIET, "ANTHROPIC_BASE_URL": base_url}
         self.model = model
         self.label = f"Claude Code ({model or 'its default model'})"
+
+    def command_line(self, session: str | None) -> str:
+        # Fresh per proposal, nothing is filed under ~/.claude; with memory, the session is kept.
+        if self.memory is None:
+            return self.command + " --no-session-persistence"
+        return self.command + (f" --resume {shlex.quote(session)}" if session else "")
+
+    def session_of(self, output: str) -> str | None:
+        result = _result_object(output)
+        return str(result["session_id"]) if result and result.get("session_id") else None
 
     def understand(self, output: str) -> tuple[str, dict]:
         """The result's text (where its DESCRIPTION line is) and its usage; on a subscription the

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from ..errors import LabError
 from . import cli_output
+from .cli_memory import Conversation
 from .command import CommandAgent, find_program, no_usage
+from .pricing import cost_usd, model_prices
 
 INSTALL = "npm install -g @openai/codex"
 PROVIDER = "autoresearch"  # the provider --base-url defines (an OpenAI-compatible Responses endpoint)
@@ -34,10 +36,11 @@ class CodexAgent(CommandAgent):
     name = "codex"
 
     def __init__(self, model: str | None = None, timeout: float | None = None, binary: str | None = None,
-                 base_url: str | None = None):
+                 base_url: str | None = None, memory: bool = False):
         program = find_program(binary or "codex", "--agent codex", INSTALL)
         self.billing = login()
-        words = [program, "exec", "--json", "--skip-git-repo-check", "--sandbox", "workspace-write",
+        # `exec resume` takes no --sandbox: the sandbox is set through the config, the same for both
+        words = ["--json", "--skip-git-repo-check", "-c", 'sandbox_mode="workspace-write"',
                  "-c", 'web_search="disabled"', "-c", "sandbox_workspace_write.network_access=false"]
         if base_url:
             key = "CODEX_API_KEY" if os.environ.get("CODEX_API_KEY") else "OPENAI_API_KEY"
@@ -48,13 +51,31 @@ class CodexAgent(CommandAgent):
                       "-c", f'model_provider="{PROVIDER}"']
         if model:
             words += ["--model", model]
-        super().__init__(shlex.join(words + ["-"]), 900 if timeout is None else timeout)
+        super().__init__(shlex.join([program, "exec"]), 900 if timeout is None else timeout)
+        self.program, self.flags = program, words
+        self.memory = Conversation() if memory else None
+        self.command = self.command_line(None)
         self.model = model
         self.label = f"Codex ({model or 'its default model'})"
 
+    def command_line(self, session: str | None) -> str:
+        # Fresh per proposal, no session is filed under $CODEX_HOME; with memory, it is kept.
+        if session:
+            return shlex.join([self.program, "exec", "resume", *self.flags, session, "-"])
+        ephemeral = [] if self.memory else ["--ephemeral"]
+        return shlex.join([self.program, "exec", *ephemeral, *self.flags, "-"])
+
+    def session_of(self, output: str) -> str | None:
+        for line in cli_output.clean_lines(output):
+            event = _event(line)
+            if event and event.get("type") == "thread.started" and event.get("thread_id"):
+                return str(event["thread_id"])
+        return None
+
     def understand(self, output: str) -> tuple[str, dict]:
         """Its messages and errors as text (where its DESCRIPTION line is), and the tokens of its turns.
-        Codex reports no price: the rows say so rather than $0."""
+        Codex reports no price: a model with a known list price is priced at it, else the rows say
+        "unpriced" rather than $0."""
         said, usage, seen = [], no_usage(), False
         for line in cli_output.clean_lines(output):
             event = _event(line)
@@ -76,8 +97,18 @@ class CodexAgent(CommandAgent):
                 usage["cache_write_tokens"] += int(counted.get("cache_write_input_tokens") or 0)
                 usage["output_tokens"] += int(counted.get("output_tokens") or 0)
         if seen:
-            usage["billing"] = self.billing if self.billing == "subscription" else "unpriced"
+            usage.update(_priced(self.model, usage, self.billing))
         return "\n".join(said), usage
+
+
+def _priced(model: str | None, usage: dict, billing: str) -> dict:
+    """Codex prints tokens, never dollars: OpenAI's list price for a model we know, else "unpriced"."""
+    if model_prices(model) is None:
+        return {"billing": "subscription" if billing == "subscription" else "unpriced"}
+    cost = round(cost_usd(model, usage), 6)
+    if billing == "subscription":
+        return {"billing": "subscription", "list_cost_usd": cost}
+    return {"cost_usd": cost, "cost_note": f"Codex reports no price: {model} at OpenAI's list price"}
 
 
 def _event(line: str) -> dict | None:

@@ -13,6 +13,7 @@ from ..run import proctime
 from ..errors import LabError
 from . import cli_output
 from .base import Agent, Context, Proposal, ProposalError
+from .cli_memory import Conversation
 from .prompting import situation_block, system_prompt, templated_lesson
 from .scratch_lab import DESCRIPTION_FILE, Changes, ScratchLab
 
@@ -39,12 +40,16 @@ class CommandAgent(Agent):
         self.model = None
         self.label = f"command: {cli_output.program_name(command)}"
         self.empty_in_a_row = 0
+        self.memory: Conversation | None = None   # a CLI that resumes its session (cli_memory.py)
 
     def propose(self, context: Context) -> Proposal:
-        with ScratchLab(context) as scratch:
-            prompt = build_prompt(context, scratch)
+        memory = self.memory
+        with ScratchLab(context, home=memory.home if memory else None) as scratch:
+            resuming = bool(memory and memory.session)
+            prompt = (memory.follow_up(context, *rules(scratch)) if resuming
+                      else build_prompt(context, scratch))
             scratch.prompt_file.write_text(prompt, encoding="utf-8")
-            command = (self.command
+            command = (self.command_line(memory.session if resuming else None)
                        .replace("{prompt_file}", shlex.quote(str(scratch.prompt_file)))
                        .replace("{description_file}", shlex.quote(str(scratch.description_file))))
             env = dict(os.environ, **self.extra_env, AUTORESEARCH_PROMPT_FILE=str(scratch.prompt_file),
@@ -59,7 +64,27 @@ class CommandAgent(Agent):
         empty = (outcome.returncode == 0 and not outcome.timed_out
                  and not (changes.files or changes.locked or changes.deleted))
         self.empty_in_a_row = self.empty_in_a_row + 1 if empty else 0
-        return self._judge(outcome, changes, stated)
+        turn = None
+        if memory:
+            finished = outcome.returncode == 0 and not outcome.timed_out
+            memory.told(context, self.session_of(outcome.output) if finished else None)
+            turn = {"conversation": memory.session, "turn": memory.turns} if finished else None
+        proposal = self._judge(outcome, changes, stated)
+        if turn:
+            proposal.meta["memory"] = turn
+        return proposal
+
+    def command_line(self, session: str | None) -> str:
+        """The command to run: a new conversation, or (a CLI with memory) the one called `session`."""
+        return self.command
+
+    def session_of(self, output: str) -> str | None:
+        """The session the CLI's output names, to resume next time (a CLI with memory overrides this)."""
+        return None
+
+    def close(self) -> None:
+        if self.memory:
+            self.memory.close()
 
     def understand(self, output: str) -> tuple[str, dict]:
         """What the CLI said, as text (for its description and its last words), and what it spent.
@@ -121,6 +146,13 @@ def find_program(program: str, agent: str, install: str) -> str:
 
 def build_prompt(context: Context, scratch: ScratchLab) -> str:
     """The charter, rules and history an LLM agent gets, with instructions a CLI can follow."""
+    files_rule, finish = rules(scratch)
+    return (system_prompt(context, finish=finish, files_rule=files_rule) + "\n"
+            + situation_block(context, task=CLI_TASK) + "\n")
+
+
+def rules(scratch: ScratchLab) -> tuple[str, str]:
+    """Which files the CLI may edit, and how it finishes a proposal."""
     editable = ", ".join(scratch.editable) or "(none)"
     read_only = ", ".join(scratch.read_only) or "(none)"
     refused = (f" (a change to {', '.join(scratch.locked)} refuses the whole proposal)"
@@ -134,8 +166,7 @@ def build_prompt(context: Context, scratch: ScratchLab) -> str:
               f"to the file {DESCRIPTION_FILE}, and on the lines after it why you expect it to "
               "help. If you cannot write that file, end your reply with a line that starts with "
               "DESCRIPTION: and then one that starts with RATIONALE: instead.")
-    return (system_prompt(context, finish=finish, files_rule=files_rule) + "\n"
-            + situation_block(context, task=CLI_TASK) + "\n")
+    return files_rule, finish
 
 
 class Outcome:

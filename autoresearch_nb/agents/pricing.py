@@ -1,5 +1,7 @@
-"""Token counts to US dollars for Claude models, and the usage tally an agent keeps per proposal."""
+"""Token counts to US dollars for Claude and OpenAI models, and the usage tally an agent keeps per proposal."""
 from __future__ import annotations
+
+import re
 
 # USD per million tokens: (input, output, 5-minute cache write, cache read), from Anthropic's
 # pricing page. Matched by longest prefix, so dated ids ("claude-sonnet-4-5-20250929") and
@@ -24,6 +26,17 @@ PRICES_PER_MTOK: dict[str, tuple[float, float, float, float]] = {
     "claude-haiku-5-5": (0.10, 0.50, 0.125, 0.01),   # prompts up to 100k tokens
     "claude-haiku-4-5": (1.0, 5.0, 1.25, 0.10),
     "claude-3-5-haiku": (0.8, 4.0, 1.00, 0.08),
+    # OpenAI's list prices (what Codex runs; Codex reports tokens, no price). Matched exactly or with a
+    # date ("gpt-5-2025-08-07"): "gpt-5-pro" or "gpt-5.2" are other prices, unknown here. OpenAI
+    # bills no cache write: that column repeats the input price and is never used for them.
+    "gpt-5.1-codex": (1.25, 10.0, 1.25, 0.125),
+    "gpt-5.1": (1.25, 10.0, 1.25, 0.125),
+    "gpt-5-codex": (1.25, 10.0, 1.25, 0.125),
+    "gpt-5-mini": (0.25, 2.0, 0.25, 0.025),
+    "gpt-5-nano": (0.05, 0.40, 0.05, 0.005),
+    "gpt-5": (1.25, 10.0, 1.25, 0.125),
+    "o4-mini": (1.10, 4.40, 1.10, 0.275),
+    "gpt-4.1": (2.0, 8.0, 2.0, 0.50),
 }
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")
@@ -35,7 +48,11 @@ def model_prices(model: str | None) -> tuple[float, float, float, float] | None:
         return None
     best = None
     for prefix in PRICES_PER_MTOK:
-        if model.startswith(prefix) and (best is None or len(prefix) > len(best)):
+        if not model.startswith(prefix):
+            continue
+        if not prefix.startswith("claude") and not re.fullmatch(r"(-\d{4}-\d{2}-\d{2})?", model[len(prefix):]):
+            continue
+        if best is None or len(prefix) > len(best):
             best = prefix
     return PRICES_PER_MTOK[best] if best else None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import tempfile
@@ -34,12 +35,18 @@ class ScratchLab:
 
     Use as a context manager; the directory is removed on exit. `prompt_file` lies outside the
     repo, so the CLI's tree holds only the lab's files (and the description file it may write).
+    With `home` (a CLI that resumes its conversation) the copy is made afresh at the same path every
+    time, since CLIs file their sessions under the directory they ran in; the caller removes `home`.
     """
 
-    def __init__(self, context: Context):
-        self._tmp = tempfile.TemporaryDirectory(prefix="autoresearch-cli-",
-                                                ignore_cleanup_errors=True)
-        base = Path(self._tmp.name)
+    def __init__(self, context: Context, home: Path | None = None):
+        self._tmp = None
+        if home is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="autoresearch-cli-", ignore_cleanup_errors=True)
+            base = Path(self._tmp.name)
+        else:
+            base = Path(home)
+            _remove(base / "lab")
         self.root = base / "lab"
         self.prompt_file = base / "prompt.md"
         self.description_file = self.root / DESCRIPTION_FILE
@@ -65,7 +72,8 @@ class ScratchLab:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._tmp.cleanup()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def changes(self) -> Changes:
         """Compare the tree with what was written: allowed edits, locked edits, side files."""
@@ -115,6 +123,15 @@ class ScratchLab:
             for key, value in (("user.name", "autoresearch"),
                                ("user.email", "autoresearch@localhost")):
                 subprocess.run(["git", "config", key, value], cwd=self.root, check=True)
+
+
+def _remove(tree: Path) -> None:
+    """Remove the last copy, read-only files included."""
+    if tree.exists():
+        for path in tree.rglob("*"):
+            if not path.is_symlink():
+                path.chmod(stat.S_IRWXU)
+        shutil.rmtree(tree, ignore_errors=True)
 
 
 def _walk(root: Path) -> dict[str, str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..judge import conditions, facts
 from ..agents import AGENTS, make_agent
+from ..agents.pricing import model_prices
 from ..errors import LabError
 from .events import Event, EventBus
 from ..lab.lab import DEFAULT_DIR, Lab
@@ -41,12 +42,16 @@ class RunOptions:
     noise_runs: int = 2
     seed: int = 0
     agent_timeout: float | None = None
+    agent_memory: bool = False   # a CLI agent resumes its conversation from proposal to proposal
     rebaseline: bool = False     # other conditions than the rows continued: measure the best again
     ablate: int | None = None    # instead of research: ablate the best, this many runs per change
     workers: int = 1             # experiments at once: local slots (CPU) or one per GPU in `gpus`
     gpus: list | None = None     # CUDA devices, one worker each, e.g. ["0", "1"]
     depth: int = 1               # drafts the agent keeps ready ahead of the workers (0: no pipelining)
     ray: str | None = None       # run the workers as Ray actors: "auto" or a cluster address
+
+
+CLI_AGENTS = ("claude-code", "codex")   # the named CLIs: a timeout, a session to resume
 
 
 def default_tag() -> str:
@@ -80,8 +85,13 @@ def check_options(options: RunOptions) -> None:
     if options.agent_timeout is not None and not options.agent_timeout > 0:
         raise LabError(f"--agent-timeout must be a positive number of seconds (got {options.agent_timeout:g}); "
                        "leave it out for the default of 900")
-    if options.agent_timeout is not None and options.agent != "command":
-        raise LabError("--agent-timeout limits a coding-agent CLI: it goes with --agent command")
+    if options.agent_timeout is not None and options.agent not in CLI_AGENTS + ("command",):
+        raise LabError("--agent-timeout limits a coding-agent CLI: it goes with --agent claude-code, codex or command")
+    if options.agent_memory and options.agent not in CLI_AGENTS:
+        raise LabError("--agent-memory resumes a CLI's own conversation: it goes with --agent claude-code or codex")
+    if options.max_cost is not None and options.agent == "codex" and model_prices(options.model) is None:
+        raise LabError("--max-cost needs a price and Codex reports none: name a model whose list price is known "
+                       "(e.g. --model gpt-5-codex, gpt-5, gpt-5-mini), or leave --max-cost out")
     if options.agent == "openai" and not (options.base_url or os.environ.get("OPENAI_BASE_URL")):
         raise LabError("the openai agent needs --base-url (e.g. http://localhost:11434/v1 for Ollama)")
 
@@ -91,8 +101,9 @@ def agent_options(options: RunOptions) -> dict:
         return {"seed": options.seed}
     if options.agent == "command":
         return {"command": options.command, "timeout": options.agent_timeout}
-    if options.agent in ("claude-code", "codex"):
-        return {"model": options.model, "timeout": options.agent_timeout, "base_url": options.base_url}
+    if options.agent in CLI_AGENTS:
+        return {"model": options.model, "timeout": options.agent_timeout, "base_url": options.base_url,
+                "memory": options.agent_memory}
     return {"model": options.model, "base_url": options.base_url}
 
 

@@ -43,6 +43,9 @@ RUN = (
     Option("--agent-timeout", "seconds a CLI agent (command, claude-code, codex) may take per proposal before it is killed "
            "(default 900)",
            type=float, metavar="S"),
+    Option("--agent-memory", "claude-code and codex: resume one conversation from proposal to proposal (the CLI "
+           "remembers what it read and tried) instead of a fresh one each time; docs/agents.md has what each costs",
+           switch=True),
     Option("--budget", "seconds of training per experiment", type=float, metavar="S"),
     Option("--max-experiments", "bound on runs (baseline repeats and confirmations included; runs disturbed "
            "from outside are run again and not counted)", type=int, metavar="N"),
@@ -85,5 +88,6 @@ def run_options(args: argparse.Namespace, lab: str):
                       max_experiments=args.max_experiments, tag=args.tag, policy=args.policy,
                       max_cost=args.max_cost, resume=args.resume, base_url=args.base_url,
                       command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed,
-                      rebaseline=args.rebaseline, agent_timeout=args.agent_timeout, workers=args.workers,
+                      rebaseline=args.rebaseline, agent_timeout=args.agent_timeout,
+                      agent_memory=args.agent_memory, workers=args.workers,
                       gpus=gpus, depth=args.depth, ray=args.ray)
