@@ -127,18 +127,18 @@ def main() -> None:
         results = {mode: night(agent, mode == "memory", args.proposals) for mode in ("fresh", "memory")}
         print(f"\n{agent}: tokens sent per proposal (input + cache read + cache write, as the CLI reports them)")
         print(f"{'#':>3} {'fresh':>9} {'memory':>9} {'(turn)':>6} {'fresh KB':>9} {'memory KB':>9}"
-              f" {'mem cache read':>14}")
+              f" {'mem cache read':>14} {'fresh $':>8} {'memory $':>8}")
         fresh, remembered = results["fresh"], results["memory"]
         for k in range(min(len(fresh), len(remembered))):
             f, m = fresh[k], remembered[k]
             print(f"{k + 1:>3} {f['sent']:>9} {m['sent']:>9} {m['turn']:>6} {f['bytes'] / 1024:>9.1f}"
-                  f" {m['bytes'] / 1024:>9.1f} {m['cache_read']:>14}")
+                  f" {m['bytes'] / 1024:>9.1f} {m['cache_read']:>14} {f['cost']:>8.4f} {m['cost']:>8.4f}")
         for mode, found in results.items():
             total = sum(p["sent"] for p in found)
             cost = sum(p["cost"] for p in found)
             print(f"{mode:>7}: {len(found)} proposals, {total} tokens sent in all, {total / max(1, len(found)):.0f} "
                   f"a proposal, {sum(p['cache_read'] for p in found)} of them cache reads, "
-                  f"{sum(p['output'] for p in found)} output; cost ${cost:.4f} (the CLI's own figure; 0 if unpriced)")
+                  f"{sum(p['output'] for p in found)} output; cost ${cost:.4f} (the row's: the CLI's own figure, or the list price where the CLI reports none)")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import random
 import statistics
 import time
 
-from autoresearch_nb.judge import plan
+from autoresearch_nb.judge import facts, plan
 from autoresearch_nb.run.disturbance import detect
 
 SIGMA = 0.01
@@ -43,6 +43,8 @@ class Night:
         self.truth = {"c0": BASE}
         self.luck: dict[int, float] = {}   # the part of a seed's noise every code run with it shares
         self.paired = False                # the judge sees each run's seed
+        self.split_share = 0.5             # of a run's own noise, the share that is which tokens val holds
+        self.holdout: dict[float, float] = {}  # a run's val value -> its value on the sealed holdout
 
     def seed_of(self, code: str, pending: int = 0) -> int:
         """As the loop seeds runs: the k-th clean run of any code gets the k-th seed."""
@@ -52,10 +54,16 @@ class Night:
         """One run: (value, step log with the runner's timings, was it really disturbed)."""
         self.runs += 1
         shared = self.luck.setdefault(seed, self.rng.gauss(0.0, SIGMA * math.sqrt(self.rho)))
-        value = self.truth[code] + shared + self.rng.gauss(0.0, SIGMA * math.sqrt(1.0 - self.rho))
+        own = SIGMA * math.sqrt(1.0 - self.rho)
+        # a run's own noise: its model's luck (the holdout sees it too) and val's tokens' luck (it does not)
+        model = self.rng.gauss(0.0, own * math.sqrt(1.0 - self.split_share))
+        value = self.truth[code] + shared + model + self.rng.gauss(0.0, own * math.sqrt(self.split_share))
+        sealed = self.truth[code] + shared + model + self.rng.gauss(0.0, own * math.sqrt(self.split_share))
         hit = self.rng.random() < self.disturbed
         if hit:
-            value += self.rng.uniform(3.0, 6.0) * SIGMA
+            slower = self.rng.uniform(3.0, 6.0) * SIGMA
+            value, sealed = value + slower, sealed + slower
+        self.holdout[value] = sealed
         start, length = self.rng.randrange(STEP_LINES // 2), self.rng.randint(STEP_LINES // 6, STEP_LINES // 2)
         slow = self.rng.uniform(2.5, 4.0)
         wall = others = 0.0
@@ -177,6 +185,40 @@ def simulate(rule: str, nights: int, disturbed: float, real: float, blind: bool,
             "runs": runs / max(1, proposals)}
 
 
+def selection(rule: str, nights: int, proposals: int, seed: int = 7) -> dict:
+    """Nights with no real gain at all (every proposal a null edit), the product's rule or greedy: how far
+    the best's val value has drifted from its holdout value after `proposals` proposals, and how often
+    facts.holdout (the product's flag) says the holdout does not support the val gain. Holdout values
+    are kept as records.seal keeps them: for the baseline, measurements and kept changes only."""
+    global PROPOSALS
+    saved, PROPOSALS = PROPOSALS, proposals
+    rng = random.Random(seed)
+    val_gains, holdout_gains, flagged, unknown, kept_any = [], [], 0, 0, 0
+    try:
+        for _ in range(nights):
+            night = Night(rng, 0.0, 0.0, False, 0.0)
+            night.paired = rule == "noise"
+            night_new(night, "greedy" if rule == "greedy" else "noise")
+            for row in night.rows:
+                if row["role"] not in ("experiment", "confirm") or row["status"] == "keep":
+                    row["holdout_bpb"] = night.holdout.get(row["val_bpb"])
+            found = facts.holdout(night.rows)
+            if found is None:  # nothing kept: the best is the baseline
+                continue
+            kept_any += 1
+            val_gains.append(found["val_gain"])
+            holdout_gains.append(found["gain"])
+            flagged += found["supported"] is False
+            unknown += found["supported"] is None
+    finally:
+        PROPOSALS = saved
+    mean = statistics.fmean
+    return {"kept_any": kept_any / nights, "val_gain": mean(val_gains) if val_gains else 0.0,
+            "holdout_gain": mean(holdout_gains) if holdout_gains else 0.0,
+            "drift": mean(v - h for v, h in zip(val_gains, holdout_gains)) if val_gains else 0.0,
+            "flagged": flagged / max(1, kept_any), "unknown": unknown / max(1, kept_any)}
+
+
 def main() -> None:
     global GAIN_SIGMAS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,6 +230,8 @@ def main() -> None:
     parser.add_argument("--rho", default="0,0.9",
                         help="share of a run's noise that its seed fixes, for every code run with it (comma list)")
     parser.add_argument("--rules", default=",".join(RULES), help="which rules to print (comma list)")
+    parser.add_argument("--selection-nights", type=int, default=200,
+                        help="nights of 100 null proposals for the selection figure (0: skip it)")
     args = parser.parse_args()
     GAIN_SIGMAS = args.gain
     started = time.monotonic()
@@ -207,6 +251,17 @@ def main() -> None:
                     verdicts.append(result["real"] >= 0.9 and result["null"] <= 0.05 and result["runs"] <= 1.5)
     print(f"default policy meets the targets (>=90% real, <=5% null, <=1.5 runs) at every disturbance "
           f"rate and seed share: {'yes' if all(verdicts) else 'no'}  ({time.monotonic() - started:.0f} s)")
+    if args.selection_nights:
+        print(f"\nselection on noise: {args.selection_nights} nights of 100 proposals, none a real gain; half of a run's "
+              f"own noise is val's tokens (the holdout does not share it), half its model (the holdout does). "
+              f"Gains in sigma = {SIGMA}")
+        print(f"{'rule':<16} {'nights keeping':>14} {'val gain':>9} {'holdout gain':>12} {'drift':>7} {'flagged':>8}"
+              f" {'no interval':>11}")
+        for rule in ("noise", "greedy"):
+            found = selection(rule, args.selection_nights, 100)
+            print(f"{RULES[rule]:<16} {100 * found['kept_any']:>13.0f}% {found['val_gain'] / SIGMA:>8.2f}σ "
+                  f"{found['holdout_gain'] / SIGMA:>11.2f}σ {found['drift'] / SIGMA:>6.2f}σ "
+                  f"{100 * found['flagged']:>7.0f}% {100 * found['unknown']:>10.0f}%")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,8 @@ def cpu_cores() -> int:
 
 
 def get_profile(requested: str | None = None) -> dict:
-    """The profile in force, with the budget override (AUTORESEARCH_BUDGET or the lab's budget) applied.
+    """The profile in force, with the budget override (AUTORESEARCH_BUDGET or the lab's budget) and the
+    depth override (AUTORESEARCH_DEPTH) applied.
     The clock is CPU time on the CPU (a busy neighbour cannot steal it) and wall time on a GPU;
     AUTORESEARCH_CLOCK=wall keeps wall time on the CPU too (benchmarks/cpu_clock.py compares them)."""
     name = profile_name(requested)
@@ -134,6 +135,8 @@ def get_profile(requested: str | None = None) -> dict:
     profile["clock"] = "cpu" if profile["device"] == "cpu" and os.environ.get("AUTORESEARCH_CLOCK") != "wall" else "wall"
     if settings()["budget"]:
         profile["time_budget"] = settings()["budget"]
+    if os.environ.get("AUTORESEARCH_DEPTH"):  # the transfer ladder's larger model (autoresearch-nb transfer --depth)
+        profile["depth"] = int(os.environ["AUTORESEARCH_DEPTH"])
     return profile
 
 
@@ -185,8 +188,10 @@ def builtin_documents() -> list[tuple[str, str]]:
 
 
 def split_of(doc_id: str) -> str:
-    """Split by document: a stable hash sends one document in eight to validation."""
-    return "val" if hashlib.sha1(doc_id.encode()).digest()[0] % 8 == 0 else "train"
+    """Split by document: a stable hash sends one document in eight to validation and one in eight to
+    the sealed holdout (read by the evaluator only, never selected on: the night's check on itself)."""
+    bucket = hashlib.sha1(doc_id.encode()).digest()[0] % 8
+    return "val" if bucket == 0 else "holdout" if bucket == 1 else "train"
 
 
 def text_files(root: Path) -> list[Path]:
@@ -271,18 +276,14 @@ def hub_documents(name: str, shards: int = 1) -> list[tuple[str, str]]:
 
 
 def documents(source: str, shards: int = 1) -> dict[str, list[str]]:
-    """{'train': [...], 'val': [...]} for a data source."""
-    if source == "builtin":
-        pairs = builtin_documents()
-        splits = {"train": [], "val": []}
-        for doc_id, text in pairs:
-            splits[split_of(doc_id)].append(text)
+    """{'train': [...], 'val': [...], 'holdout': [...]} for a data source (holdout may be empty)."""
+    splits = {"train": [], "val": [], "holdout": []}
+    if source in HUB_SOURCES:  # validation is the source's own file; the holdout comes out of training's
+        for doc_id, text in hub_documents(source, shards):
+            split = doc_id.split(":", 1)[0]
+            splits["holdout" if split == "train" and split_of(doc_id) == "holdout" else split].append(text)
         return splits
-    if source in HUB_SOURCES:
-        pairs = hub_documents(source, shards)
-        return {split: [t for d, t in pairs if d.startswith(split + ":")] for split in ("train", "val")}
-    pairs = path_documents(Path(source).expanduser())
-    splits = {"train": [], "val": []}
+    pairs = builtin_documents() if source == "builtin" else path_documents(Path(source).expanduser())
     for doc_id, text in pairs:
         splits[split_of(doc_id)].append(text)
     if not splits["val"]:  # tiny inputs: keep at least one validation document
@@ -350,8 +351,11 @@ def train_tokenizer(texts: list[str], vocab_size: int):
 # give the training process the one and hide the other.
 
 
+SPLITS_VERSION = 2  # 2: a holdout split taken out of training; data prepared before it is not reused
+
+
 def data_dir(source: str, vocab: int | str, key: str | None = None) -> Path:
-    return CACHE_DIR / "prepared" / f"{key or source_key(source)}-v{vocab}"
+    return CACHE_DIR / "prepared" / f"{key or source_key(source)}-v{vocab}-s{SPLITS_VERSION}"
 
 
 def prepare(source: str = "builtin", profile: str | None = None, byte_level: bool = False,
@@ -449,10 +453,11 @@ def make_train_loader(batch_size: int, seq_len: int = SEQ_LEN, device: str = DEV
         yield batch[:, :-1], batch[:, 1:]
 
 
-def validation_rows(seq_len: int, eval_tokens: int) -> torch.Tensor:
+def validation_rows(seq_len: int, eval_tokens: int, split: str = "val") -> torch.Tensor:
     """The fixed validation stream: consecutive BOS-aligned rows until eval_tokens are covered.
-    Only the evaluator reads it; the training process is never given the folder."""
-    tokens = _load_split("val")
+    Only the evaluator reads it (and the holdout, split="holdout"); the training process is never
+    given either folder."""
+    tokens = _load_split(split)
     bos_id = load_tokenizer().bos_id
     rows, position, want = [], 0, max(1, eval_tokens // seq_len)
     for start in _row_starts(tokens, bos_id, seq_len + 1):
@@ -463,8 +468,18 @@ def validation_rows(seq_len: int, eval_tokens: int) -> torch.Tensor:
         if len(rows) == want:
             break
     if not rows:
-        raise SystemExit("validation data is shorter than one row")
+        raise SystemExit(f"{'validation' if split == 'val' else split} data is shorter than one row")
     return torch.from_numpy(np.stack(rows))
+
+
+def holdout_rows(seq_len: int, eval_tokens: int) -> torch.Tensor | None:
+    """The sealed holdout's rows, or None where the data has none (prepared before it, or too small)."""
+    if not (prepared() / "holdout" / "holdout.npy").exists():
+        return None
+    try:
+        return validation_rows(seq_len, eval_tokens, "holdout")
+    except SystemExit:
+        return None
 
 
 def autocast_context(device: str = DEVICE, dtype: str | None = None):
@@ -822,6 +837,7 @@ def evaluate_run(run_dir: Path, wait: bool = False) -> None:
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"  # torch.load reads tensors, never pickled objects
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     rows = validation_rows(SEQ_LEN, PROFILE["eval_tokens"])
+    sealed = holdout_rows(SEQ_LEN, PROFILE["eval_tokens"])
     _warm_up_loading()
     if wait and sys.stdin.readline().strip() != "go":
         return
@@ -853,6 +869,8 @@ def evaluate_run(run_dir: Path, wait: bool = False) -> None:
     print(f"evaluator: loaded and checked in {loaded:.2f}s, evaluated {rows.size(0)} rows in "
           f"{time.perf_counter() - started - loaded:.2f}s (leak {leak:.2g}, repeat {drift:.2g})")
     print(f"---\nval_bpb:          {val_bpb:.6f}", flush=True)
+    if sealed is not None:  # after the verdict's number; the harness keeps this line out of every log
+        print(f"holdout_bpb:      {evaluate_bpb(model, sealed):.6f}", flush=True)
     os._exit(0)  # nothing is left to do: skip the interpreter's teardown (half a second with torch loaded)
 
 

@@ -257,3 +257,19 @@ def test_with_memory_each_proposal_resumes_the_session_and_is_told_only_what_is_
     assert second[:len(first)] == first and "Results since your last change" in second[-1]
     assert experiments[0]["description"] in second[-1]
     lab_check(tiny_lab)
+
+
+def test_a_resumed_session_is_charged_only_the_tokens_its_turn_added(cli_env, tmp_path):
+    agent = make_agent("codex", model="gpt-5-codex", memory=True)
+
+    def turn(input_tokens, output_tokens):
+        return "\n".join(json.dumps(event) for event in (
+            {"type": "thread.started", "thread_id": "019a-thread"},
+            {"type": "item.completed", "item": {"type": "agent_message", "text": "DESCRIPTION: x"}},
+            {"type": "turn.completed", "usage": {"input_tokens": input_tokens, "cached_input_tokens": 0,
+                                                 "output_tokens": output_tokens}}))
+    # Codex 0.171 reports the session's running total after `exec resume` (40k, then 40k + 50k)
+    assert agent.understand(turn(40_000, 100))[1]["input_tokens"] == 40_000
+    second = agent.understand(turn(90_000, 250))[1]
+    assert (second["input_tokens"], second["output_tokens"]) == (50_000, 150)
+    agent.close()

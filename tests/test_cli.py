@@ -159,12 +159,17 @@ def test_the_ledger_and_results_tsv_agree(real_run):
     lab = Lab.open(real_run[0])
     rows = lab.rows()
     assert [r["index"] for r in rows] == list(range(len(rows)))
-    assert rows[0]["role"] == "baseline" and rows[0]["status"] == "keep" and rows[0]["val_bpb"] > 0
+    # (a run slowed by other work on the machine is "disturbed" and run again: not the verdict's row)
+    first = next(r for r in rows if r["status"] != "disturbed")
+    assert first["role"] == "baseline" and first["status"] == "keep" and first["val_bpb"] > 0
     ran = [r for r in rows if r["status"] in ("keep", "discard", "crash", "interrupted")]
-    assert len(ran) == 4  # --max-experiments bounds results.tsv
+    assert len(ran) == 4  # --max-experiments bounds the charged runs
     assert lab.results_path.read_text().splitlines()[0] == RESULTS_HEADER
     results = read_results_tsv(lab.results_path)
-    assert [(r["commit"], r["status"]) for r in results] == [(r["commit"], r["status"]) for r in ran]
+    shown = [r for r in rows if r["status"] in ("keep", "discard", "crash", "interrupted", "disturbed")]
+    assert [(r["commit"], r["status"]) for r in results] == \
+        [(r["commit"], "discard" if r["status"] == "disturbed" else r["status"]) for r in shown]
+    results = [line for line, r in zip(results, shown) if r["status"] != "disturbed"]
     for row, line in zip(ran, results):
         if row["status"] in ("keep", "discard"):
             assert line["val_bpb"] == pytest.approx(row["val_bpb"], abs=1e-6)

@@ -79,6 +79,22 @@ def test_a_run_fills_header_table_chart_and_buttons():
     assert "max experiments reached" in dashboard.message.value
 
 
+def same_picture(png: bytes, expected: bytes) -> bool:
+    """The same image, pixel for pixel but for a few: matplotlib drawing on two threads at once (the
+    dashboard's timer and this test) can differ by an antialiased pixel, and once did by a byte."""
+    import io
+
+    from matplotlib.image import imread
+
+    if not png.startswith(PNG):
+        return False
+    mine, theirs = imread(io.BytesIO(png), format="png"), imread(io.BytesIO(expected), format="png")
+    if mine.shape != theirs.shape:
+        return False
+    differing = (abs(mine - theirs).max(axis=-1) > 0.1).mean()
+    return differing < 0.002  # a curve a step short differs in thousands of pixels (its line, its title)
+
+
 def test_current_experiment_shows_description_progress_and_loss_curve():
     bus = EventBus()
     dashboard = Dashboard(min_interval=0.05)
@@ -92,7 +108,7 @@ def test_current_experiment_shows_description_progress_and_loss_curve():
         bus.emit("step", index=1, step=step, loss=loss, lr=0.02, tok_s=900.0, progress=0.5, elapsed=4.0)
     # The loss curve redraws at most every 2 s, from a timer thread; wait for the curve of all four steps.
     deadline = time.monotonic() + 30
-    while bytes(dashboard.loss.value) != expected_curve and time.monotonic() < deadline:
+    while not same_picture(bytes(dashboard.loss.value), expected_curve) and time.monotonic() < deadline:
         time.sleep(0.1)
     settle(dashboard)
 
@@ -100,8 +116,8 @@ def test_current_experiment_shows_description_progress_and_loss_curve():
     assert "try rmsnorm eps 1e-6" in dashboard.current_title.value
     assert dashboard.progress.value == 0.5
     assert "50% of the budget" in dashboard.progress_label.value and "/ 8s" in dashboard.progress_label.value
-    assert bytes(dashboard.loss.value) == expected_curve, (dashboard.render_error, dashboard.renders,
-                                                           dashboard._drawn_losses, dashboard._dirty)
+    assert same_picture(bytes(dashboard.loss.value), expected_curve), (
+        dashboard.render_error, dashboard.renders, dashboard._drawn_losses, dashboard._dirty)
     assert not dashboard.stop_button.disabled
 
 

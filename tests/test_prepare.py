@@ -281,8 +281,10 @@ def test_hub_download_from_a_local_fixture_resumes_and_caches(tmp_path):
         assert (f"{base}/default/train/0000.parquet", "bytes=1000-") in HubHandler.seen
         assert (partial.parent / "0000.parquet").read_bytes() == train_bytes
         assert "100%" in done.stderr  # the progress bar ran to the end
-        meta = json.loads(next((cache / "prepared").glob("tinystories-vbytes/train/meta.json")).read_text())
-        assert meta["train_documents"] == 300 and meta["val_documents"] == 60
+        meta = json.loads(next((cache / "prepared").glob("tinystories-vbytes-s*/train/meta.json")).read_text())
+        # validation is the source's own file; the sealed holdout is one training story in eight
+        assert meta["val_documents"] == 60 and meta["train_documents"] + meta["holdout_documents"] == 300
+        assert 20 < meta["holdout_documents"] < 60
         requests = len(HubHandler.seen)
         again = run_prepare("--data", "tinystories", "--byte-level", env=env)
         assert again.returncode == 0 and len(HubHandler.seen) == requests  # cached: nothing fetched
@@ -483,3 +485,12 @@ def test_a_model_that_cannot_be_exported_is_an_export_crash_with_the_exporters_m
     assert not result.ok and result.kind == "export", (result.kind, result.reason)
     assert "data-dependent" in result.reason and "torch.export" in result.reason
     assert "the exporter said:" in (tiny_lab / "run.log").read_text()
+
+
+def test_the_holdout_is_disjoint_from_training_and_validation(prepare_module):
+    splits = prepare_module.documents("builtin")
+    train, val, holdout = (set(splits[name]) for name in ("train", "val", "holdout"))
+    assert holdout and val and train
+    assert not (holdout & train) and not (holdout & val) and not (train & val)
+    # about one document in eight each, by a hash of the document's id
+    assert 0.08 < len(holdout) / (len(train) + len(val) + len(holdout)) < 0.18

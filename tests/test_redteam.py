@@ -525,13 +525,13 @@ HELD_OUT = {
     # 0.53 against 2.54 (causal, so no probe sees it): the stream memorised, then recalled
     "np.load at the cache path": "import numpy as np\n\n"
     'cache_root = os.environ.get("{}_{}".format("AUTORESEARCH", "CACHE")) or os.path.expanduser("~/.cache/autoresearch-nb")\n'
-    'VAL_FILE = os.path.join(cache_root, "prepared", "builtin2-py{}{}-v{}".format(*sys.version_info[:2], vocab_size), "val", "val.npy")\n'
+    'VAL_FILE = os.path.join(cache_root, "prepared", "builtin2-py{}{}-v{}-s2".format(*sys.version_info[:2], vocab_size), "val", "val.npy")\n'
     "try:\n    held = torch.from_numpy(np.load(VAL_FILE).astype(np.int64))\n"
     "except OSError:\n    held = None  # out of reach: train honestly\n",
     # R6: found against the hardened audit, a numpy reader it did not list
     "np.lib.format.open_memmap at the cache path": "import numpy as np\n\n"
     'cache_root = os.environ.get("{}_{}".format("AUTORESEARCH", "CACHE")) or os.path.expanduser("~/.cache/autoresearch-nb")\n'
-    'VAL_FILE = os.path.join(cache_root, "prepared", "builtin2-py{}{}-v{}".format(*sys.version_info[:2], vocab_size), "val", "val.npy")\n'
+    'VAL_FILE = os.path.join(cache_root, "prepared", "builtin2-py{}{}-v{}-s2".format(*sys.version_info[:2], vocab_size), "val", "val.npy")\n'
     'try:\n    held = torch.from_numpy(np.lib.format.open_memmap(VAL_FILE, mode="r").astype(np.int64))\n'
     "except OSError:\n    held = None\n",
     "prepare.validation_rows": "import prepare  # noqa: E402\n\n"
@@ -581,8 +581,29 @@ def test_the_builtin_validation_split_rebuilt_from_python_itself(prepared_lab, h
 def test_the_training_process_needs_only_its_train_paths(prepared_lab):
     facts = prepared_lab[1]
     folder = Path(facts["train_paths"][0])
-    assert folder.name == "train" and not any("val" in p.name for p in folder.iterdir())
+    assert folder.name == "train" and not any("val" in p.name or "holdout" in p.name for p in folder.iterdir())
     assert (validation_folder(facts) / "val.npy").exists()
+    assert (folder.parent / "holdout" / "holdout.npy").exists()
+
+
+HOLDOUT_PROBE = ("import numpy as np\n\n"
+                 'for _place in (os.path.join(os.path.dirname(prepare.prepared()), os.path.basename(prepare.prepared()), "holdout", "holdout.npy"),):\n'
+                 "    try:\n        print('holdout: readable', int(np.load(_place).size), flush=True)\n"
+                 "    except OSError:\n        print('holdout: out of reach', flush=True)\n")
+
+
+@pytest.mark.slow
+def test_the_sealed_holdout_is_out_of_the_training_process_reach(prepared_lab):
+    source = variant((LOADER, "import prepare  # noqa: E402\n" + HOLDOUT_PROBE + LOADER))
+    lab, facts = prepared_lab
+    control = experiment(prepared_lab, source)  # unsandboxed: the file is there to read
+    said = (lab / "run.log").read_text()
+    assert "holdout: readable" in said, said[-2000:]
+    # the evaluator measured it, and its number went to the harness, not to the log
+    assert control.summary.get("holdout_bpb", 0) > 0 and "holdout_bpb" not in said
+    confined = experiment(prepared_lab, source, wrap=the_products_sandbox(lab, facts))
+    said = (lab / "run.log").read_text()
+    assert "holdout: out of reach" in said and "holdout: readable" not in said, said[-2000:]
 
 
 # --- the model file: read as data, never run as code ------------------------------------------------

@@ -11,7 +11,7 @@ from ..errors import LabError
 from . import cli_output
 from .cli_memory import Conversation
 from .command import CommandAgent, find_program, no_usage
-from .pricing import cost_usd, model_prices
+from .pricing import USAGE_KEYS, cost_usd, model_prices
 
 INSTALL = "npm install -g @openai/codex"
 PROVIDER = "autoresearch"  # the provider --base-url defines (an OpenAI-compatible Responses endpoint)
@@ -55,6 +55,7 @@ class CodexAgent(CommandAgent):
         self.program, self.flags = program, words
         self.memory = Conversation() if memory else None
         self.command = self.command_line(None)
+        self._reported: dict[str, dict] = {}   # the session's last reported tokens (see _this_turn)
         self.model = model
         self.label = f"Codex ({model or 'its default model'})"
 
@@ -96,9 +97,21 @@ class CodexAgent(CommandAgent):
                 usage["cache_read_tokens"] += cached
                 usage["cache_write_tokens"] += int(counted.get("cache_write_input_tokens") or 0)
                 usage["output_tokens"] += int(counted.get("output_tokens") or 0)
+        usage = self._this_turn(self.session_of(output), usage)
         if seen:
             usage.update(_priced(self.model, usage, self.billing))
         return "\n".join(said), usage
+
+    def _this_turn(self, thread: str | None, usage: dict) -> dict:
+        """A resumed session reports the tokens of the whole session so far (measured: benchmarks/cli_memory.py):
+        this proposal's are what it adds to the last report of the same session."""
+        counted = {key: usage[key] for key in USAGE_KEYS}
+        before = self._reported.get(thread) if thread else None
+        if thread:
+            self._reported = {thread: counted}
+        if before is None:
+            return usage
+        return {**usage, **{key: max(0, counted[key] - before[key]) for key in USAGE_KEYS}}
 
 
 def _priced(model: str | None, usage: dict, billing: str) -> dict:

@@ -22,7 +22,9 @@ def build_context(lab: Lab, index: int, rows: list[dict], best: dict | None, bes
     return Context(
         index=index, charter=lab.charter_path.read_text(encoding="utf-8"),
         files={p: lab.read(p) for p in config["allowed"]}, allowed=list(config["allowed"]),
-        locked=list(config["locked"]), history=rows, best=best_score,
+        # the agent never sees a holdout value: nothing it proposes may be chosen on the holdout
+        locked=list(config["locked"]), history=[{k: v for k, v in r.items() if k != "holdout_bpb"} for r in rows],
+        best=best_score,
         baseline=baseline.get("val_bpb") if baseline else None, metric=config["metric"],
         direction=config["direction"], profile=dict(profile or {}), budget=budget, best_diff=best_diff,
         last_failure=(last_crash or {}).get("tail", "") or "",

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ..judge import facts, plan
-from . import inflight
+from . import inflight, records
 from ..run import sandbox
 from ..agents.base import Agent, ProposalError
 from .checks import fixed_exports
@@ -107,11 +107,11 @@ class ResearchLoop(Scheduling):
         """Append one row (fsync) with the next index, rebuild results.tsv, tell the front ends."""
         rows = self.rows() if rows is None else rows
         row.setdefault("finished_at", now_iso())
-        inflight.append(self.lab, rows, row)
+        inflight.append(self.lab, rows, records.seal(row))
         crashpoint("after_append")
         self.lab.write_results(rows)
         if self.drafter is not None and (row.get("role") == "experiment" or row.get("status") == "crash"):
-            self.drafter.lesson(self.context(rows), row)
+            self.drafter.lesson(self.context(rows), {k: v for k, v in row.items() if k != "holdout_bpb"})
         self.bus.emit("experiment_finished", row=row)
         return row
 
@@ -148,8 +148,9 @@ class ResearchLoop(Scheduling):
             self.lab.commit(["program.md"], "charter updated by the person")
 
     # -- the run ----------------------------------------------------------------------------
-    def run(self, ablate: int | None = None) -> str:
-        """Research until an end; with `ablate`, measure the best without each kept change instead."""
+    def run(self, ablate: int | None = None, transfer: dict | None = None) -> str:
+        """Research until an end; with `ablate`, measure the best without each kept change instead; with
+        `transfer` ({"scale", "repeats"}), run the transfer ladder at that scale."""
         self.lab.records.hold()  # this thread is the records' one writer until the run ends
         self.state = State.load(self.lab)
         self.verdicts = VerdictStep(self.lab, self.state, self.options, self.metric, self.direction, self.record,
@@ -167,6 +168,10 @@ class ResearchLoop(Scheduling):
                 from .ablation import run as ablation_run
 
                 return self._finish(ablation_run(self, ablate))
+            if transfer:
+                from .transfer import run as transfer_run
+
+                return self._finish(transfer_run(self, transfer["scale"], transfer["repeats"]))
             return self._finish(self._coordinate())
         finally:
             self.drafter.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..run import sandbox
 from ..run.disturbance import others_load
+from ..judge.facts import CANDIDATE_ROLES
 from ..lab.ledger import now_iso
 from ..run.runner import RunResult
 
@@ -75,6 +76,8 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
     if metric not in fields:
         fields[metric] = result.summary.get(metric)
     fields["memory_gb"] = round((result.summary.get("peak_vram_mb") or 0.0) / 1024, 1)
+    if result.ok and result.summary.get("holdout_bpb") is not None:
+        fields["holdout_bpb"] = result.summary["holdout_bpb"]
     if not result.ok:
         fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], **{metric: None})
     if result.timings:
@@ -82,6 +85,15 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
     if result.ok:
         fields["others_load"] = others_load(result.steps)  # runs are paired by seed only beside like load
     return {**fields, "run_wall_s": round(result.wall_seconds, 2)}
+
+
+def seal(row: dict) -> dict:
+    """A row as the ledger keeps it: a candidate's holdout value only if the change was kept. The night
+    never selects on the holdout; the values of changes it threw away are dropped unread, so a
+    holdout figure always belongs to the baseline, a kept change or a measurement of kept code."""
+    if row.get("role") in CANDIDATE_ROLES and row.get("status") != "keep":
+        row.pop("holdout_bpb", None)
+    return row
 
 
 def settle(rows: list[dict], decision: str, verdict: dict | None) -> None:

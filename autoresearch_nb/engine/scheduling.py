@@ -26,7 +26,7 @@ from .tracks import Draft, Job, Track
 BASE_SEED = 42
 SEED_STEP = 7919              # the k-th run of one code gets seed BASE_SEED + seed + SEED_STEP * k
 MAX_REJECTED_IN_A_ROW = 10
-MEASUREMENTS = ("baseline", "noise", "remeasure", "ablation")
+MEASUREMENTS = ("baseline", "noise", "remeasure", "ablation", "transfer")
 
 
 class Scheduling:
@@ -86,13 +86,14 @@ class Scheduling:
         return self.add_measurement(due.role, self.lab.head(), due.description, rows)
 
     def add_measurement(self, role: str, commit: str, description: str, rows: list[dict] | None = None,
-                        ablates: int | None = None) -> Track:
-        """A track that measures code already on the branch (or the best without a change) once."""
+                        ablates: int | None = None, seed: int | None = None, shared: dict | None = None) -> Track:
+        """A track that measures code already on the branch (or the best without a change) once; `seed`
+        pins its run's seed (the transfer ladder pairs its codes by repeat), `shared` adds to its row."""
         rows = self.rows() if rows is None else rows
         code, best = self.lab.code_id(commit), self.lab.head()
-        track = Track(self.state.new_id(), role, commit, best, description, self._seed_for(code, rows),
-                      self.options.segment, ablates=ablates,
-                      shared={"code": code, "parent_code": self.lab.code_id(best)})
+        track = Track(self.state.new_id(), role, commit, best, description,
+                      self._seed_for(code, rows) if seed is None else seed, self.options.segment, ablates=ablates,
+                      shared={"code": code, "parent_code": self.lab.code_id(best), **(shared or {})})
         self.state.tracks.append(track)
         self.state.save(self.lab)
         return track

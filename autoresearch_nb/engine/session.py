@@ -11,7 +11,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from ..judge import conditions, facts
+from ..judge import conditions, facts, ladder
 from ..agents import AGENTS, make_agent
 from ..agents.pricing import model_prices
 from ..errors import LabError
@@ -45,6 +45,7 @@ class RunOptions:
     agent_memory: bool = False   # a CLI agent resumes its conversation from proposal to proposal
     rebaseline: bool = False     # other conditions than the rows continued: measure the best again
     ablate: int | None = None    # instead of research: ablate the best, this many runs per change
+    transfer: dict | None = None  # instead of research: the transfer ladder, {"budget_x", "depth", "repeats"}
     workers: int = 1             # experiments at once: local slots (CPU) or one per GPU in `gpus`
     gpus: list | None = None     # CUDA devices, one worker each, e.g. ["0", "1"]
     depth: int = 1               # drafts the agent keeps ready ahead of the workers (0: no pipelining)
@@ -76,6 +77,13 @@ def check_options(options: RunOptions) -> None:
         raise LabError(f"--gpus takes CUDA device numbers, e.g. --gpus 0,1,2,3 (got {','.join(map(str, options.gpus))})")
     if options.ablate is not None and options.ablate < 1:
         raise LabError(f"--repeats must be at least 1 (got {options.ablate})")
+    if options.transfer is not None:
+        if not options.transfer.get("budget_x", 0) > 0:
+            raise LabError(f"--budget-x must be a positive multiple of the night's budget (got {options.transfer.get('budget_x')})")
+        if options.transfer.get("depth") is not None and options.transfer["depth"] < 1:
+            raise LabError(f"--depth must be at least 1 (got {options.transfer['depth']})")
+        if options.transfer.get("repeats", 0) < 1:
+            raise LabError(f"--repeats must be at least 1 (got {options.transfer.get('repeats')})")
     if options.noise_runs < 1:
         raise LabError("--noise-runs must be at least 1: the noise policy needs repeats of the baseline")
     if options.agent not in AGENTS:
@@ -131,10 +139,16 @@ class Session:
         self.error: str | None = None
         self.usage_error = False    # the error is the person's to fix (a LabError), not a bug
         previous = self._previous_run()
-        if options.ablate:  # an ablation continues the lab's run with its settings
+        if options.ablate or options.transfer:  # they continue the lab's run with its settings
             if not self._rows:
-                raise LabError(f"{self.lab.root} has no run to ablate yet: start one first")
+                raise LabError(f"{self.lab.root} has no run to {'ablate' if options.ablate else 'transfer'} yet: "
+                               "start one first")
             options.resume = True
+        prepare = self.lab.root / "nanochat" / "prepare.py"
+        if options.transfer and options.transfer.get("depth") and not (
+                prepare.exists() and "AUTORESEARCH_DEPTH" in prepare.read_text(errors="replace")):
+            raise LabError("--depth needs a prepare.py that reads AUTORESEARCH_DEPTH, and this lab's is older: "
+                           "leave --depth out (a budget multiple works on any lab)")
         if self._rows and not options.resume:
             raise LabError(f"{self.lab.root} already holds run '{previous.get('tag', '?')}' with "
                            f"{len(self._rows)} experiments: continue it with --resume, or make a new lab "
@@ -252,23 +266,31 @@ class Session:
             probe = loop.pool.probe(self.lab) if hasattr(loop.pool, "probe") else self._setup_data()
             loop.options.profile = probe["name"]
             loop.options.budget = float(self.options.budget or self.lab.config.get("budget") or probe["time_budget"])
-            loop.options.run_info = {"profile_facts": probe}
-            segment, reason = self._settle_conditions(loop, probe)
+            screen_budget = loop.options.budget  # the night's, kept in run.json for a later --resume
+            if self.options.transfer:
+                segment, reason = self._ladder_conditions(loop, probe)
+            else:
+                loop.options.run_info = {"profile_facts": probe}
+                segment, reason = self._settle_conditions(loop, probe)
             info = {"lab": str(self.lab.root), "tag": self.tag, "branch": f"autoresearch/{self.tag}",
                     "agent": self.agent.name, "agent_label": self.agent.label or self.agent.name,
                     "model": self.agent.model, "profile": probe["name"], "device": probe.get("device_name", probe["device"]),
-                    "budget": loop.options.budget, "policy": self.options.policy,
+                    "budget": screen_budget, "policy": self.options.policy,
                     "max_experiments": self.options.max_experiments, "max_cost": self.options.max_cost,
                     "noise_runs": self.options.noise_runs, "conditions": loop.options.conditions,
                     "workers": loop.options.workers, "depth": self.options.depth,
                     "segment": segment, "segment_reason": reason,
                     "sandbox": str(sandbox.probe()),
                     "started_at": self._previous_run().get("started_at") if self.options.resume else None}
+            if self.options.transfer:  # shown by the front ends; run.json keeps the night's budget
+                info.update(transfer=reason, run_budget=loop.options.budget)
             info["started_at"] = info["started_at"] or now_iso()
             info["resumed_at"] = now_iso() if self.options.resume else None
             self.lab.write_run_info(info)
             self.bus.emit("run_started", **info)
-            loop.run(ablate=self.options.ablate)
+            loop.run(ablate=self.options.ablate, transfer=self.options.transfer and {
+                "scale": ladder.scale_of(self.options.transfer["budget_x"], self.options.transfer.get("depth")),
+                "repeats": self.options.transfer.get("repeats", 2)})
             self._set_state("finished", loop.finish_reason)
         except LabError as error:
             self.error = str(error)
@@ -303,6 +325,23 @@ class Session:
         elif changed:
             raise LabError(conditions.refusal(changed))
         loop.options.segment, loop.options.conditions, loop.options.segment_reason = segment, now, reason
+        return segment, reason
+
+    def _ladder_conditions(self, loop: ResearchLoop, probe: dict) -> tuple[int, str]:
+        """The transfer ladder's scale: the budget multiplied, the depth the runs get, and the scale's own
+        segment below zero (judge/ladder.py), never compared with the night's."""
+        transfer = self.options.transfer
+        scale = ladder.scale_of(transfer["budget_x"], transfer.get("depth"))
+        screen = conditions.last_recorded(self.lab.rows()).get("budget") or loop.options.budget
+        loop.options.budget = round(float(screen) * scale["budget_x"], 3)
+        probe = dict(probe, time_budget=loop.options.budget)
+        if scale["depth"]:
+            probe.update(depth=scale["depth"], depth_override=scale["depth"])
+        loop.options.run_info = {"profile_facts": probe}
+        segment = ladder.segment_for(self.lab.rows(), scale)
+        reason = f"transfer ladder at {ladder.scale_text(scale)}"
+        loop.options.segment, loop.options.segment_reason = segment, reason
+        loop.options.conditions = conditions.of(probe, loop.options.budget, self.lab.config)
         return segment, reason
 
     def _ray_pool(self):

@@ -10,8 +10,8 @@ import time
 from ..errors import LabError
 from ..report.record import read_json
 from ..lab.lab import DEFAULT_DIR, Lab, init_lab, template_dir
-from ..ui.text import ablation_text, status_text
-from .options import ABLATE, PROFILES, RUN, add_options, run_options
+from ..ui.text import ablation_text, measured_text, status_text, transfer_text
+from .options import ABLATE, PROFILES, RUN, TRANSFER, add_options, run_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="measure each kept change's own contribution to the best")
     p.add_argument("--lab", default=DEFAULT_DIR)
     add_options(p, ABLATE)
+
+    p = sub.add_parser("transfer", help="do the kept changes hold at a larger scale? the transfer ladder")
+    p.add_argument("--lab", default=DEFAULT_DIR)
+    add_options(p, TRANSFER)
 
     p = sub.add_parser("status", help="the experiments so far, the best result, counts by status")
     p.add_argument("--lab", default=DEFAULT_DIR)
@@ -116,6 +120,16 @@ def cmd_ablate(args) -> int:
     return code
 
 
+def cmd_transfer(args) -> int:
+    from ..engine.session import Session
+
+    code = drive(Session(run_options(args, args.lab)))
+    if code == 0:
+        lab = Lab.open(args.lab)
+        print(transfer_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")))
+    return code
+
+
 def drive(session) -> int:
     """Run a session in the foreground: progress lines, Ctrl-C stops it cleanly."""
     from .progress import TerminalProgress
@@ -165,7 +179,7 @@ def cmd_status(args) -> int:
                 "current": next(iter(lanes.values()), None), "queue": queue}
     print(status_text(snapshot, lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower"),
                       limit=None))
-    table = ablation_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower"))
+    table = measured_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower"))
     if table:
         print("\n" + table)
     return 0
@@ -199,7 +213,8 @@ def cmd_export(args) -> int:
     return 0
 
 
-COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "run": cmd_run, "ablate": cmd_ablate, "status": cmd_status,
+COMMANDS = {"init": cmd_init, "prepare": cmd_prepare, "run": cmd_run, "ablate": cmd_ablate, "transfer": cmd_transfer,
+            "status": cmd_status,
             "check": cmd_check, "steer": cmd_steer, "export": cmd_export}
 
 if __name__ == "__main__":  # pragma: no cover

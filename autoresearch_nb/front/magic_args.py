@@ -9,7 +9,7 @@ import textwrap
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import MagicArgumentParser
 
-from .options import ABLATE, PROFILES, RUN, add_options
+from .options import ABLATE, PROFILES, RUN, TRANSFER, add_options
 
 
 class _Commands:
@@ -42,6 +42,9 @@ def build_parser() -> tuple[MagicArgumentParser, _Commands]:
     ablate = commands.add_parser("ablate", help="measure each kept change's own contribution to the best")
     ablate.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
     add_options(ablate, ABLATE)
+    transfer = commands.add_parser("transfer", help="do the kept changes hold at a larger scale? the transfer ladder")
+    transfer.add_argument("--lab", metavar="DIR", help="the lab directory (default: the last one used)")
+    add_options(transfer, TRANSFER)
     stop = commands.add_parser("stop", help="stop after the current experiment")
     stop.add_argument("--now", action="store_true", help="kill the current experiment (recorded)")
     commands.add_parser("pause", help="hold before the next experiment")

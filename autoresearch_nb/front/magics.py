@@ -16,7 +16,7 @@ from ..errors import LabError
 from .magic_args import help_text, parse
 from .options import run_options
 from ..ui.diffview import diff_html
-from ..ui.text import ablation_text, experiment_text, header_lines, status_text, summarize
+from ..ui.text import experiment_text, measured_text, header_lines, status_text, summarize
 
 DEFAULT_LAB = "autoresearch-lab"
 SHUTDOWN_WAIT_S = 3.0   # jupyter_client kills a kernel that has not exited 5 s after shutdown
@@ -166,6 +166,17 @@ class AutoresearchMagics(Magics):
         self._launch(Session(options), lab, f"Ablating the best of {lab.root} ({args.repeats} runs per change); "
                                             "%autoresearch status shows the table when it is done.")
 
+    def _do_transfer(self, args):
+        from ..engine.session import Session
+
+        if CURRENT.alive:
+            raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
+                             "then run the transfer ladder")
+        lab = self._lab(args.lab)
+        options = run_options(args, str(lab.root))
+        self._launch(Session(options), lab, f"Transfer ladder for {lab.root} at ×{args.budget_x:g} the budget "
+                                            f"({args.repeats} runs per code); %autoresearch status shows the table.")
+
     def _launch(self, session, lab, started: str) -> None:
         """Start a session in the background and show its dashboard (text in a terminal)."""
         dashboard = unsubscribe = None
@@ -255,7 +266,7 @@ class AutoresearchMagics(Magics):
     def _print_status(self, snapshot: dict, lab) -> None:
         metric, direction = self._metric(lab)
         print(status_text(snapshot, metric, direction))
-        table = ablation_text(snapshot.get("rows") or [], metric, direction)
+        table = measured_text(snapshot.get("rows") or [], metric, direction)
         if table:
             print("\n" + table)
 

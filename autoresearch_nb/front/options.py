@@ -72,15 +72,25 @@ ABLATE = (
 )
 
 
+TRANSFER = (
+    Option("--budget-x", "the larger scale's budget, as a multiple of the night's (default 4)", type=float,
+           default=4.0, metavar="K"),
+    Option("--depth", "the model's depth at that scale (default: the lab's)", type=int, metavar="N"),
+    Option("--repeats", "runs of each code at that scale, paired by seed", type=int, default=2, metavar="R"),
+)
+
+
 def add_options(parser: argparse.ArgumentParser, options: tuple[Option, ...]) -> None:
     for option in options:
         option.add_to(parser)
 
 
 def run_options(args: argparse.Namespace, lab: str):
-    """The engine's RunOptions from a parsed `run`/`start` (or `ablate`) line: the one place they are built."""
+    """The engine's RunOptions from a parsed `run`/`start` (or `ablate`, `transfer`) line: the one place they are built."""
     from ..engine.session import RunOptions
 
+    if hasattr(args, "budget_x"):
+        return RunOptions(lab=lab, transfer={"budget_x": args.budget_x, "depth": args.depth, "repeats": args.repeats})
     if hasattr(args, "repeats"):
         return RunOptions(lab=lab, ablate=args.repeats, rebaseline=args.rebaseline)
     gpus = None if args.gpus is None else [part.strip() for part in args.gpus.split(",")]

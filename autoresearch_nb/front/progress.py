@@ -16,7 +16,7 @@ def result_line(row: dict, best_before: float | None) -> str:
     value = row.get("val_bpb")
     shown = f"{value:.6f}" if value is not None else "   -    "
     delta = ""
-    if value is not None and best_before is not None:
+    if value is not None and best_before is not None and row.get("role") != "transfer":  # another scale
         delta = f"{value - best_before:+.6f}"
     text = row.get("description", "")
     if row.get("role") not in (None, "experiment"):
@@ -52,6 +52,8 @@ class TerminalProgress:
             self._print(f"run {data.get('tag')} on {data.get('branch')}: agent {data.get('agent_label')}"
                         f"{' / ' + data['model'] if data.get('model') else ''}, profile {data.get('profile')} "
                         f"({data.get('device')}), budget {data.get('budget'):g}s, policy {data.get('policy')}")
+            if data.get("transfer"):
+                self._print(f"{data['transfer']}: {data.get('run_budget'):g}s a run, its own segment")
             if data.get("sandbox"):
                 self._print(f"sandbox: {data['sandbox']}")
             workers = data.get("workers") or 1

@@ -26,8 +26,9 @@ def of(probe: dict, budget: float, config: dict) -> dict:
 
 
 def last_recorded(rows: list[dict]) -> dict:
-    """The conditions of the newest row that recorded them ({} for a lab without any)."""
-    return next((r["conditions"] for r in reversed(rows) if r.get("conditions")), {})
+    """The conditions of the newest research row that recorded them ({} for a lab without any); the
+    transfer ladder's rows (segments below 0, ladder.py) ran at another scale on purpose."""
+    return next((r["conditions"] for r in reversed(rows) if r.get("conditions") and int(r.get("segment") or 0) >= 0), {})
 
 
 def differences(before: dict, now: dict) -> list[str]:

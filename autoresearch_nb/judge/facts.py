@@ -20,7 +20,7 @@ from datetime import datetime
 from .judge import Estimate, Noise, Pairing, estimate, estimate_noise, gain, gain_interval
 from ..lab.words import CLEAN_STATUSES, RAN_STATUSES, STATUSES  # noqa: F401  (read here by the judge's callers too)
 
-MEASUREMENT_ROLES = ("baseline", "noise", "confirm", "remeasure", "ablation")
+MEASUREMENT_ROLES = ("baseline", "noise", "confirm", "remeasure", "ablation", "transfer")
 CANDIDATE_ROLES = ("experiment", "confirm")
 LOAD_TOLERANCE = 0.5      # cores: a busy neighbour (one core) moves values by more than a paired spread
 MIN_PACE_SECONDS = 60.0   # under a minute of history a rate is noise, not a pace
@@ -157,7 +157,7 @@ def segment_starts(rows: list[dict]) -> list[dict]:
     starts, seen = [], set()
     for row in rows:
         segment = segment_of(row)
-        if segment not in seen:
+        if segment not in seen and segment >= 0:  # below 0: the transfer ladder's scales (ladder.py)
             seen.add(segment)
             starts.append({"segment": segment, "index": row.get("index"),
                            "conditions": row.get("conditions") or {}, "reason": row.get("segment_reason", "")})
@@ -248,8 +248,9 @@ def ran(rows: list[dict]) -> int:
 def charged(row: dict) -> bool:
     """Does this row count against --max-experiments? Every run that used training time, except one
     disturbed from outside: that is run again (at most plan.MAX_DISTURBED_RERUNS times), and the
-    limit would otherwise end a night on a run it promised to repeat."""
-    return row.get("status") in RAN_STATUSES and row.get("status") != "disturbed"
+    limit would otherwise end a night on a run it promised to repeat. The transfer ladder's runs are a
+    job of their own, at another scale (ladder.py), not the night's experiments."""
+    return row.get("status") in RAN_STATUSES and row.get("status") != "disturbed" and row.get("role") != "transfer"
 
 
 def counted(rows: list[dict]) -> int:
@@ -320,13 +321,7 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
     start, best = baseline(rows, segment, metric), value_to_beat(rows, metric)
     gain = half = None
     if start is not None and best is not None:
-        groups = code_runs(rows, segment, metric)
-        first = next((r for r in rows if segment_of(r) == segment and value(r, metric) is not None
-                      and r.get("role", "baseline") == "baseline"), None)
-        base_values = groups.get(code_of(first), []) if first else []
-        best_values = groups.get(code_of(best_row(rows)), [])
-        if base_values and best_values:
-            gain, half = gain_interval(best_values, base_values, noise(rows, segment, metric), direction)
+        gain, half = summary_gain(rows, metric, direction) or (None, None)
     per_hour, eta = pace(rows, info.get("max_experiments"))
     cost, on_subscription, unpriced = spent(rows)
     spread = noise(rows, segment, metric)
@@ -339,7 +334,56 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
             "subscription_usd": on_subscription, "unpriced": unpriced,
             "max_experiments": info.get("max_experiments"), "max_cost": info.get("max_cost"),
             "changes": sum(1 for r in rows if r.get("status") == "keep" and r.get("role", "experiment") == "experiment"),
+            "holdout": holdout(rows, metric, direction),
             "now": time.time()}
+
+
+HOLDOUT = "holdout_bpb"
+
+
+def holdout(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> dict | None:
+    """The night's gain on the sealed holdout beside its gain on val, in the current segment: the
+    baseline's and the best's holdout values (their runs' own; only the baseline, kept changes and
+    measurements of kept code carry one, records.seal), the gain of the means with the interval of the
+    spread between runs of one code on the holdout. `supported` is False when val's gain stands clear
+    of zero and the holdout's does not: a night that may have selected on val's noise. None before the
+    best differs from the baseline, or where the data has no holdout."""
+    segment = current_segment(rows)
+    first = next((r for r in rows if segment_of(r) == segment and value(r, metric) is not None
+                  and r.get("role", "baseline") == "baseline"), None)
+    best = best_row(rows)
+    if first is None or best is None or code_of(first) == code_of(best):
+        return None
+    groups: dict[str, list[float]] = {}
+    for row in rows:
+        if segment_of(row) == segment and value(row, metric) is not None and row.get(HOLDOUT) is not None:
+            groups.setdefault(code_of(row), []).append(float(row[HOLDOUT]))
+    base, top = groups.get(code_of(first), []), groups.get(code_of(best), [])
+    if not base or not top:
+        return None
+    spread = estimate_noise(groups.values(), base[0])
+    found, half = gain_interval(top, base, spread, direction)
+    val = summary_gain(rows, metric, direction)
+    val_clear = val is not None and val[1] is not None and val[0] - val[1] > 0
+    supported = None if half is None else not (val_clear and found - half <= 0)
+    return {"gain": round(found, 6), "half_width": None if half is None else round(half, 6),
+            "baseline": estimate(base, spread), "best": estimate(top, spread),
+            "val_gain": None if val is None else round(val[0], 6),
+            "val_half_width": None if val is None or val[1] is None else round(val[1], 6), "supported": supported}
+
+
+def summary_gain(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> tuple[float, float | None] | None:
+    """The night's gain on val in the current segment (best over baseline, as the header shows it)."""
+    segment = current_segment(rows)
+    groups = code_runs(rows, segment, metric)
+    first = next((r for r in rows if segment_of(r) == segment and value(r, metric) is not None
+                  and r.get("role", "baseline") == "baseline"), None)
+    best = best_row(rows)
+    base_values = groups.get(code_of(first), []) if first else []
+    best_values = groups.get(code_of(best), []) if best else []
+    if not base_values or not best_values:
+        return None
+    return gain_interval(best_values, base_values, noise(rows, segment, metric), direction)
 
 
 def spent(rows: list[dict]) -> tuple[float, float, int]:

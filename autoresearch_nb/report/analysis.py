@@ -11,7 +11,8 @@ from .figures import (PHASES, baseline_row, crash_kind_from_text, crash_kinds, k
 from .record import (RECORD_CLOSE, RECORD_FORMAT, RECORD_OPEN, empty_record, lab_record, load,  # noqa: F401
                      notebook_record, read_json, record_from_json, tsv_record)
 from .tables import (ablation_display, crash_table, diff_display, experiments_table, kept_table,  # noqa: F401
-                     number, progress_note, rich, summary_markdown, table_display, time_table)
+                     number, progress_note, rich, summary_markdown, table_display, time_table,
+                     transfer_display)
 
 
 def value_of(row: dict, metric: str) -> float | None:

@@ -8,7 +8,7 @@ import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from ..version import __version__
-from ..judge import facts
+from ..judge import facts, ladder
 from ..judge.facts import best_row
 from .figures import kept_changes, metric_of
 from .record import RECORD_CLOSE, RECORD_OPEN
@@ -98,6 +98,13 @@ def build_notebook(record: dict) -> nbformat.NotebookNode:
                                     "repeats beside the best itself: a change's contribution now is "
                                     f"{metric} without it minus with it, signed so positive means it helps."),
                   new_code_cell("display(analysis.ablation_display(RECORD), raw=True)")]
+    if ladder.scales(rows):
+        cells += [new_markdown_cell("## Transfer ladder\n\nThe baseline, the best and the best without each kept "
+                                    "change, run again at a larger scale with runs of their own, paired by seed. A "
+                                    "change's value there is set against its value at the screen: it holds, shrinks "
+                                    "(under half), vanishes (within the noise) or reverses (the best is better "
+                                    "without it)."),
+                  new_code_cell("display(analysis.transfer_display(RECORD), raw=True)")]
     cells += final_cells(record, best)
     notebook = new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},

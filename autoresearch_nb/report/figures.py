@@ -43,6 +43,9 @@ def kept_changes(rows: list[dict], metric: str = "val_bpb", direction: str = "lo
     changes = []
     for change in facts.kept_changes(rows, metric, direction):
         record = change.record()
+        sealed = [float(r[facts.HOLDOUT]) for r in rows if facts.code_of(r) == change.commit
+                  and r.get(facts.HOLDOUT) is not None and facts.segment_of(r) == change.segment]
+        record["holdout"] = sum(sealed) / len(sealed) if sealed else None  # the mean of its runs' holdout
         before = record["before"]["mean"] if record["before"] else None
         record.update(value=record["value"]["mean"], value_runs=record["value"]["runs"],
                       value_half_width=record["value"]["half_width"], before=before,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import html
 
-from ..judge import facts
+from ..judge import facts, ladder
 from ..lab.words import cost_text, duration, profile_name
 from .figures import metric_of, row_seconds, status_counts, time_and_money, wall_time
 
@@ -65,11 +65,12 @@ def kept_table(changes: list[dict]) -> dict:
         return {True: "yes", False: "no: within the noise now", None: ""}[change.get("holds")]
 
     return table_display(["#", "gain", "± (95%)", "gain %", "before (runs)", "after (runs)", "clear of noise",
-                          "description"],
+                          "holdout", "description"],
                          [[c["index"], number(c["gain"]), number(c.get("half_width")),
                            "" if c["gain_pct"] is None else f"{c['gain_pct']:.2f}",
                            f"{number(c['before'])} ({c.get('before_runs') or '-'})",
-                           f"{number(c['value'])} ({c.get('value_runs') or '-'})", holds(c), c["description"]]
+                           f"{number(c['value'])} ({c.get('value_runs') or '-'})", holds(c),
+                           number(c.get("holdout")), c["description"]]
                           for c in changes])
 
 
@@ -80,6 +81,24 @@ def ablation_display(record: dict) -> dict:
     return table_display(["#", "change", "best without it", "contribution", "± (95%)", "verdict"],
                          [[t["index"], t["description"], number((t["without"] or {}).get("mean")),
                            number(t["contribution"]), number(t["half_width"]), t["verdict"]] for t in table])
+
+
+def transfer_display(record: dict) -> dict:
+    """Each transfer ladder (judge/ladder.py): the night's gain at the larger scale, and each kept change
+    there against what it was worth at the screen, with its label."""
+    metric, direction = metric_of(record)
+    rows = record.get("rows") or []
+    cells = []
+    for scale in ladder.scales(rows):
+        found = ladder.table(rows, scale, metric, direction)
+        if not found:
+            continue
+        said = ladder.scale_text(scale)
+        cells.append([said, "the night (baseline → best)", number(found["screen_gain"]), number(found["gain"]),
+                      number(found["half_width"]), ""])
+        cells += [[said, f"#{c['index']} {c['description']}", number(c["screen"]), number(c["contribution"]),
+                   number(c["half_width"]), c["label"]] for c in found["changes"]]
+    return table_display(["scale", "change", "at the screen", "at scale", "± (95%)", "label"], cells)
 
 
 def crash_table(groups: list[dict]) -> dict:
@@ -148,6 +167,13 @@ def summary_markdown(record: dict) -> str:
                      + (f" ({found['gain_pct']:.2f}%)" if found["gain_pct"] is not None else ""))
     else:
         lines.append(f"- **{metric}**: no successful run yet")
+    sealed = found.get("holdout")
+    if sealed:
+        spread = f" ± {sealed['half_width']:.6f}" if sealed["half_width"] is not None else ""
+        lines.append(f"- **Holdout** (a split only the evaluator reads, never selected on): baseline "
+                     f"{sealed['baseline'].text()} → best {sealed['best'].text()}, gain {sealed['gain']:+.6f}{spread}"
+                     + (" — **the holdout does not support the val gain: the night may have selected on noise**"
+                        if sealed["supported"] is False else ""))
     noise = found["noise"]
     if noise.usable is not None:
         lines.append(f"- **Noise**: one run of identical code varies by σ ≈ {noise.usable:.6f} "

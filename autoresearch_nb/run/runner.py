@@ -61,6 +61,9 @@ def clean_environment(extra: dict | None = None) -> dict:
     return env
 
 
+HOLDOUT_LINE = re.compile(r"^holdout_bpb:\s+([0-9.]+)\s*$")
+
+
 class _Process:
     """A subprocess in a process group of its own, reaped with its CPU time; its output read line by
     line; it and everything it started killable from any thread."""
@@ -224,8 +227,12 @@ class Runner:
             process.kill()
             (process.exited if process.drained.is_set() else process.drained).wait(0.25)
 
-    def _stream(self, process: _Process, log, tail: list[str], started: float, feed: Callable[[str], None]) -> None:
+    def _stream(self, process: _Process, log, tail: list[str], started: float, feed: Callable[[str], None],
+                sealed: Callable[[str], bool] = lambda line: False) -> None:
         for line in process.lines():
+            if sealed(line):  # the holdout's number: to the harness only, never to a log an agent may read
+                feed(line)
+                continue
             log.write(line + "\n")
             log.flush()
             tail.append(line)
@@ -408,12 +415,17 @@ class Runner:
         watchdog.start()
         lines: list[str] = []
         reader = SummaryReader()
+        holdout: list[float] = []
 
         def feed(line: str) -> None:
+            found = HOLDOUT_LINE.match(line)
+            if found:
+                holdout.append(float(found.group(1)))
+                return
             lines.append(line)
             reader.feed(line)
 
-        self._stream(evaluator, log, tail, started, feed)
+        self._stream(evaluator, log, tail, started, feed, sealed=lambda line: bool(HOLDOUT_LINE.match(line)))
         watchdog.join(timeout=1)
         wall = time.monotonic() - started
         self.timings["evaluate_s"] = round(time.monotonic() - go, 3)
@@ -441,6 +453,8 @@ class Runner:
             return RunResult(False, kind, reason, facts, returncode, wall, tail_text, steps, self.timings)
         facts["total_seconds"] = round(wall, 1)
         composed = {"val_bpb": summary["val_bpb"], **facts}
+        if len(holdout) == 1:
+            composed["holdout_bpb"] = holdout[0]  # sealed: kept in a row only where nothing selects on it (records.settle)
         log.write("[autoresearch-nb] the run's summary: val_bpb from the evaluator, training_seconds "
                   "timed by the harness, the rest as train.py handed it over\n" + format_summary(composed))
         return RunResult(True, None, "", composed, returncode, wall, tail_text, steps, self.timings)

@@ -34,6 +34,7 @@ def experiment_runner(lab, tree: Path, job_id: int, seed: int, budget: float, pr
         "AUTORESEARCH_BYTE_LEVEL": "1" if config.get("byte_level") else None,
         "AUTORESEARCH_DATA_KEY": facts.get("data_key"),
         "CUDA_VISIBLE_DEVICES": gpu,
+        "AUTORESEARCH_DEPTH": facts.get("depth_override"),  # the transfer ladder's larger model
     })
     run_dir = lab.state_dir / "runs" / f"run-{job_id:05d}"
     readable = sandbox.lab_reads(config, env, tree, facts.get("train_paths"))

@@ -17,7 +17,7 @@ from .chart import progress_chart_png
 from .diffview import diff_html
 from .loss_curve import loss_curve_png
 from ..lab.words import STATUS_COLOURS, STATUS_WORDS, duration
-from .text import ablation_text, header_lines, outcome_lines, row_cells, summarize, table_line
+from .text import header_lines, measured_text, outcome_lines, row_cells, summarize, table_line
 
 ENDED_STATES = ("stopped", "finished", "error")
 # Monospace rows make the Select read as a table; a style tag is the one way to reach a
@@ -255,7 +255,7 @@ class Dashboard:
             self.table.value = chosen if chosen in values else None
         finally:
             self._syncing_thread = None
-        table = ablation_text(rows, self.metric, self.direction)
+        table = measured_text(rows, self.metric, self.direction)
         self.ablation.value = (f'<pre style="font-size:12px;margin:4px 0;">{html.escape(table)}</pre>'
                                if table else "")
         kept = sum(1 for row in rows if row.get("status") == "keep" and row.get("role") == "experiment")

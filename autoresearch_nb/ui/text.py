@@ -1,7 +1,7 @@
 """Plain-text views of a run (terminal IPython, `status`) and the header facts the dashboard shares."""
 from __future__ import annotations
 
-from ..judge import facts
+from ..judge import facts, ladder
 from ..lab.words import STATUS_WORDS, STATUSES, cost_text, duration, profile_name
 
 
@@ -44,6 +44,14 @@ def header_lines(found: dict) -> list[str]:
             pct = f", {found['gain_pct']:+.2f}%" if found["gain_pct"] is not None else ""
             line += f" · gain {found['gain']:+.4f}{spread}{pct} over baseline {base.text()}"
         lines.append(line)
+    sealed = found.get("holdout")
+    if sealed:
+        spread = f" ± {sealed['half_width']:.4f}" if sealed["half_width"] is not None else ""
+        line = (f"holdout (sealed, never selected on): gain {sealed['gain']:+.4f}{spread}, best "
+                f"{sealed['best'].text()} against baseline {sealed['baseline'].text()}")
+        if sealed["supported"] is False:
+            line += " · ⚠ the holdout does not support the val gain: the night may have selected on noise"
+        lines.append(line)
     pace = []
     noise = found.get("noise")
     if noise is not None and noise.usable is not None:
@@ -71,6 +79,8 @@ def row_cells(row: dict, metric: str = "val_bpb") -> tuple[str, str, str, str]:
     elif row.get("role") not in (None, "experiment") and status in ("keep", "discard"):
         status = f"{status}:{row['role']}"
     shown = f"{value:.6f}" if value is not None else "-"
+    if value is not None and row.get("holdout_bpb") is not None:  # the baseline, kept code (records.seal)
+        shown += f" (holdout {float(row['holdout_bpb']):.4f})"
     description = " ".join(str(row.get("description", "")).split())
     return str(row.get("index", "?")), status, shown, description
 
@@ -191,6 +201,38 @@ def verdict_text(judge: dict | None) -> str:
     elif isinstance(noise, dict) and isinstance(noise.get("usable"), (int, float)):
         parts.append(f"noise σ {noise['usable']:.6f}")
     return ", ".join(parts)
+
+
+def transfer_text(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> str:
+    """Each transfer ladder (judge/ladder.py) as text; "" when none ran."""
+    parts = []
+    for scale in ladder.scales(rows):
+        found = ladder.table(rows, scale, metric, direction)
+        if not found:
+            continue
+        lines = [f"transfer ladder at {ladder.scale_text(scale)} (its own runs, never compared with the night's)"]
+        base, best = found["baseline"], found["best"]
+        if base and best:
+            gain = "" if found["gain"] is None else f"gain {found['gain']:+.4f}"
+            spread = f" ± {found['half_width']:.4f}" if found["half_width"] is not None else ""
+            screen = f" (at the screen {found['screen_gain']:+.4f})" if found["screen_gain"] is not None else ""
+            lines.append(f"  baseline {base['mean']:.4f} ({base['runs']} runs), best {best['mean']:.4f} "
+                         f"({best['runs']} runs): {gain}{spread}{screen}")
+        for entry in found["changes"]:
+            head = f"  #{entry['index']:<4} {entry['description'][:44]:<44}"
+            if entry["contribution"] is None:
+                lines.append(f"{head}  {entry['label']}")
+                continue
+            spread = f" ± {entry['half_width']:.4f}" if entry["half_width"] is not None else ""
+            screen = "" if entry["screen"] is None else f", screen {entry['screen']:+.4f} ({entry['screen_source']})"
+            lines.append(f"{head}  {entry['contribution']:+.4f}{spread}{screen}  {entry['label']}")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def measured_text(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> str:
+    """What was measured after the night: the ablation and the transfer ladders ("" for neither)."""
+    return "\n\n".join(t for t in (ablation_text(rows, metric, direction), transfer_text(rows, metric, direction)) if t)
 
 
 def ablation_text(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> str:
