@@ -36,7 +36,8 @@ STEP_LINES = 60
 class Night:
     """One simulated run of the loop: rows as the ledger would hold them."""
 
-    def __init__(self, rng: random.Random, disturbed: float, real: float, blind: bool, rho: float = 0.0):
+    def __init__(self, rng: random.Random, disturbed: float, real: float, blind: bool, rho: float = 0.0,
+                 sealed_seed: int = 0):
         self.rng, self.disturbed, self.real, self.blind, self.rho = rng, disturbed, real, blind, rho
         self.rows: list[dict] = []
         self.runs = 0
@@ -45,6 +46,7 @@ class Night:
         self.paired = False                # the judge sees each run's seed
         self.split_share = 0.5             # of a run's own noise, the share that is which tokens val holds
         self.holdout: dict[float, float] = {}  # a run's val value -> its value on the sealed holdout
+        self.sealed_rng = random.Random(sealed_seed)  # the holdout's draws, apart from the night's own
 
     def seed_of(self, code: str, pending: int = 0) -> int:
         """As the loop seeds runs: the k-th clean run of any code gets the k-th seed."""
@@ -55,10 +57,14 @@ class Night:
         self.runs += 1
         shared = self.luck.setdefault(seed, self.rng.gauss(0.0, SIGMA * math.sqrt(self.rho)))
         own = SIGMA * math.sqrt(1.0 - self.rho)
-        # a run's own noise: its model's luck (the holdout sees it too) and val's tokens' luck (it does not)
-        model = self.rng.gauss(0.0, own * math.sqrt(1.0 - self.split_share))
-        value = self.truth[code] + shared + model + self.rng.gauss(0.0, own * math.sqrt(self.split_share))
-        sealed = self.truth[code] + shared + model + self.rng.gauss(0.0, own * math.sqrt(self.split_share))
+        private = self.rng.gauss(0.0, own)
+        value = self.truth[code] + shared + private
+        # The run's own noise is its model's luck (the holdout sees it too) plus val's tokens' luck (it
+        # does not), split_share of the variance. The model's part given the val draw, and the holdout's
+        # own tokens, come from a second generator so that the figures above draw what they always drew.
+        s = self.split_share
+        model = (1.0 - s) * private + self.sealed_rng.gauss(0.0, own * math.sqrt(s * (1.0 - s)))
+        sealed = self.truth[code] + shared + model + self.sealed_rng.gauss(0.0, own * math.sqrt(s))
         hit = self.rng.random() < self.disturbed
         if hit:
             slower = self.rng.uniform(3.0, 6.0) * SIGMA
@@ -195,8 +201,8 @@ def selection(rule: str, nights: int, proposals: int, seed: int = 7) -> dict:
     rng = random.Random(seed)
     val_gains, holdout_gains, flagged, unknown, kept_any = [], [], 0, 0, 0
     try:
-        for _ in range(nights):
-            night = Night(rng, 0.0, 0.0, False, 0.0)
+        for number in range(nights):
+            night = Night(rng, 0.0, 0.0, False, 0.0, sealed_seed=number)
             night.paired = rule == "noise"
             night_new(night, "greedy" if rule == "greedy" else "noise")
             for row in night.rows:

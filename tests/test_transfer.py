@@ -82,7 +82,8 @@ def test_the_ladder_labels_each_kept_change_against_its_screen_gain(researched):
     assert labels["C on"]["label"] == "shrinks" and labels["C on"]["contribution"] == pytest.approx(0.006)
     assert labels["D on"]["label"] == "vanishes"
     assert labels["C on"]["screen"] == pytest.approx(0.03) and labels["C on"]["ratio"] == pytest.approx(0.2)
-    assert found["gain"] == pytest.approx(0.026) and found["screen_gain"] == pytest.approx(0.1)
+    # the night: 0.1 at the screen (its header's figure: means of the baseline's and the best's runs), 0.026 at scale
+    assert found["gain"] == pytest.approx(0.026) and found["screen_gain"] == pytest.approx(0.1, abs=0.001)
     assert "transfer ladder at budget ×4" in done.stdout and "reverses" in done.stdout
 
     # the night's facts never read the ladder's runs: best, baseline, gain and noise are as they were

@@ -18,7 +18,7 @@ With one run per code there is no interval: the label is "unknown" and the sign 
 from __future__ import annotations
 
 from .facts import (ablation_table, code_of, estimate, gain_interval, kept_changes, noise, pairing, seeded_runs,
-                    segment_of, value)
+                    segment_of, summary_gain, value)
 
 ROLE = "transfer"
 
@@ -122,6 +122,6 @@ def _screen_values(rows: list[dict], metric: str, direction: str) -> dict[int, t
 
 
 def _screen_gain(rows: list[dict], metric: str, direction: str) -> float | None:
-    """The night's gain at the screen: the sum of the kept changes' gains (None if any is unknown)."""
-    gains = [c.gain for c in kept_changes([r for r in rows if segment_of(r) >= 0], metric, direction)]
-    return round(sum(gains), 6) if gains and all(g is not None for g in gains) else None
+    """The night's gain at the screen, as its header says it (best over baseline, current segment)."""
+    found = summary_gain(rows, metric, direction)
+    return None if found is None else round(found[0], 6)
