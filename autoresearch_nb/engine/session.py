@@ -15,6 +15,7 @@ from ..judge import conditions, facts, ladder
 from ..agents import AGENTS, make_agent
 from ..agents.pricing import model_prices
 from ..errors import LabError
+from . import notify
 from .events import Event, EventBus
 from ..lab.lab import DEFAULT_DIR, Lab
 from ..lab.ledger import now_iso
@@ -50,6 +51,7 @@ class RunOptions:
     gpus: list | None = None     # CUDA devices, one worker each, e.g. ["0", "1"]
     depth: int = 1               # drafts the agent keeps ready ahead of the workers (0: no pipelining)
     ray: str | None = None       # run the workers as Ray actors: "auto" or a cluster address
+    notify: str | None = None    # a webhook for kept changes and the night's end (notify.py); never stored
 
 
 CLI_AGENTS = ("claude-code", "codex")   # the named CLIs: a timeout, a session to resume
@@ -100,6 +102,8 @@ def check_options(options: RunOptions) -> None:
     if options.max_cost is not None and options.agent == "codex" and model_prices(options.model) is None:
         raise LabError("--max-cost needs a price and Codex reports none: name a model whose list price is known "
                        "(e.g. --model gpt-5-codex, gpt-5, gpt-5-mini), or leave --max-cost out")
+    if options.notify is not None:
+        notify.check_url(options.notify)
     if options.agent == "openai" and not (options.base_url or os.environ.get("OPENAI_BASE_URL")):
         raise LabError("the openai agent needs --base-url (e.g. http://localhost:11434/v1 for Ollama)")
 
@@ -160,6 +164,12 @@ class Session:
                     setattr(options, key, previous[key])
         self.agent = agent or make_agent(options.agent, **agent_options(options))
         self.bus.subscribe(self._track)
+        self.notifier = None
+        if options.notify:
+            self.notifier = notify.Notifier(options.notify, self.tag, self.lab.rows, self.lab.state_dir / "notify.log",
+                                            self.lab.config.get("metric", "val_bpb"),
+                                            self.lab.config.get("direction", "lower"))
+            self.bus.subscribe(self.notifier.handle)
 
     # -- front-end API ----------------------------------------------------------------------
     def subscribe(self, callback):
@@ -307,6 +317,8 @@ class Session:
                 self.agent.close()
             finally:
                 self.bus.emit("run_finished", reason=self._message)
+                if self.notifier is not None:  # the night's last message goes out before the process may end
+                    self.notifier.close()
                 self._ended.set()
 
     def _settle_conditions(self, loop: ResearchLoop, probe: dict) -> tuple[int, str]:
