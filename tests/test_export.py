@@ -155,6 +155,8 @@ def test_cli_export_writes_beside_the_lab_and_renders_html(hand_lab):
     nbformat.validate(nbformat.read(out, as_version=4))
     page = out.with_suffix(".html").read_text()
     assert "+DEPTH = 6" in page and "data:image/png;base64" in page
+    # the embedded record is data for re-running, not for reading: its cell shows no input
+    assert "analysis.record_from_json" not in page and "analysis.record_from_json" in out.read_text()
     assert not list(hand_lab.rglob("*.ipynb"))                  # the lab's tree is the loop's
 
 

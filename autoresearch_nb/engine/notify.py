@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from ..errors import LabError
 from ..judge import facts
 from ..lab.ledger import now_iso
+from ..lab.words import count
 
 TIMEOUT_S = 10.0
 FAILURE_WORDS = ("in a row", "failed", "error")
@@ -82,7 +83,7 @@ class Notifier:
         kept = found["changes"]
         head = ("stopped on failures" if any(word in reason.lower() for word in FAILURE_WORDS)
                 else "the night ended")
-        said = f"{head}: {reason or 'done'}. {found['done']} run{'' if found['done'] == 1 else 's'}, {kept} change{'' if kept == 1 else 's'} kept"
+        said = f"{head}: {reason or 'done'}. {count(found['done'], 'run')}, {count(kept, 'change kept')}"
         if found.get("best") is not None and found.get("gain") is not None:
             said += f"; best {self.metric} {found['best'].mean:.4f}, gain {found['gain']:+.4f}"
         return said

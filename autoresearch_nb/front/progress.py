@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from ..engine.events import Event
 from ..judge.facts import summary
-from ..lab.words import STATUS_MARK
+from ..lab.words import STATUS_MARK, count
 
 
 
@@ -111,7 +111,7 @@ class TerminalProgress:
             spread = f" ± {found['gain_half_width']:.4f}" if found["gain_half_width"] is not None else ""
             gain = f", best {best.text()} (baseline {base.text()}, gain {found['gain']:+.4f}{spread})"
         disturbed = f", {counts['disturbed']} disturbed and run again" if counts.get("disturbed") else ""
-        kept = f"{found['changes']} change{'' if found['changes'] == 1 else 's'} kept"
-        return (f"done: {found['done']} runs — {kept}, {counts.get('discard', 0)} discarded, "
+        kept = count(found["changes"], "change kept")
+        return (f"done: {count(found['done'], 'run')} — {kept}, {counts.get('discard', 0)} discarded, "
                 f"{counts.get('crash', 0)} crashed, {counts.get('rejected', 0)} rejected{disturbed}{gain}. "
                 f"{snapshot.get('message', '')}")

@@ -303,14 +303,20 @@ def pace(rows: list[dict], max_experiments: int | None = None) -> tuple[float | 
 
 def running_best(rows: list[dict], metric: str = "val_bpb") -> list[tuple[int, float]]:
     """(index, value to beat) after each row that had one: the chart's running best."""
+    return [(index, mean) for index, mean, _ in running_best_band(rows, metric)]
+
+
+def running_best_band(rows: list[dict], metric: str = "val_bpb") -> list[tuple[int, float, float | None]]:
+    """(index, value to beat, its 95% half-width or None) after each research row that ran; the
+    transfer ladder's rows (segments below 0) ran at another scale and are not on this line."""
     points, seen = [], []
     for row in rows:
         seen.append(row)
-        if row.get("status") not in RAN_STATUSES:
+        if row.get("status") not in RAN_STATUSES or segment_of(row) < 0:
             continue
         current = value_to_beat(seen, metric)
         if current is not None:
-            points.append((row.get("index"), current.mean))
+            points.append((row.get("index"), current.mean, current.half_width))
     return points
 
 
@@ -379,8 +385,9 @@ def summary_gain(rows: list[dict], metric: str = "val_bpb", direction: str = "lo
     first = next((r for r in rows if segment_of(r) == segment and value(r, metric) is not None
                   and r.get("role", "baseline") == "baseline"), None)
     best = best_row(rows)
-    base_values = groups.get(code_of(first), []) if first else []
-    best_values = groups.get(code_of(best), []) if best else []
+    if first is None or best is None or code_of(first) == code_of(best):
+        return None  # nothing kept yet in this segment: no gain to claim, not a gain of zero
+    base_values, best_values = groups.get(code_of(first), []), groups.get(code_of(best), [])
     if not base_values or not best_values:
         return None
     return gain_interval(best_values, base_values, noise(rows, segment, metric), direction)

@@ -15,6 +15,12 @@ STATUS_COLOURS = {"keep": "#1a7f37", "discard": "#8c959f", "crash": "#cf222e",
                   "rejected": "#9a6700", "interrupted": "#cf222e", "disturbed": "#bc4c00"}
 
 
+def count(number: int, noun: str) -> str:
+    """"1 run", "2 runs", "1 change kept" (the noun's first word takes the plural)."""
+    first, _, rest = noun.partition(" ")
+    return f"{number} {first if number == 1 else first + 's'}{' ' + rest if rest else ''}"
+
+
 def duration(seconds: float | None, compact: bool = False) -> str:
     """"1 h 05 min", "4 min 07 s", "9 s"; compact (a dashboard's narrow line): "1h05m", "4m07s", "9s"."""
     if seconds is None:

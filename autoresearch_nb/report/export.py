@@ -12,7 +12,7 @@ from ..judge.facts import best_row
 from .figures import kept_changes, metric_of
 from .record import lab_record
 from ..errors import LabError
-from .export_cells import build_notebook
+from .export_cells import RECORD_TAG, build_notebook
 
 CELL_TIMEOUT_S = 300
 DEFAULT_ALLOWED = ["nanochat/train.py"]
@@ -156,6 +156,11 @@ def write_html(notebook: nbformat.NotebookNode, path: Path) -> Path:
         from nbconvert import HTMLExporter
     except ImportError:
         raise LabError("--html needs nbconvert: pip install 'autoresearch-nb[html]'") from None
-    body, _ = HTMLExporter().from_notebook_node(notebook)
+    from traitlets.config import Config
+
+    config = Config()  # the record is data for re-running, not something to read: no input shown
+    config.TagRemovePreprocessor.remove_input_tags = {RECORD_TAG}
+    config.TagRemovePreprocessor.enabled = True
+    body, _ = HTMLExporter(config=config).from_notebook_node(notebook)
     path.write_text(body, encoding="utf-8")
     return path

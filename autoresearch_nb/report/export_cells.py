@@ -116,16 +116,18 @@ def build_notebook(record: dict) -> nbformat.NotebookNode:
 
 
 def record_cell(record: dict) -> nbformat.NotebookNode:
-    """The embedded record: ASCII JSON on one line in a raw string, collapsed in JupyterLab.
+    """The embedded record: ASCII JSON on one line in a raw string, its source hidden.
     JSON writes every quote inside a string as \\" (which never ends a raw string) and never
     puts three of its own quotes in a row, so any text survives the round trip."""
     text = json.dumps(record, ensure_ascii=True, sort_keys=True, default=str)
-    source = ("# The lab's record (ledger rows, config, charter, diffs, final files).\n"
+    source = ("#@title The lab's record (ledger rows, config, charter, diffs, final files)\n"
               + RECORD_OPEN + text + RECORD_CLOSE
               + "\nMETRIC, DIRECTION = analysis.metric_of(RECORD)\n"
               + 'print(f"{len(RECORD[\'rows\'])} experiment{\'\' if len(RECORD[\'rows\']) == 1 else \'s\'} from lab {RECORD[\'lab\']!r}")')
+    # hidden where each front end lets a notebook say so: JupyterLab (source_hidden), Colab (a form
+    # cell shows its title only), the HTML export (write_html drops the input of this tag)
     return new_code_cell(source, metadata={"tags": [RECORD_TAG],
-                                           "jupyter": {"source_hidden": True}})
+                                           "jupyter": {"source_hidden": True}, "cellView": "form"})
 
 
 def charter_markdown(charter: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 
 from ..judge import facts, ladder
-from ..lab.words import cost_text, duration, profile_name
+from ..lab.words import cost_text, count, duration, profile_name
 from .figures import metric_of, row_seconds, status_counts, time_and_money, wall_time
 
 
@@ -155,11 +155,13 @@ def summary_markdown(record: dict) -> str:
              + (f"; policy `{run['policy']}`" if run.get("policy") else "")
              + (f"; at most {run['max_experiments']} experiments"
                 if run.get("max_experiments") else ""),
-             f"- **Runs**: {len(rows)}, {found['changes']} changes kept"
+             f"- **Runs**: {len(rows)}, {count(found['changes'], 'change kept')}"
              + (" — " + ", ".join(f"{count} {status}" for status, count in counts.items()
                                   if count) if rows else " (no run yet)")]
     best, base = found["best"], found["baseline"]
-    if best is not None and base is not None:
+    if best is not None and base is not None and found["gain"] is None:
+        lines.append(f"- **{metric}** ({direction} is better): baseline {base.text()}; no change kept, so no gain")
+    elif best is not None and base is not None:
         spread = f" ± {found['gain_half_width']:.6f}" if found["gain_half_width"] is not None else ""
         lines.append(f"- **{metric}** ({direction} is better; each value the mean of its code's runs, "
                      f"± a 95% interval): baseline {base.text()} → best {best.text()} "

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..judge import facts
-from ..lab.words import STATUS_COLOURS
+from ..lab.words import STATUS_COLOURS, count
 from .png import figure_png
 
 KEPT, DISCARDED, CRASHED, DISTURBED = (STATUS_COLOURS[s] for s in ("keep", "discard", "crash", "disturbed"))
@@ -16,6 +17,8 @@ def progress_points(rows: list[dict], metric: str = "val_bpb", direction: str = 
     too: shown, not judged), and the running best: the value to beat after each row (facts.py)."""
     points = []
     for position, row in enumerate(rows):
+        if facts.segment_of(row) < 0:  # the transfer ladder's runs: another scale, their own table
+            continue
         value = facts.value(row, metric)
         status = row.get("status")
         if value is None and status == "disturbed" and isinstance(row.get(metric), (int, float)):
@@ -24,7 +27,7 @@ def progress_points(rows: list[dict], metric: str = "val_bpb", direction: str = 
             continue
         points.append((row.get("index", position), value, status, str(row.get("description", "")),
                        row.get("role", "experiment")))
-    return points, facts.running_best(rows, metric)
+    return points, facts.running_best_band(rows, metric)
 
 
 def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str = "lower",
@@ -47,28 +50,40 @@ def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str
     if kept:
         ax.scatter([x for x, _, _ in kept], [y for _, y, _ in kept], s=30, color=KEPT,
                    label="kept", zorder=3)
-        for x, y, description in kept:
-            if not description:
-                continue
+        labelled = [(x, y, d) for x, y, d in kept if d]
+        for number, (x, y, description) in enumerate(labelled):
             label = description if len(description) <= 32 else description[:31] + "…"
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 6),
-                        fontsize=7, color="#1d6b1d", rotation=20)
+            # neighbours alternate above and below their dot, so a long night's labels do not sit on each other
+            above = number % 2 == 0
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 7 if above else -11),
+                        fontsize=7, color="#1d6b1d", rotation=15 if above else -15,
+                        va="bottom" if above else "top")
     if best_line:
-        xs, ys = zip(*best_line)
+        xs, ys, halves = zip(*best_line)
         ax.step(xs, ys, where="post", color=KEPT, linewidth=1.5, label="best (mean of its runs)", zorder=1)
+        if any(h is not None for h in halves):  # from the first row whose noise is known
+            nan = float("nan")
+            ax.fill_between(xs, [nan if h is None else y - h for y, h in zip(ys, halves)],
+                            [nan if h is None else y + h for y, h in zip(ys, halves)],
+                            step="post", color=KEPT, alpha=0.12, linewidth=0, label="its 95% interval", zorder=0)
     for start in facts.segment_starts(rows)[1:]:
         ax.axvline(start["index"] - 0.5, color="#8250df", linestyle="--", linewidth=1)
         ax.annotate(f"segment {start['segment']}", (start["index"] - 0.5, 1.0), xycoords=("data", "axes fraction"),
                     fontsize=7, color="#8250df", xytext=(2, -10), textcoords="offset points")
     crashes = [row.get("index", i) for i, row in enumerate(rows)
-               if row.get("status") in ("crash", "interrupted")]
+               if row.get("status") in ("crash", "interrupted") and facts.segment_of(row) >= 0]
     if crashes:
         ax.plot(crashes, [0] * len(crashes), linestyle="none", marker="|", markersize=10,
                 color=CRASHED, label="crashed", transform=ax.get_xaxis_transform(), clip_on=False)
     ax.set_xlabel("experiment")
     ax.set_ylabel(f"{metric} ({direction} is better)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last = max([x for x, *_ in points] + crashes + [0])
+    ax.set_xlim(-0.5, max(last, 5) + 0.5)  # a first point is not a range of -0.04 to 0.04
     changes = sum(1 for _, _, d in kept if d)
-    ax.set_title(title or f"{len(rows)} runs, {changes} changes kept", fontsize=10)
+    runs = sum(1 for r in rows if facts.segment_of(r) >= 0)
+    ax.set_title(title or f"{count(runs, 'experiment')}, {count(changes, 'change kept')}",
+                 fontsize=10)
     ax.grid(True, alpha=0.3)
     if points:
         ax.legend(loc="upper right", fontsize=8)

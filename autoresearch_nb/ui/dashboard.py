@@ -16,7 +16,7 @@ import ipywidgets as widgets
 from .chart import progress_chart_png
 from .diffview import diff_html
 from .loss_curve import loss_curve_png
-from ..lab.words import STATUS_COLOURS, STATUS_WORDS, duration
+from ..lab.words import STATUS_COLOURS, STATUS_WORDS, count, duration
 from .text import header_lines, measured_text, outcome_lines, row_cells, summarize, table_line
 
 ENDED_STATES = ("stopped", "finished", "error")
@@ -260,7 +260,7 @@ class Dashboard:
                                if table else "")
         kept = sum(1 for row in rows if row.get("status") == "keep" and row.get("role") == "experiment")
         self.table_header.value = (f'<div style="font-size:13px;margin-top:6px;"><b>Experiments</b>'
-                                   f' ({len(rows)} runs, {kept} changes kept) — latest first; choose one for its '
+                                   f' ({count(len(rows), "run")}, {count(kept, "change kept")}) — latest first; choose one for its '
                                    f'diff, rationale and log</div>')
 
     def _render_current(self, current: dict | None, state: str) -> None:

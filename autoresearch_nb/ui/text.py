@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..judge import facts, ladder
-from ..lab.words import STATUS_WORDS, STATUSES, cost_text, duration, profile_name
+from ..lab.words import STATUS_WORDS, STATUSES, cost_text, count, duration, profile_name
 
 
 def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: str = "lower") -> dict:
@@ -32,8 +32,7 @@ def header_lines(found: dict) -> list[str]:
         ran = (f"{found['done']}/{found['max_experiments']}" if found["counted"] == found["done"]
                else f"{found['done']} ({found['counted']}/{found['max_experiments']} counted)")
     lines = [f"{who}" + (f" · {where}" if where else ""),
-             f"{ran} runs, {found['changes']} change{'' if found['changes'] == 1 else 's'} "
-             f"kept: {tally}"]
+             f"{ran} run{'' if found['done'] == 1 else 's'}, {count(found['changes'], 'change')} kept: {tally}"]
     metric, best, base = found["metric"], found["best"], found["baseline"]
     if best is None:
         lines.append(f"best {metric}: -")
@@ -43,6 +42,8 @@ def header_lines(found: dict) -> list[str]:
             spread = f" ± {found['gain_half_width']:.4f}" if found.get("gain_half_width") is not None else ""
             pct = f", {found['gain_pct']:+.2f}%" if found["gain_pct"] is not None else ""
             line += f" · gain {found['gain']:+.4f}{spread}{pct} over baseline {base.text()}"
+        elif not found["changes"]:
+            line += " (the baseline: no change kept yet)"
         lines.append(line)
     sealed = found.get("holdout")
     if sealed:
