@@ -7,7 +7,7 @@ import time
 from autoresearch_nb.engine.events import EventBus
 from autoresearch_nb.ui.dashboard import Dashboard, RunView, experiment_html
 from autoresearch_nb.ui.diffview import diff_html, diff_stats
-from autoresearch_nb.ui.loss_curve import loss_curve_png
+from autoresearch_nb.ui.loss_curve import loss_against_best_png, loss_curve_png
 from autoresearch_nb.ui.text import experiment_text, status_text, summarize
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -273,3 +273,24 @@ def test_each_worker_has_a_lane_and_the_queue_is_shown():
     bus.emit("experiment_finished", row=row(5, "keep", 1.9, "deeper", job=4, worker="w1"))
     settle(dashboard)
     assert "deeper" not in dashboard.lanes.value and "wider mlp" in dashboard.lanes.value
+
+
+def test_the_run_under_way_is_drawn_against_the_best_run_at_the_same_share_of_the_budget():
+    best_curve = [(i / 10, 3.5 - 0.1 * i) for i in range(11)]
+    rows = [dict(ROWS[0], curve=best_curve)]
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=0.05)
+    bus.subscribe(dashboard.handle)
+    emit_run(bus, rows=rows, finish=False)
+    bus.emit("experiment_started", index=1, description="try a wider MLP", role="experiment", budget=8, commit="abc")
+    steps = [(step, 3.6 - 0.05 * step, step / 10) for step in range(4)]
+    for step, loss, progress in steps:
+        bus.emit("step", index=1, step=step, loss=loss, lr=0.02, tok_s=900.0, progress=progress, elapsed=4.0)
+    expected = loss_against_best_png([(p, loss) for _, loss, p in steps], best_curve, rows[0]["index"])
+    deadline = time.monotonic() + 30
+    while not same_picture(bytes(dashboard.loss.value), expected) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    settle(dashboard)
+    assert same_picture(bytes(dashboard.loss.value), expected), (dashboard.render_error, dashboard._drawn_losses)
+    # the plain step curve (no best to compare with) is another picture: the comparison was drawn
+    assert not same_picture(bytes(dashboard.loss.value), loss_curve_png([(s, loss) for s, loss, _ in steps]))

@@ -8,6 +8,7 @@ from ..judge.facts import CANDIDATE_ROLES
 from ..lab.ledger import now_iso
 from ..run.runner import RunResult
 
+CURVE_POINTS = 60
 SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
                   "total_tokens_M", "num_steps", "num_params_M", "depth")
 
@@ -76,6 +77,10 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
     if metric not in fields:
         fields[metric] = result.summary.get(metric)
     fields["memory_gb"] = round((result.summary.get("peak_vram_mb") or 0.0) / 1024, 1)
+    curve = [(round(float(s["progress"]), 3), round(float(s["loss"]), 4)) for s in result.steps
+             if s.get("progress") is not None and s.get("loss") is not None]
+    if curve:  # the loss by share of the budget, for the dashboard to draw a later run against
+        fields["curve"] = curve[::max(1, len(curve) // CURVE_POINTS)][:CURVE_POINTS] + curve[-1:]
     if result.ok and result.summary.get("holdout_bpb") is not None:
         fields["holdout_bpb"] = result.summary["holdout_bpb"]
     if not result.ok:

@@ -397,7 +397,7 @@ class Session:
                 self._header = dict(event.data)
             elif event.kind == "experiment_started":
                 self._lanes[str(event.data.get("worker"))] = {**event.data, "progress": 0.0, "losses": [],
-                                                              "started_at": event.time}
+                                                              "curve": [], "started_at": event.time}
             elif event.kind == "step":
                 lane = self._lanes.get(str(event.data.get("worker")))
                 if lane is None or lane.get("job") != event.data.get("job"):
@@ -406,8 +406,10 @@ class Session:
                 if "loss" in event.data:
                     losses = lane["losses"]
                     losses.append((event.data.get("step", len(losses)), event.data["loss"]))
+                    lane["curve"].append((lane["progress"], event.data["loss"]))  # by share of the budget
                     if len(losses) > LOSS_POINTS:
                         del losses[::2]
+                        del lane["curve"][::2]
             elif event.kind == "experiment_finished":
                 row = event.data["row"]
                 self._rows.append(row)

@@ -15,7 +15,8 @@ import ipywidgets as widgets
 
 from .chart import progress_chart_png
 from .diffview import diff_html
-from .loss_curve import loss_curve_png
+from .loss_curve import loss_against_best_png, loss_curve_png
+from ..judge import facts
 from ..lab.words import STATUS_COLOURS, STATUS_WORDS, count, duration
 from .text import header_lines, measured_text, outcome_lines, row_cells, summarize, table_line
 
@@ -46,7 +47,7 @@ class RunView:
     def load(self, snapshot: dict) -> None:
         self.info = dict(snapshot.get("header") or {})
         self.rows = list(snapshot.get("rows") or [])
-        self.lanes = {name: dict(lane, losses=list(lane.get("losses") or []))
+        self.lanes = {name: dict(lane, losses=list(lane.get("losses") or []), curve=list(lane.get("curve") or []))
                       for name, lane in (snapshot.get("lanes") or {}).items()}
         current = snapshot.get("current")
         self.current = next((lane for lane in self.lanes.values() if current and lane.get("job") == current.get("job")),
@@ -65,7 +66,8 @@ class RunView:
         if kind == "experiment_started":
             lane = {"index": data.get("index"), "job": data.get("job"), "worker": data.get("worker"),
                     "description": data.get("description", ""), "role": data.get("role"),
-                    "budget": data.get("budget"), "progress": 0.0, "losses": [], "started_at": event.time}
+                    "budget": data.get("budget"), "progress": 0.0, "losses": [], "curve": [],
+                    "started_at": event.time}
             self.lanes[str(data.get("worker"))] = lane
             self.current = lane
             return {"current"}
@@ -75,6 +77,8 @@ class RunView:
                 return set()
             if data.get("loss") is not None:
                 lane["losses"].append((data.get("step", 0), data["loss"]))
+                if data.get("progress") is not None:
+                    lane.setdefault("curve", []).append((float(data["progress"]), data["loss"]))
             if data.get("progress") is not None:
                 lane["progress"] = float(data["progress"])
             lane["elapsed"] = data.get("elapsed")
@@ -289,7 +293,12 @@ class Dashboard:
         losses = current["losses"]
         now = time.monotonic()
         if len(losses) != self._drawn_losses and now - self._loss_drawn_at >= LOSS_EVERY_S:
-            self.loss.value = loss_curve_png(losses)
+            best = facts.best_row(self.view.rows) or {}
+            if best.get("curve") and current.get("curve") and best.get("index") != current.get("index"):
+                # within a minute a person sees whether a change is going anywhere
+                self.loss.value = loss_against_best_png(current["curve"], best["curve"], best.get("index"))
+            else:
+                self.loss.value = loss_curve_png(losses)
             self._drawn_losses, self._loss_drawn_at = len(losses), now
         elif len(losses) != self._drawn_losses:
             with self._lock:  # not drawn this time: keep it dirty so a later render draws it

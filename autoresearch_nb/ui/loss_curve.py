@@ -5,9 +5,11 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from ..lab.words import STATUS_COLOURS
 from .png import figure_png
 
 LINE = "#1f77b4"
+BEST = STATUS_COLOURS["keep"]   # the best is drawn in the chart's kept green
 
 
 def loss_curve_png(losses: list[tuple[int, float]], title: str = "", width: float = 4.5,
@@ -31,5 +33,31 @@ def loss_curve_png(losses: list[tuple[int, float]], title: str = "", width: floa
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(True, alpha=0.3)
     # Fixed margins: tight_layout would double the cost of a redraw that runs every few seconds.
+    fig.subplots_adjust(left=0.15, right=0.97, top=0.88, bottom=0.2)
+    return figure_png(fig)
+
+
+def loss_against_best_png(curve: list[tuple[float, float]], best: list[tuple[float, float]], best_index=None,
+                          width: float = 4.5, height: float = 2.4, dpi: int = 72) -> bytes:
+    """The run under way against the best's run, both by share of the budget: ahead or behind at a glance."""
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    xs, ys = zip(*[(100.0 * p, loss) for p, loss in best])
+    ax.plot(xs, ys, color=BEST, linewidth=1.2, label=f"the best (#{best_index})" if best_index is not None else "the best")
+    xs, ys = zip(*[(100.0 * p, float(loss)) for p, loss in curve])
+    ax.plot(xs, ys, color=LINE, linewidth=1.4, label="this run")
+    here = curve[-1][0]
+    then = [loss for p, loss in best if p <= here]
+    title = f"{100 * here:.0f}%: loss {float(curve[-1][1]):.4f}"
+    if then:
+        title += f" (the best at this point {then[-1]:.4f})"
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("% of the budget", fontsize=8)
+    ax.set_ylabel("loss", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(True, alpha=0.3)
     fig.subplots_adjust(left=0.15, right=0.97, top=0.88, bottom=0.2)
     return figure_png(fig)
