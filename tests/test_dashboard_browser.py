@@ -52,7 +52,7 @@ def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
 
     root: Path = jupyter_lab.root
     nbformat.write(notebook("%load_ext autoresearch_nb",
-                            f"%autoresearch start {SHORT_RUN} --max-experiments 2 --tag browser"),
+                            f"%autoresearch start {SHORT_RUN} --max-experiments 8 --tag browser"),
                    str(root / "dashboard.ipynb"))
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -105,6 +105,12 @@ def check_dashboard(page) -> None:
     assert dashboard.locator("button:has-text('Stop')").is_visible()
     assert dashboard.locator("button:has-text('Pause')").is_visible()
     assert "heuristic baseline" in dashboard.inner_text()
+
+    # A few experiments in (the picture people see over breakfast, not the first second)
+    deadline = time.monotonic() + WAIT_MS / 1000
+    while rows.count() < 4 and time.monotonic() < deadline:
+        page.wait_for_timeout(1000)
+    assert rows.count() >= 4, rows.count()
 
     # Choosing a row shows its change, rationale and log tail.
     rows.last.evaluate("option => { option.selected = true; "

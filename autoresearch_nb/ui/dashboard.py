@@ -16,6 +16,7 @@ import ipywidgets as widgets
 from .chart import progress_chart_png
 from .diffview import diff_html
 from .loss_curve import loss_against_best_png, loss_curve_png
+from .table import log_html, table_html
 from ..judge import facts
 from ..lab.words import STATUS_COLOURS, STATUS_WORDS, count, duration
 from .text import header_lines, measured_text, outcome_lines, row_cells, summarize, table_line
@@ -160,6 +161,7 @@ class Dashboard:
         self.table.add_class("arnb-table")
         self.table.observe(self._row_chosen, names="value")
         self.table_header = widgets.HTML()
+        self.grid = widgets.HTML()  # the experiments as a table; the list below chooses one
         self.detail = widgets.HTML(value=self._placeholder("Choose an experiment to see its "
                                                            "change, rationale and log."))
         self.ablation = widgets.HTML()
@@ -169,7 +171,7 @@ class Dashboard:
         self.widget = widgets.VBox(
             [self.title, self.header, widgets.HBox([self.chart, current]), self.lanes,
              widgets.HBox([self.stop_button, self.pause_button, self.message]),
-             widgets.HTML(TABLE_STYLE), self.table_header, self.table, self.ablation, self.detail])
+             widgets.HTML(TABLE_STYLE), self.table_header, self.grid, self.table, self.ablation, self.detail])
         self.widget.add_class("arnb-dashboard")
 
     @staticmethod
@@ -259,13 +261,14 @@ class Dashboard:
             self.table.value = chosen if chosen in values else None
         finally:
             self._syncing_thread = None
+        self.grid.value = table_html(rows, self.metric)
         table = measured_text(rows, self.metric, self.direction)
         self.ablation.value = (f'<pre style="font-size:12px;margin:4px 0;">{html.escape(table)}</pre>'
                                if table else "")
         kept = sum(1 for row in rows if row.get("status") == "keep" and row.get("role") == "experiment")
         self.table_header.value = (f'<div style="font-size:13px;margin-top:6px;"><b>Experiments</b>'
-                                   f' ({count(len(rows), "run")}, {count(kept, "change kept")}) — latest first; choose one for its '
-                                   f'diff, rationale and log</div>')
+                                   f' ({count(len(rows), "run")}, {count(kept, "change kept")}) — latest first; choose one in the list '
+                                   f'below the table for its diff, rationale and log</div>')
 
     def _render_current(self, current: dict | None, state: str) -> None:
         if not current:
@@ -415,8 +418,6 @@ def experiment_html(row: dict, diff: str, log_tail: str, metric: str = "val_bpb"
                      + html.escape(str(row["rationale"])).replace("\n", "<br>") + "</div>")
     parts.append('<div style="font-size:12px;margin-top:4px;"><b>Change</b></div>' + diff_html(diff, "22em"))
     if log_tail:
-        parts.append('<div style="font-size:12px;margin-top:4px;"><b>Log tail</b></div>'
-                     '<pre style="font-size:11px;max-height:14em;overflow:auto;background:#f6f8fa;'
-                     f'padding:6px;margin:0;">{html.escape(log_tail)}</pre>')
+        parts.append('<div style="font-size:12px;margin-top:4px;"><b>Log tail</b></div>' + log_html(log_tail))
     return "\n".join(parts)
 
