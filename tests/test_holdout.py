@@ -65,3 +65,18 @@ def test_a_val_gain_the_holdout_does_not_show_is_flagged():
     honest = [dict(r, holdout_bpb=r["holdout_bpb"] - (0.1 if r["code"] == "best" else 0.0)) for r in night]
     assert facts.holdout(honest)["supported"] is True and facts.holdout(honest)["gain"] == pytest.approx(0.1)
     assert facts.holdout(night[:3]) is None  # nothing kept yet: nothing to compare
+
+
+def test_the_duty_cycle_splits_a_nights_wall_time_by_phase():
+    def run(index, start, end, startup, training, export, evaluate):
+        return {"index": index, "status": "discard", "role": "experiment", "val_bpb": 2.0, "segment": 0,
+                "started_at": start, "finished_at": end, "run_wall_s": end - start,
+                "harness": {"startup_s": startup, "training_s": training, "export_s": export, "evaluate_s": evaluate},
+                "conditions": {"clock": "wall"}}
+    # two runs of 20 s wall with 15 s of training each, 10 s apart: 30 of 50 s trained
+    rows = [run(0, 0.0, 20.0, 3.0, 15.0, 1.0, 1.0), run(1, 30.0, 50.0, 3.0, 15.0, 1.0, 1.0)]
+    found = facts.duty(rows)
+    assert found["per_run"] == pytest.approx(0.75) and found["night"] == pytest.approx(30 / 50)
+    assert found["phases"]["between_s"] == pytest.approx(10.0) and found["estimate"] is False
+    # a transfer ladder's run (another scale) is not part of the night's figure
+    assert facts.duty(rows + [dict(run(2, 60.0, 140.0, 3.0, 75.0, 1.0, 1.0), segment=-1)]) == found

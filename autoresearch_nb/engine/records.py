@@ -87,6 +87,8 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
         fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], **{metric: None})
     if result.timings:
         fields["harness"] = dict(result.timings)  # startup, export, evaluation: the cost of the boundary
+        if result.timings.get("training_s") and result.wall_seconds:  # this run's duty cycle (facts.duty)
+            fields["duty"] = round(min(1.0, result.timings["training_s"] / result.wall_seconds), 3)
     if result.ok:
         fields["others_load"] = others_load(result.steps)  # runs are paired by seed only beside like load
     return {**fields, "run_wall_s": round(result.wall_seconds, 2)}

@@ -290,6 +290,50 @@ def active_seconds(rows: list[dict]) -> float:
     return total
 
 
+DUTY_PHASES = ("startup_s", "training_s", "export_s", "evaluate_s")
+
+
+def duty(rows: list[dict], workers: int = 1) -> dict | None:
+    """The duty cycle: training seconds over wall seconds. `per_run` is the median over runs of the
+    harness's training time over the run's wall time; `night` is all training over the workers' wall
+    time while the night was active (active_seconds x workers), so time between runs (a worker waiting
+    for a draft, judging, git) counts against it too. `phases` splits the night's worker-seconds: start-up
+    (imports, data, model, compile), training, export, evaluation, between runs. On the cpu clock the
+    harness times start-up and training in CPU seconds over the cores, so there the figure is an estimate;
+    gaps over NIGHT_GAP_S between runs are stops between sessions and do not count;
+    on a GPU (the wall clock) it is exact. None before a run has the harness's timings."""
+    research = [r for r in rows if segment_of(r) >= 0]
+    timed = [r for r in research if (r.get("harness") or {}).get("training_s") and r.get("run_wall_s")]
+    if not timed:
+        return None
+    wall = _night_seconds(research) * max(1, int(workers or 1))
+    phases = {phase: sum(float(r["harness"].get(phase) or 0.0) for r in timed) for phase in DUTY_PHASES}
+    phases["between_s"] = max(0.0, wall - sum(float(r["run_wall_s"]) for r in timed))
+    per_run = statistics.median(min(1.0, float(r["harness"]["training_s"]) / float(r["run_wall_s"])) for r in timed)
+    return {"per_run": per_run, "night": min(1.0, phases["training_s"] / wall) if wall else None,
+            "phases": phases, "runs": len(timed), "wall_s": wall,
+            "estimate": any((r.get("conditions") or {}).get("clock") == "cpu" for r in timed)}
+
+
+NIGHT_GAP_S = 600.0  # a gap between runs longer than this is a stop between sessions, not idle time
+
+
+def _night_seconds(rows: list[dict]) -> float:
+    """Wall time from the first run's start to the last one's end, the gaps between runs included
+    (a worker idle between runs is the duty cycle's loss) but for gaps over NIGHT_GAP_S (stops)."""
+    spans = sorted((start, end) for row in rows
+                   if (start := timestamp(row.get("started_at"))) is not None
+                   and (end := timestamp(row.get("finished_at"))) is not None and end >= start)
+    total, reach = 0.0, None
+    for start, end in spans:
+        if reach is not None and start > reach and start - reach <= NIGHT_GAP_S:
+            total += start - reach
+        if reach is None or end > reach:
+            total += end - max(start, reach if reach is not None else start)
+            reach = end
+    return total
+
+
 def pace(rows: list[dict], max_experiments: int | None = None) -> tuple[float | None, float | None]:
     """(runs per hour, seconds left until --max-experiments) from the active time."""
     done, working = ran(rows), active_seconds(rows)
@@ -340,7 +384,7 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
             "subscription_usd": on_subscription, "unpriced": unpriced,
             "max_experiments": info.get("max_experiments"), "max_cost": info.get("max_cost"),
             "changes": sum(1 for r in rows if r.get("status") == "keep" and r.get("role", "experiment") == "experiment"),
-            "holdout": holdout(rows, metric, direction),
+            "holdout": holdout(rows, metric, direction), "duty": duty(rows, info.get("workers") or 1),
             "now": time.time()}
 
 

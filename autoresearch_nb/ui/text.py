@@ -53,6 +53,13 @@ def header_lines(found: dict) -> list[str]:
         if sealed["supported"] is False:
             line += " · ⚠ the holdout does not support the val gain: the night may have selected on noise"
         lines.append(line)
+    busy = found.get("duty")
+    if busy and busy["night"] is not None:
+        each = {name: seconds / busy["runs"] for name, seconds in busy["phases"].items()}
+        lines.append(f"duty cycle{' (cpu clock: an estimate)' if busy['estimate'] else ''}: training {busy['per_run']:.0%} of a run's wall time, {busy['night']:.0%} of the "
+                     f"night's · a run: start-up {each['startup_s']:.1f}s, training {each['training_s']:.1f}s, "
+                     f"export {each['export_s']:.1f}s, evaluation {each['evaluate_s']:.1f}s, "
+                     f"then {each['between_s']:.1f}s between runs")
     pace = []
     noise = found.get("noise")
     if noise is not None and noise.usable is not None:
