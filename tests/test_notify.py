@@ -126,3 +126,32 @@ def test_a_url_that_is_not_a_webhook_is_one_line_with_the_fix(tmp_path, url):
     lab = scored_lab(tmp_path / "lab")
     done = cli("run", "--lab", str(lab.root), "--resume", "--notify", url)
     assert done.returncode == 2 and "--notify takes a webhook URL" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_no_run_starts_that_could_not_end_before_until(tmp_path):
+    from autoresearch_nb.engine.session import deadline_of
+
+    lab = scored_lab(tmp_path / "lab")
+    # a deadline a minute away: the baseline's runs fit; once they show what a run takes (score.py: about a
+    # second), runs go on until the next could pass it. Here: a deadline already too close for any run.
+    options = RunOptions(lab=str(lab.root), budget=1.0, depth=0, tag="test", resume=True, policy="greedy",
+                         max_experiments=50, hours=1e-4)  # 0.36 s
+    session = Session(options, agent=ScriptedAgent([(score(0.9), "better")] * 5))
+    session.start()
+    session.wait()
+    assert session.error is None and "could not end by" in session.snapshot()["message"]
+    assert not [r for r in lab.rows() if r.get("role") == "experiment"]  # not even the first experiment began
+    lab_check(lab.root)
+    now = 1_000_000.0
+    assert deadline_of(RunOptions(hours=2.0), now) == now + 7200.0
+    later = deadline_of(RunOptions(until="07:30"), now)
+    assert now < later <= now + 86400.0
+
+
+@pytest.mark.parametrize("args, words", [(["--hours", "0"], "--hours must be a positive"),
+                                         (["--until", "25:00"], "--until takes a local time"),
+                                         (["--hours", "1", "--until", "07:00"], "not both")])
+def test_bad_deadlines_are_one_line(tmp_path, args, words):
+    lab = scored_lab(tmp_path / "lab")
+    done = cli("run", "--lab", str(lab.root), "--resume", *args)
+    assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr

@@ -56,6 +56,7 @@ class LoopOptions:
     workers: int = 1            # experiments at once (local slots)
     gpus: list | None = None    # one CUDA device per slot, e.g. ["0", "1"]
     depth: int = 1              # drafts the agent keeps ready beyond the free workers (0: no pipelining)
+    deadline: float | None = None  # --hours / --until: no run starts that could not end before this (epoch s)
 
 
 class ResearchLoop(Scheduling):
@@ -231,9 +232,21 @@ class ResearchLoop(Scheduling):
             return f"reached --max-experiments {limit}"
         if self._over_budget(rows):
             return f"the next proposal would pass --max-cost ${self.options.max_cost:.2f}"
+        if self.options.deadline is not None and time.time() + self._run_seconds(rows) > self.options.deadline:
+            return (f"the next run could not end by {time.strftime('%H:%M', time.localtime(self.options.deadline))} "
+                    "(--hours / --until)")
         if self._rejected_in_a_row >= MAX_REJECTED_IN_A_ROW:
             return f"{self._rejected_in_a_row} proposals in a row were rejected; see `status` for why"
         return ""
+
+    def _run_seconds(self, rows: list[dict]) -> float:
+        """What the next run will take, from the last runs' wall times (drafting included); before any,
+        the budget with the hard limit's allowance for start-up and evaluation."""
+        recent = [float(r["timings"].get("total_s") or r.get("run_wall_s") or 0.0) for r in rows[-5:]
+                  if r.get("run_wall_s") and facts.segment_of(r) >= 0]
+        if recent:
+            return max(recent)
+        return timeout_for(self.options.budget, self.options.profile)
 
     def _over_budget(self, rows: list[dict]) -> bool:
         if self.options.max_cost is None:

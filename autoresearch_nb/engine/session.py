@@ -52,6 +52,8 @@ class RunOptions:
     depth: int = 1               # drafts the agent keeps ready ahead of the workers (0: no pipelining)
     ray: str | None = None       # run the workers as Ray actors: "auto" or a cluster address
     notify: str | None = None    # a webhook for kept changes and the night's end (notify.py); never stored
+    hours: float | None = None   # no run starts that could not end within this many hours of the start
+    until: str | None = None     # ... or before this local time, "HH:MM" (the next one to come)
 
 
 CLI_AGENTS = ("claude-code", "codex")   # the named CLIs: a timeout, a session to resume
@@ -104,8 +106,31 @@ def check_options(options: RunOptions) -> None:
                        "(e.g. --model gpt-5-codex, gpt-5, gpt-5-mini), or leave --max-cost out")
     if options.notify is not None:
         notify.check_url(options.notify)
+    deadline_of(options)  # --hours / --until: a mistake is said before anything starts
     if options.agent == "openai" and not (options.base_url or os.environ.get("OPENAI_BASE_URL")):
         raise LabError("the openai agent needs --base-url (e.g. http://localhost:11434/v1 for Ollama)")
+
+
+def deadline_of(options: RunOptions, now: float | None = None) -> float | None:
+    """The epoch second no run may end after (--hours from now, or the next --until HH:MM), or None."""
+    now = time.time() if now is None else now
+    if options.hours is not None and options.until is not None:
+        raise LabError("give --hours or --until, not both")
+    if options.hours is not None:
+        if not options.hours > 0:
+            raise LabError(f"--hours must be a positive number of hours (got {options.hours:g})")
+        return now + 3600.0 * options.hours
+    if options.until is None:
+        return None
+    try:
+        hour, minute = (int(part) for part in options.until.split(":"))
+        if not (0 <= hour < 24 and 0 <= minute < 60):
+            raise ValueError
+    except ValueError:
+        raise LabError(f"--until takes a local time as HH:MM, e.g. --until 07:30 (got {options.until!r})") from None
+    moment = time.localtime(now)
+    target = time.mktime((moment.tm_year, moment.tm_mon, moment.tm_mday, hour, minute, 0, 0, 0, -1))
+    return target if target > now else target + 86400.0
 
 
 def agent_options(options: RunOptions) -> dict:
@@ -251,6 +276,7 @@ class Session:
                                                          max_cost=self.options.max_cost, seed=self.options.seed,
                                                          audit=self.audit, depth=self.options.depth,
                                                          workers=len(self.options.gpus or []) or self.options.workers,
+                                                         deadline=deadline_of(self.options),
                                                          gpus=[str(g).strip() for g in self.options.gpus]
                                                          if self.options.gpus else None),
                             self.bus, pool=self._ray_pool())

@@ -65,6 +65,9 @@ RUN = (
            type=int, default=1, metavar="N"),
     Option("--ray", "run the workers as Ray actors, one GPU each: auto, or a cluster address "
            "(pip install autoresearch-nb[ray])", metavar="ADDRESS"),
+    Option("--hours", "start no run that could not end within H hours (a Colab session's limit)", type=float,
+           metavar="H"),
+    Option("--until", "start no run that could not end by this local time, HH:MM", metavar="HH:MM"),
     Option("--notify", "a webhook to post to when a change is kept and when the night ends or stops on "
            "failures: Slack, Discord, or ntfy (https://ntfy.sh/TOPIC?tpl=1&t={{.title}}&m={{.message}}); "
            "never stored, so give it again with --resume", metavar="URL"),
@@ -103,4 +106,5 @@ def run_options(args: argparse.Namespace, lab: str):
                       command=args.agent_command, noise_runs=args.noise_runs, seed=args.seed,
                       rebaseline=args.rebaseline, agent_timeout=args.agent_timeout,
                       agent_memory=args.agent_memory, workers=args.workers,
-                      gpus=gpus, depth=args.depth, ray=args.ray, notify=args.notify)
+                      gpus=gpus, depth=args.depth, ray=args.ray, notify=args.notify,
+                      hours=args.hours, until=args.until)
