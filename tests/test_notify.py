@@ -155,3 +155,24 @@ def test_bad_deadlines_are_one_line(tmp_path, args, words):
     lab = scored_lab(tmp_path / "lab")
     done = cli("run", "--lab", str(lab.root), "--resume", *args)
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_results_notebook_is_kept_beside_the_lab_after_every_kept_change(tmp_path):
+    from autoresearch_nb.front.keep_report import KeepReport
+    from autoresearch_nb.report.record import notebook_record
+
+    lab = scored_lab(tmp_path / "lab")
+    session = Session(RunOptions(lab=str(lab.root), budget=1.0, depth=0, tag="test", resume=True, policy="greedy",
+                                 max_experiments=4), agent=ScriptedAgent([(score(0.9), "better"), (score(0.8), "better still")]))
+    report = KeepReport(lab.root)
+    session.subscribe(report.handle)
+    session.start()
+    session.wait()
+    report.close()
+    assert report.error == "" and report.written >= 1
+    written = lab.root.parent / "lab-results.ipynb"
+    # the notebook carries the record of the night up to the last keep (a reset after it loses nothing)
+    record = notebook_record(written)
+    kept = [r["description"] for r in record["rows"] if r["status"] == "keep" and r["role"] == "experiment"]
+    assert kept == ["better", "better still"], kept
+    assert not list(lab.root.parent.glob(".lab-results.ipynb.*.tmp"))

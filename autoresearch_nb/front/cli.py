@@ -106,8 +106,15 @@ def cmd_prepare(args) -> int:
 
 def cmd_run(args) -> int:
     from ..engine.session import Session
+    from .keep_report import KeepReport
 
-    return drive(Session(run_options(args, args.lab)))
+    session = Session(run_options(args, args.lab))
+    report = KeepReport(session.lab.root)
+    session.subscribe(report.handle)
+    try:
+        return drive(session)
+    finally:
+        report.close()
 
 
 def cmd_ablate(args) -> int:

@@ -16,7 +16,8 @@ from ..errors import LabError
 from .magic_args import help_text, parse
 from .options import run_options
 from ..ui.diffview import diff_html
-from ..ui.text import experiment_text, measured_text, header_lines, status_text, summarize
+from ..ui.text import experiment_text, header_lines, measured_text, status_text, summarize
+from .keep_report import KeepReport
 
 DEFAULT_LAB = "autoresearch-lab"
 SHUTDOWN_WAIT_S = 3.0   # jupyter_client kills a kernel that has not exited 5 s after shutdown
@@ -153,7 +154,10 @@ class AutoresearchMagics(Magics):
                              "(--now kills the current experiment)")
         lab = self._lab(args.lab, create=not args.resume)
         options = run_options(args, str(lab.root))
-        self._launch(Session(options), lab, f"Started a run in {lab.root} ({args.agent} agent).")
+        session = Session(options)
+        session.subscribe(KeepReport(lab.root).handle)  # the morning's report survives a runtime reset
+        self._launch(session, lab, f"Started a run in {lab.root} ({args.agent} agent); its results notebook "
+                                   f"is kept up to date beside it after every kept change.")
 
     def _do_ablate(self, args):
         from ..engine.session import Session

@@ -18,17 +18,22 @@ CELL_TIMEOUT_S = 300
 DEFAULT_ALLOWED = ["nanochat/train.py"]
 
 
-def export_lab(lab_dir, out_path=None, html: bool = False) -> Path:
+def export_lab(lab_dir, out_path=None, html: bool = False, run: bool = True) -> Path:
     """Write LAB-results.ipynb (next to the lab unless out_path says otherwise), executed and
-    validated; with html=True also the .html beside it. Works while a run is still going."""
+    validated; with html=True also the .html beside it. Works while a run is still going. With
+    run=False the cells are not executed (a second's work, for a copy kept up to date during the night:
+    the record is in it, Run All draws the rest)."""
     root = Path(lab_dir).expanduser().resolve()
     record = collect_record(root)
     out = output_path(root, out_path)
     notebook = build_notebook(record)
-    execute(notebook)
+    if run:
+        execute(notebook)
     nbformat.validate(notebook)
     out.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, str(out))
+    partial = out.with_name(f".{out.name}.{os.getpid()}.tmp")  # a killed export never leaves half a notebook
+    nbformat.write(notebook, str(partial))
+    os.replace(partial, out)
     if html:
         write_html(notebook, out.with_suffix(".html"))
     return out
