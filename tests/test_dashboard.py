@@ -112,7 +112,7 @@ def test_current_experiment_shows_description_progress_and_loss_curve():
         time.sleep(0.1)
     settle(dashboard)
 
-    assert "#1" in dashboard.current_title.value
+    assert "(job 1)" in dashboard.current_title.value
     assert "try rmsnorm eps 1e-6" in dashboard.current_title.value
     assert dashboard.progress.value == 0.5
     assert "50% of the budget" in dashboard.progress_label.value and "/ 8s" in dashboard.progress_label.value

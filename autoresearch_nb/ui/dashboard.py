@@ -283,8 +283,10 @@ class Dashboard:
         description = current.get("description") or "the agent is proposing…"
         role = current.get("role")
         role_note = f" ({html.escape(role)})" if role and role != "experiment" else ""
-        self.current_title.value = (f'<div style="font-size:13px;"><b>#{current.get("index")}</b>'
-                                    f'{role_note} {html.escape(description)}</div>')
+        # the experiment's number is given when it is recorded; until then it is known by its job
+        job = current.get("job") if current.get("job") is not None else current.get("index")
+        self.current_title.value = (f'<div style="font-size:13px;"><b>now</b>{role_note} {html.escape(description)}'
+                                    f' <span style="opacity:0.6;">(job {job})</span></div>')
         progress = min(1.0, max(0.0, float(current.get("progress") or 0.0)))
         self.progress.value = progress
         elapsed = current.get("elapsed")
