@@ -36,7 +36,15 @@ from autoresearch_nb.engine.loop import timeout_for
 from autoresearch_nb.run.runner import CLOCK_MARKER, RunResult, Runner, clean_environment
 
 REPO = Path(__file__).resolve().parent.parent
-TRAIN = (REPO / "nanochat" / "train.py").read_text()
+# The honest code, slowed down: at the tiny profile the template's learning rates converge within the
+# 2 s budget (measured: 2.461 at 2 s, 2.482 at 6 s once the holdout split changed the data), so an attack
+# that trains more would have nothing to win and its control could not prove the defence matters. Half
+# the learning rates leave the honest run short of training (2.66-2.70 at 2 s, 2.40 at 6 s); a quarter
+# made it so short that throughput alone moved honest runs by 4 SD.
+TRAIN = ((REPO / "nanochat" / "train.py").read_text()
+         .replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.01 ", 1).replace("EMBED_LR = 0.3 ", "EMBED_LR = 0.1 ", 1)
+         .replace("UNEMBED_LR = 0.004 ", "UNEMBED_LR = 0.002 ", 1))
+assert "MATRIX_LR = 0.01 " in TRAIN and "EMBED_LR = 0.1 " in TRAIN and "UNEMBED_LR = 0.002 " in TRAIN
 PREPARE = (REPO / "nanochat" / "prepare.py").read_text()
 FIXED_EXPORTS = {n.name for n in ast.parse(PREPARE).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
 BUDGET = 2.0
