@@ -45,6 +45,18 @@ def tiny_lab(tmp_path):
     return lab
 
 
+def crippled_lab(tmp_path) -> tuple[Path, str]:
+    """A tiny lab whose baseline learns nothing in its blocks (MATRIX_LR 0), committed; and the template's
+    train.py, whose one change repairs it: a sure keep on real training."""
+    lab = tmp_path / "lab"
+    assert cli("init", str(lab), "--profile", "tiny").returncode == 0
+    train_py = lab / "nanochat" / "train.py"
+    good = train_py.read_text()
+    train_py.write_text(good.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.0  ", 1))
+    subprocess.run(["git", "-C", str(lab), "commit", "-qam", "a crippled baseline"], check=True, capture_output=True)
+    return lab, good
+
+
 NPM_AGENTS = Path(__file__).resolve().parent.parent / ".npm-agents" / "node_modules" / ".bin"
 
 

@@ -9,19 +9,14 @@ from autoresearch_nb.engine.session import RunOptions, Session
 from autoresearch_nb.judge import facts
 from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.report.export import export_lab
-from conftest import cli, lab_check
+from conftest import cli, crippled_lab, lab_check
 from test_export import outputs_text
-from test_loop import TRAIN, ScriptedAgent, git
+from test_loop import TRAIN, ScriptedAgent
 
 
 def test_a_night_records_the_holdout_for_the_baseline_and_kept_changes_only(tmp_path):
-    lab_dir = tmp_path / "lab"
-    assert cli("init", str(lab_dir), "--profile", "tiny").returncode == 0
-    train_py = lab_dir / "nanochat" / "train.py"
-    good = train_py.read_text()
     # a crippled baseline the first change repairs (a sure keep); the second cripples it again (a sure discard)
-    train_py.write_text(good.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.0  ", 1))
-    git(lab_dir, "commit", "-qam", "a crippled baseline")
+    lab_dir, good = crippled_lab(tmp_path)
     agent = ScriptedAgent([({TRAIN: good}, "MATRIX_LR 0 -> 0.02"),
                            ({TRAIN: good.replace("EMBED_LR = 0.3 ", "EMBED_LR = 0.0 ", 1)
                                      .replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.0  ", 1)}, "both off")])

@@ -13,7 +13,7 @@ from autoresearch_nb.engine.session import RunOptions, Session
 from autoresearch_nb.judge import facts, ladder
 from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.report.export import export_lab
-from conftest import cli, lab_check
+from conftest import cli, crippled_lab, lab_check
 from test_export import outputs_text
 from test_loop import SCORER, TRAIN, ScriptedAgent, assert_consistent, git, scored_lab
 
@@ -114,13 +114,7 @@ def test_a_run_without_kept_changes_has_nothing_to_transfer(tmp_path):
 
 
 def test_on_real_training_the_larger_model_trains_at_the_larger_budget_and_the_night_resumes(tmp_path):
-    lab_dir = tmp_path / "lab"
-    assert cli("init", str(lab_dir), "--profile", "tiny").returncode == 0
-    # a crippled baseline (no learning in the blocks) that the night's one change repairs: a sure keep
-    train_py = lab_dir / "nanochat" / "train.py"
-    good = train_py.read_text()
-    train_py.write_text(good.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.0  ", 1))
-    git(lab_dir, "commit", "-qam", "a crippled baseline")
+    lab_dir, good = crippled_lab(tmp_path)  # the night's one change repairs it: a sure keep
     lab = Lab.open(lab_dir)
     agent = ScriptedAgent([({TRAIN: good}, "MATRIX_LR 0 -> 0.02")])
     session = Session(RunOptions(lab=str(lab_dir), budget=2.0, policy="greedy", depth=0, max_experiments=2,

@@ -118,22 +118,21 @@ def cmd_run(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from ..engine.session import Session
-
-    code = drive(Session(run_options(args, args.lab)))
-    if code == 0:
-        lab = Lab.open(args.lab)
-        print(ablation_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")))
-    return code
+    return measure(args, ablation_text)
 
 
 def cmd_transfer(args) -> int:
+    return measure(args, transfer_text)
+
+
+def measure(args, table) -> int:
+    """Run an after-the-night measurement (ablate, transfer) in the foreground, then print its table."""
     from ..engine.session import Session
 
     code = drive(Session(run_options(args, args.lab)))
     if code == 0:
         lab = Lab.open(args.lab)
-        print(transfer_text(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")))
+        print(table(lab.rows(), lab.config.get("metric", "val_bpb"), lab.config.get("direction", "lower")))
     return code
 
 

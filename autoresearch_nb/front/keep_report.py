@@ -16,7 +16,9 @@ class KeepReport:
         self._last: threading.Thread | None = None
 
     def handle(self, event) -> None:
-        row = event.data.get("row") or {} if event.kind == "experiment_finished" else {}
+        if event.kind != "experiment_finished":
+            return
+        row = event.data.get("row") or {}
         if row.get("status") == "keep" and row.get("role") == "experiment":
             self._last = threading.Thread(target=self._write, name="autoresearch-keep-report", daemon=True)
             self._last.start()

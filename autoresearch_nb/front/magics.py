@@ -160,26 +160,22 @@ class AutoresearchMagics(Magics):
                                    f"is kept up to date beside it after every kept change.")
 
     def _do_ablate(self, args):
-        from ..engine.session import Session
-
-        if CURRENT.alive:
-            raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
-                             "then ablate")
-        lab = self._lab(args.lab)
-        options = run_options(args, str(lab.root))
-        self._launch(Session(options), lab, f"Ablating the best of {lab.root} ({args.repeats} runs per change); "
-                                            "%autoresearch status shows the table when it is done.")
+        self._measure(args, "ablate", lambda root: f"Ablating the best of {root} ({args.repeats} runs per change); "
+                                                   "%autoresearch status shows the table when it is done.")
 
     def _do_transfer(self, args):
+        self._measure(args, "run the transfer ladder",
+                      lambda root: f"Transfer ladder for {root} at ×{args.budget_x:g} the budget "
+                                   f"({args.repeats} runs per code); %autoresearch status shows the table.")
+
+    def _measure(self, args, doing: str, started) -> None:
+        """Start an after-the-night measurement (ablate, transfer) in the background."""
         from ..engine.session import Session
 
         if CURRENT.alive:
-            raise UsageError("a run is going in this kernel: %autoresearch stop it, wait for it to end, "
-                             "then run the transfer ladder")
+            raise UsageError(f"a run is going in this kernel: %autoresearch stop it, wait for it to end, then {doing}")
         lab = self._lab(args.lab)
-        options = run_options(args, str(lab.root))
-        self._launch(Session(options), lab, f"Transfer ladder for {lab.root} at ×{args.budget_x:g} the budget "
-                                            f"({args.repeats} runs per code); %autoresearch status shows the table.")
+        self._launch(Session(run_options(args, str(lab.root))), lab, started(lab.root))
 
     def _launch(self, session, lab, started: str) -> None:
         """Start a session in the background and show its dashboard (text in a terminal)."""

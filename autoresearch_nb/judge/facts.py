@@ -271,9 +271,10 @@ def timestamp(value) -> float | None:
     return moment.timestamp()  # a naive time is the machine's local time, as the loop writes it
 
 
-def active_seconds(rows: list[dict]) -> float:
+def active_seconds(rows: list[dict], bridge_s: float = 0.0) -> float:
     """Wall time the run was working: the union of its rows' [started, finished] spans, so
-    stops between sessions do not count and runs that overlap are not counted twice."""
+    stops between sessions do not count and runs that overlap are not counted twice; gaps between
+    spans of at most `bridge_s` count too (idle time inside a session, not a stop)."""
     spans = []
     for row in rows:
         start, end = timestamp(row.get("started_at")), timestamp(row.get("finished_at"))
@@ -281,6 +282,8 @@ def active_seconds(rows: list[dict]) -> float:
             spans.append((start, end))
     total, reach = 0.0, None
     for start, end in sorted(spans):
+        if reach is not None and reach < start <= reach + bridge_s:
+            total += start - reach
         if reach is None or start > reach:
             total += end - start
             reach = end
@@ -291,47 +294,29 @@ def active_seconds(rows: list[dict]) -> float:
 
 
 DUTY_PHASES = ("startup_s", "training_s", "export_s", "evaluate_s")
+NIGHT_GAP_S = 600.0  # a gap between runs longer than this is a stop between sessions, not idle time
 
 
 def duty(rows: list[dict], workers: int = 1) -> dict | None:
     """The duty cycle: training seconds over wall seconds. `per_run` is the median over runs of the
     harness's training time over the run's wall time; `night` is all training over the workers' wall
-    time while the night was active (active_seconds x workers), so time between runs (a worker waiting
-    for a draft, judging, git) counts against it too. `phases` splits the night's worker-seconds: start-up
+    time while the night was active (active_seconds with gaps up to NIGHT_GAP_S bridged, x workers), so
+    time between runs (a worker waiting for a draft, judging, git) counts against it too. `phases` splits the night's worker-seconds: start-up
     (imports, data, model, compile), training, export, evaluation, between runs. On the cpu clock the
     harness times start-up and training in CPU seconds over the cores, so there the figure is an estimate;
-    gaps over NIGHT_GAP_S between runs are stops between sessions and do not count;
     on a GPU (the wall clock) it is exact. None before a run has the harness's timings."""
     research = [r for r in rows if segment_of(r) >= 0]
     timed = [r for r in research if (r.get("harness") or {}).get("training_s") and r.get("run_wall_s")]
     if not timed:
         return None
-    wall = _night_seconds(research) * max(1, int(workers or 1))
+    wall = active_seconds(research, NIGHT_GAP_S) * max(1, int(workers or 1))
     phases = {phase: sum(float(r["harness"].get(phase) or 0.0) for r in timed) for phase in DUTY_PHASES}
     phases["between_s"] = max(0.0, wall - sum(float(r["run_wall_s"]) for r in timed))
     per_run = statistics.median(min(1.0, float(r["harness"]["training_s"]) / float(r["run_wall_s"])) for r in timed)
     return {"per_run": per_run, "night": min(1.0, phases["training_s"] / wall) if wall else None,
-            "phases": phases, "runs": len(timed), "wall_s": wall,
+            "phases": phases, "a_run": {name: seconds / len(timed) for name, seconds in phases.items()},
+            "runs": len(timed), "wall_s": wall,
             "estimate": any((r.get("conditions") or {}).get("clock") == "cpu" for r in timed)}
-
-
-NIGHT_GAP_S = 600.0  # a gap between runs longer than this is a stop between sessions, not idle time
-
-
-def _night_seconds(rows: list[dict]) -> float:
-    """Wall time from the first run's start to the last one's end, the gaps between runs included
-    (a worker idle between runs is the duty cycle's loss) but for gaps over NIGHT_GAP_S (stops)."""
-    spans = sorted((start, end) for row in rows
-                   if (start := timestamp(row.get("started_at"))) is not None
-                   and (end := timestamp(row.get("finished_at"))) is not None and end >= start)
-    total, reach = 0.0, None
-    for start, end in spans:
-        if reach is not None and start > reach and start - reach <= NIGHT_GAP_S:
-            total += start - reach
-        if reach is None or end > reach:
-            total += end - max(start, reach if reach is not None else start)
-            reach = end
-    return total
 
 
 def pace(rows: list[dict], max_experiments: int | None = None) -> tuple[float | None, float | None]:
@@ -370,8 +355,9 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
     segment = current_segment(rows)
     start, best = baseline(rows, segment, metric), value_to_beat(rows, metric)
     gain = half = None
-    if start is not None and best is not None:
-        gain, half = summary_gain(rows, metric, direction) or (None, None)
+    val = summary_gain(rows, metric, direction) if start is not None and best is not None else None
+    if val is not None:
+        gain, half = val
     per_hour, eta = pace(rows, info.get("max_experiments"))
     cost, on_subscription, unpriced = spent(rows)
     spread = noise(rows, segment, metric)
@@ -384,14 +370,14 @@ def summary(rows: list[dict], info: dict | None = None, metric: str = "val_bpb",
             "subscription_usd": on_subscription, "unpriced": unpriced,
             "max_experiments": info.get("max_experiments"), "max_cost": info.get("max_cost"),
             "changes": sum(1 for r in rows if r.get("status") == "keep" and r.get("role", "experiment") == "experiment"),
-            "holdout": holdout(rows, metric, direction), "duty": duty(rows, info.get("workers") or 1),
+            "holdout": holdout(rows, metric, direction, val), "duty": duty(rows, info.get("workers") or 1),
             "now": time.time()}
 
 
 HOLDOUT = "holdout_bpb"
 
 
-def holdout(rows: list[dict], metric: str = "val_bpb", direction: str = "lower") -> dict | None:
+def holdout(rows: list[dict], metric: str = "val_bpb", direction: str = "lower", val=False) -> dict | None:
     """The night's gain on the sealed holdout beside its gain on val, in the current segment: the
     baseline's and the best's holdout values (their runs' own; only the baseline, kept changes and
     measurements of kept code carry one, records.seal), the gain of the means with the interval of the
@@ -413,7 +399,7 @@ def holdout(rows: list[dict], metric: str = "val_bpb", direction: str = "lower")
         return None
     spread = estimate_noise(groups.values(), base[0])
     found, half = gain_interval(top, base, spread, direction)
-    val = summary_gain(rows, metric, direction)
+    val = summary_gain(rows, metric, direction) if val is False else val  # summary hands in its own
     val_clear = val is not None and val[1] is not None and val[0] - val[1] > 0
     supported = None if half is None else not (val_clear and found - half <= 0)
     return {"gain": round(found, 6), "half_width": None if half is None else round(half, 6),

@@ -171,7 +171,7 @@ def summary_markdown(record: dict) -> str:
         lines.append(f"- **{metric}**: no successful run yet")
     busy = found.get("duty")
     if busy and busy["night"] is not None:
-        each = {name: seconds / busy["runs"] for name, seconds in busy["phases"].items()}
+        each = busy["a_run"]
         lines.append(f"- **Duty cycle** (training time over wall time{'; on the cpu clock an estimate' if busy['estimate'] else ''}): {busy['per_run']:.0%} of a run (median), "
                      f"{busy['night']:.0%} of the night; a run's seconds: start-up {each['startup_s']:.1f}, training "
                      f"{each['training_s']:.1f}, export {each['export_s']:.1f}, evaluation {each['evaluate_s']:.1f}, "

@@ -55,7 +55,7 @@ def header_lines(found: dict) -> list[str]:
         lines.append(line)
     busy = found.get("duty")
     if busy and busy["night"] is not None:
-        each = {name: seconds / busy["runs"] for name, seconds in busy["phases"].items()}
+        each = busy["a_run"]
         lines.append(f"duty cycle{' (cpu clock: an estimate)' if busy['estimate'] else ''}: training {busy['per_run']:.0%} of a run's wall time, {busy['night']:.0%} of the "
                      f"night's · a run: start-up {each['startup_s']:.1f}s, training {each['training_s']:.1f}s, "
                      f"export {each['export_s']:.1f}s, evaluation {each['evaluate_s']:.1f}s, "
