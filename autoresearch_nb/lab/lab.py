@@ -110,6 +110,13 @@ class Lab:
     def log_path(self, index: int) -> Path:
         return self.state_dir / "logs" / f"{index:04d}.log"
 
+    def reachable(self) -> bool:
+        """Whether the lab can still be read: a lost network mount answers ENOENT, ENOTCONN or EIO."""
+        try:
+            return self.config_path.is_file() and (self.root / ".git").exists()
+        except OSError:
+            return False
+
     # -- opening ----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path = DEFAULT_DIR) -> "Lab":

@@ -6,7 +6,8 @@ One JSON object per run (or rejected proposal), appended with fsync. Fields of a
   (baseline|noise|remeasure|experiment|confirm|ablation), segment (comparison segment),
   conditions (what it was measured under), disturbance (when the step log showed one),
   val_bpb and every other summary field (training_seconds, total_seconds, peak_vram_mb,
-  mfu_percent, total_tokens_M, num_steps, num_params_M, depth), memory_gb,
+  mfu_percent, total_tokens_M, num_steps, num_params_M, depth; overflow_steps on float16 runs only:
+  the steps loss scaling skipped), memory_gb,
   description, rationale, agent, model, seed, timings {propose_s, run_s, judge_s, total_s},
   usage {input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, cost_usd},
   diff {files, added, removed}, log (path relative to the lab), best (best metric after this
@@ -62,9 +63,23 @@ def append_row(path: Path, row: dict) -> None:
     append_durably(path, row_line(row))
 
 
+STATE_DIR = ".autoresearch"
+
+
+def make_folder(path: Path) -> Path:
+    """mkdir -p, but never the lab itself: below a lab whose drive went (the folder holding its
+    `.autoresearch` gone) this fails rather than begin the lab again on the local disk."""
+    path = Path(path)
+    state = next((p for p in (path, *path.parents) if p.name == STATE_DIR), None)
+    if state is not None and not state.parent.is_dir():
+        raise FileNotFoundError(f"{state.parent} is gone: the lab cannot be read any more")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def append_durably(path: Path, data: bytes) -> None:
-    """Append `data` and fsync before returning: what a kill -9 a moment later still finds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Append `data` and fsync before returning: what a kill -9 a moment later still finds. The folder
+    must exist: a lab whose drive went fails here, rather than being begun again on the local disk."""
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, data)
@@ -120,8 +135,8 @@ def atomic_write(path: Path, text: str) -> None:
 
 
 def replace_durably(path: Path, data: bytes) -> None:
-    """Write `path` whole: a temporary file, fsynced, renamed over it (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `path` whole: a temporary file, fsynced, renamed over it (never half-written). Its folder must
+    exist (as append_durably's)."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import git
 
+from .ledger import make_folder
+
 
 class Worktrees:
     """Only the coordinator's thread calls these (it is the one git writer)."""
@@ -28,7 +30,7 @@ class Worktrees:
                 return path
             except git.GitCommandError:
                 self.remove(slot)  # a broken worktree is made again
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         if path.exists():
             shutil.rmtree(path)
         repo.git.worktree("prune")
