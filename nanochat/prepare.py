@@ -36,7 +36,7 @@ LAB_CONFIG = Path(__file__).resolve().parent.parent / ".autoresearch" / "config.
 BOS = "<|bos|>"
 BUILTIN_VERSION = 2  # bump when the builtin corpus changes, so caches are rebuilt
 SUMMARY_FIELDS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                  "total_tokens_M", "num_steps", "num_params_M", "depth")
+                  "total_tokens_M", "num_steps", "num_params_M", "depth", "overflow_steps")  # the last: float16 only
 CLOCK_MARKER = "training clock started"  # the line the harness times training from
 
 # ---------------------------------------------------------------------------------------------
@@ -80,12 +80,30 @@ PROFILES = {
     "cuda": dict(time_budget=300, seq_len=2048, vocab_size=8192, eval_tokens=2**23, depth=8,
                  n_embd=512, device_batch=64, total_batch=2**19, dtype="bfloat16"),
 }
+DTYPES = ("float32", "bfloat16", "float16")  # AUTORESEARCH_DTYPE's choices
+
+
+def unsupported_card(name: str, capability: tuple[int, int], arch_list: list[str],
+                     version: str = torch.__version__) -> str | None:
+    """One line refusing a GPU this PyTorch has no kernels for, else None. The oldest entry of the
+    build's arch list, sm_XY or compute_XY, is the oldest card it runs on (PTX compiles for newer
+    cards only); an empty list (no CUDA build) refuses nothing."""
+    built = [re.fullmatch(r"(?:sm|compute)_(\d+)(\d)[a-z]?", arch) for arch in arch_list]
+    oldest = min(((int(m[1]), int(m[2])) for m in built if m), default=None)
+    if oldest is None or tuple(capability) >= oldest:
+        return None
+    return (f"{name} (compute capability {capability[0]}.{capability[1]}) is too old for the installed PyTorch "
+            f"{version}, which supports {oldest[0]}.{oldest[1]} and newer: on Colab choose a newer GPU "
+            "(Runtime > Change runtime type), or train on the CPU with --profile cpu")
 
 
 def cuda_profile() -> dict:
     """Scale the cuda profile to the GPU: bf16 on Ampere and newer, fp16 (with loss scaling) before."""
     profile = dict(PROFILES["cuda"])
     props = torch.cuda.get_device_properties(0)
+    refused = unsupported_card(props.name, (props.major, props.minor), torch.cuda.get_arch_list())
+    if refused:  # before any kernel runs: otherwise the first one fails with "no kernel image is available"
+        raise SystemExit(refused)
     memory_gb = props.total_memory / 2**30
     if props.major < 8:
         profile["dtype"] = "float16"
@@ -124,8 +142,8 @@ def cpu_cores() -> int:
 
 
 def get_profile(requested: str | None = None) -> dict:
-    """The profile in force, with the budget override (AUTORESEARCH_BUDGET or the lab's budget) and the
-    depth override (AUTORESEARCH_DEPTH) applied.
+    """The profile in force, with the budget override (AUTORESEARCH_BUDGET or the lab's budget), the
+    depth override (AUTORESEARCH_DEPTH) and the dtype override (AUTORESEARCH_DTYPE) applied.
     The clock is CPU time on the CPU (a busy neighbour cannot steal it) and wall time on a GPU;
     AUTORESEARCH_CLOCK=wall keeps wall time on the CPU too (benchmarks/cpu_clock.py compares them)."""
     name = profile_name(requested)
@@ -137,6 +155,11 @@ def get_profile(requested: str | None = None) -> dict:
         profile["time_budget"] = settings()["budget"]
     if os.environ.get("AUTORESEARCH_DEPTH"):  # the transfer ladder's larger model (autoresearch-nb transfer --depth)
         profile["depth"] = int(os.environ["AUTORESEARCH_DEPTH"])
+    forced = os.environ.get("AUTORESEARCH_DTYPE")
+    if forced:  # e.g. float16 with loss scaling on a bf16 card or on the CPU, as an older card trains
+        if forced not in DTYPES:
+            raise SystemExit(f"AUTORESEARCH_DTYPE={forced!r} is not a choice: float32, bfloat16 or float16")
+        profile["dtype"] = forced
     return profile
 
 
@@ -483,9 +506,11 @@ def holdout_rows(seq_len: int, eval_tokens: int) -> torch.Tensor | None:
 
 
 def autocast_context(device: str = DEVICE, dtype: str | None = None):
+    """The profile's mixed precision: bf16 or fp16 autocast on any device (the CPU too, where
+    AUTORESEARCH_DTYPE forces it), none for float32."""
     dtype = dtype or PROFILE["dtype"]
-    if device == "cuda" and dtype in ("bfloat16", "float16"):
-        return torch.autocast("cuda", dtype=getattr(torch, dtype))
+    if dtype in ("bfloat16", "float16"):
+        return torch.autocast(device, dtype=getattr(torch, dtype))
     return torch.autocast(device_type="cpu", enabled=False)
 
 
@@ -516,6 +541,9 @@ class TrainingClock:
         if _CLOCK_STARTS and id(self) not in _CLOCK_STARTS:
             fail("a second training clock was started: a run has one clock, the one finish() reads")
         if self.started is None:
+            if os.environ.get("AUTORESEARCH_CLOCK_GATE") == "stdin":
+                # This run started up beside the last one's evaluation; it trains once that has ended.
+                sys.stdin.readline()
             self.started = clock_now()
             _CLOCK_STARTS[id(self)] = self.started
             sys.stdout.flush()
@@ -575,9 +603,10 @@ EXPORT_RULES = ("the model must export with torch.export: no Python branches on 
 
 
 def handover(model, run_dir: Path, clock: TrainingClock, tokens: int, steps: int, depth: int,
-             flops_per_token: float | None = None) -> dict:
+             flops_per_token: float | None = None, overflow_steps: int = 0) -> dict:
     """Export the eager module (never a torch.compile wrapper) in eval mode on a sample batch, under the
-    profile's autocast, to run_dir/model.pt2; its facts go to run_dir/handover.json."""
+    profile's autocast, to run_dir/model.pt2; its facts go to run_dir/handover.json. `overflow_steps`:
+    under float16, the steps loss scaling skipped (gradients overflowed), recorded for float16 only."""
     started = time.perf_counter()
     model = getattr(model, "_orig_mod", model)
     model.eval()
@@ -599,13 +628,15 @@ def handover(model, run_dir: Path, clock: TrainingClock, tokens: int, steps: int
                  peak_vram_mb=torch.cuda.max_memory_allocated() / 2**20 if DEVICE == "cuda" else 0.0,
                  mfu_percent=100 * flops / (clock.elapsed * peak) if peak and clock.elapsed > 0 else 0.0,
                  training_seconds=clock.elapsed, export_seconds=time.perf_counter() - started)
+    if PROFILE["dtype"] == "float16":
+        facts["overflow_steps"] = int(overflow_steps)
     (run_dir / "handover.json").write_text(json.dumps(facts))
     print(f"handover: model exported in {facts['export_seconds']:.1f}s", flush=True)
     return facts
 
 
 def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
-           flops_per_token: float | None = None) -> float | None:
+           flops_per_token: float | None = None, overflow_steps: int = 0) -> float | None:
     """Stop the clock and hand the model over. train.py calls this once, at the end. Under the harness
     that is all: the harness evaluates in a process of its own. Run by hand, the evaluator runs here as
     a subprocess and the summary is printed (a convenience, not what the harness trusts)."""
@@ -615,11 +646,12 @@ def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
         fail("the training clock was tampered with: use prepare.TrainingClock as it is")
     clock.stopped = clock_now()
     if os.environ.get("AUTORESEARCH_RUN_DIR"):
-        handover(model, Path(os.environ["AUTORESEARCH_RUN_DIR"]), clock, tokens, steps, depth, flops_per_token)
+        handover(model, Path(os.environ["AUTORESEARCH_RUN_DIR"]), clock, tokens, steps, depth, flops_per_token,
+                 overflow_steps)
         sys.stdout.flush()
         os._exit(0)  # the harness's clock runs until this process ends: skip the interpreter's slow teardown
     with tempfile.TemporaryDirectory(prefix="nanochat-run-") as run_dir:
-        facts = handover(model, Path(run_dir), clock, tokens, steps, depth, flops_per_token)
+        facts = handover(model, Path(run_dir), clock, tokens, steps, depth, flops_per_token, overflow_steps)
         done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--evaluate", run_dir],
                               capture_output=True, text=True)
     found = re.search(r"^val_bpb:\s+(\S+)$", done.stdout, re.MULTILINE)
@@ -630,7 +662,10 @@ def finish(model, clock: TrainingClock, tokens: int, steps: int, depth: int,
                   total_seconds=f"{time.time() - PROCESS_START:.1f}", peak_vram_mb=f"{facts['peak_vram_mb']:.1f}",
                   mfu_percent=f"{facts['mfu_percent']:.2f}", total_tokens_M=f"{facts['total_tokens_M']:.1f}",
                   num_steps=str(steps), num_params_M=f"{facts['num_params_M']:.1f}", depth=str(depth))
-    print("---\n" + "".join(f"{name + ':':<18}{values[name]}\n" for name in SUMMARY_FIELDS), end="", flush=True)
+    if "overflow_steps" in facts:
+        values["overflow_steps"] = str(facts["overflow_steps"])
+    print("---\n" + "".join(f"{name + ':':<18}{values[name]}\n" for name in SUMMARY_FIELDS if name in values),
+          end="", flush=True)
     return float(found.group(1))
 
 

@@ -216,7 +216,7 @@ if COMPILE:  # compile before the clock starts; this warm-up's gradients are thr
 
 clock = TrainingClock()
 clock.start()
-step, tokens, first_loss, last_print = 0, 0, None, -1.0
+step, tokens, first_loss, last_print, overflow_steps = 0, 0, None, -1.0, 0
 while not clock.done:
     multiplier = lr_multiplier(clock.progress)
     for opt in optimizers:
@@ -229,7 +229,9 @@ while not clock.done:
         x, y = next(loader)
     for opt in optimizers:
         scaler.step(opt)
+    scale = scaler.get_scale()
     scaler.update()
+    overflow_steps += scaler.get_scale() < scale  # float16: the scaler skipped this step, its gradients overflowed
     model.zero_grad(set_to_none=True)
     step += 1
     tokens += tokens_per_step
@@ -245,4 +247,4 @@ while not clock.done:
               f"tok/s {tokens / max(clock.elapsed, 1e-9):.0f} | progress {clock.progress:.2f} | "
               f"elapsed {clock.elapsed:.1f}s", flush=True)
 
-finish(model, clock, tokens, step, DEPTH, flops_per_token)
+finish(model, clock, tokens, step, DEPTH, flops_per_token, overflow_steps=overflow_steps)

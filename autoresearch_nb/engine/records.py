@@ -77,6 +77,8 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
     if metric not in fields:
         fields[metric] = result.summary.get(metric)
     fields["memory_gb"] = round((result.summary.get("peak_vram_mb") or 0.0) / 1024, 1)
+    if result.summary.get("overflow_steps") is not None:  # float16 runs only: steps loss scaling skipped
+        fields["overflow_steps"] = int(result.summary["overflow_steps"])
     curve = [(round(float(s["progress"]), 3), round(float(s["loss"]), 4)) for s in result.steps
              if s.get("progress") is not None and s.get("loss") is not None]
     if curve:  # the loss by share of the budget, for the dashboard to draw a later run against
@@ -87,8 +89,11 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
         fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], **{metric: None})
     if result.timings:
         fields["harness"] = dict(result.timings)  # startup, export, evaluation: the cost of the boundary
-        if result.timings.get("training_s") and result.wall_seconds:  # this run's duty cycle (facts.duty)
-            fields["duty"] = round(min(1.0, result.timings["training_s"] / result.wall_seconds), 3)
+        own_wall = result.wall_seconds - float(result.timings.get("overlap_s") or 0.0)
+        if result.timings.get("training_s") and own_wall > 0:  # this run's duty cycle (facts.duty)
+            fields["duty"] = round(min(1.0, result.timings["training_s"] / own_wall), 3)
+    if result.span:
+        fields["span"] = dict(result.span)
     if result.ok:
         fields["others_load"] = others_load(result.steps)  # runs are paired by seed only beside like load
     return {**fields, "run_wall_s": round(result.wall_seconds, 2)}

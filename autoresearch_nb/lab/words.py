@@ -51,3 +51,17 @@ def profile_name(profile) -> str:
     if isinstance(profile, dict):
         return str(profile.get("name") or profile.get("profile") or "")
     return str(profile or "")
+
+
+def overflow_text(overflow, steps) -> str:
+    """"overflow steps 3 of 120": the steps a float16 run's loss scaling skipped (their gradients
+    overflowed); "" without a count, as float32 and bfloat16 runs record none."""
+    if overflow is None:
+        return ""
+    return f"overflow steps {int(overflow)}" + (f" of {int(steps)}" if steps is not None else "")
+
+
+def overlap_text(seconds: float, unit: str = "s") -> str:
+    """" (and 1.2s beside the last run's evaluation)": a run's start-up spent beside the last one's
+    evaluation (--overlap); "" when there was none worth saying."""
+    return f" (and {seconds:.1f}{unit} beside the last run's evaluation)" if seconds >= 0.05 else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 
 from ..judge import facts, ladder
-from ..lab.words import cost_text, count, duration, profile_name
+from ..lab.words import cost_text, count, duration, overflow_text, overlap_text, profile_name
 from .figures import metric_of, row_seconds, status_counts, time_and_money, wall_time
 
 
@@ -172,8 +172,9 @@ def summary_markdown(record: dict) -> str:
     busy = found.get("duty")
     if busy and busy["night"] is not None:
         each = busy["a_run"]
+        overlapped = overlap_text(each["overlap_s"], unit="")
         lines.append(f"- **Duty cycle** (training time over wall time{'; on the cpu clock an estimate' if busy['estimate'] else ''}): {busy['per_run']:.0%} of a run (median), "
-                     f"{busy['night']:.0%} of the night; a run's seconds: start-up {each['startup_s']:.1f}, training "
+                     f"{busy['night']:.0%} of the night; a run's seconds: start-up {each['startup_s']:.1f}{overlapped}, training "
                      f"{each['training_s']:.1f}, export {each['export_s']:.1f}, evaluation {each['evaluate_s']:.1f}, "
                      f"between runs {each['between_s']:.1f}")
     sealed = found.get("holdout")
@@ -187,6 +188,11 @@ def summary_markdown(record: dict) -> str:
     if noise.usable is not None:
         lines.append(f"- **Noise**: one run of identical code varies by σ ≈ {noise.usable:.6f} "
                      f"({noise.pairs} identical-code pairs)")
+    scaled = [r for r in rows if r.get("overflow_steps") is not None]  # float16 runs
+    if scaled:
+        skipped = overflow_text(sum(r["overflow_steps"] for r in scaled), sum(r.get("num_steps") or 0 for r in scaled))
+        lines.append(f"- **Float16 loss scaling**: {skipped} over {count(len(scaled), 'run')} "
+                     "(a step whose gradients overflow is skipped)")
     if found["segments"] > 1:
         starts = facts.segment_starts(rows)[1:]
         lines.append("- **Segments**: conditions changed at " + "; ".join(

@@ -6,7 +6,7 @@ import signal
 
 SUMMARY_LINE = re.compile(r"^([a-zA-Z_]+):\s+(-?[0-9.]+(?:e[-+]?\d+)?|nan|inf)\s*$")
 SUMMARY_KEYS = ("val_bpb", "training_seconds", "total_seconds", "peak_vram_mb", "mfu_percent",
-                "total_tokens_M", "num_steps", "num_params_M", "depth")
+                "total_tokens_M", "num_steps", "num_params_M", "depth", "overflow_steps")  # the last: float16 runs only
 JUDGED_KEYS = ("val_bpb", "training_seconds")
 STEP_LINE = re.compile(r"^step\s+(\d+)\s*\|")
 
@@ -78,7 +78,8 @@ def parse_summary(lines: list[str]) -> tuple[dict, list[str]]:
     return reader.result()
 
 
-SUMMARY_FORMATS = {"val_bpb": ".6f", "mfu_percent": ".2f", "num_steps": ".0f", "depth": ".0f"}  # others: .1f
+SUMMARY_FORMATS = {"val_bpb": ".6f", "mfu_percent": ".2f", "num_steps": ".0f", "depth": ".0f",
+                   "overflow_steps": ".0f"}  # others: .1f
 
 
 def format_summary(summary: dict) -> str:

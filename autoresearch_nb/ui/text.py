@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..judge import facts, ladder
-from ..lab.words import STATUS_WORDS, STATUSES, cost_text, count, duration, profile_name
+from ..lab.words import STATUS_WORDS, STATUSES, cost_text, count, duration, overflow_text, overlap_text, profile_name
 
 
 def summarize(rows: list[dict], info: dict, metric: str = "val_bpb", direction: str = "lower") -> dict:
@@ -56,8 +56,9 @@ def header_lines(found: dict) -> list[str]:
     busy = found.get("duty")
     if busy and busy["night"] is not None:
         each = busy["a_run"]
+        overlapped = overlap_text(each["overlap_s"])
         lines.append(f"duty cycle{' (cpu clock: an estimate)' if busy['estimate'] else ''}: training {busy['per_run']:.0%} of a run's wall time, {busy['night']:.0%} of the "
-                     f"night's · a run: start-up {each['startup_s']:.1f}s, training {each['training_s']:.1f}s, "
+                     f"night's · a run: start-up {each['startup_s']:.1f}s{overlapped}, training {each['training_s']:.1f}s, "
                      f"export {each['export_s']:.1f}s, evaluation {each['evaluate_s']:.1f}s, "
                      f"then {each['between_s']:.1f}s between runs")
     pace = []
@@ -171,6 +172,8 @@ def experiment_text(row: dict, diff: str = "", log_tail: str = "", metric: str =
     lines += outcome_lines(row)
     measured = [f"{key} {row[key]}" for key in ("training_seconds", "num_steps", "memory_gb",
                                                 "num_params_M") if row.get(key) is not None]
+    overflow = overflow_text(row.get("overflow_steps"), row.get("num_steps"))  # "" but for float16 runs
+    measured += [overflow] if overflow else []
     if measured:
         lines.append(" · ".join(measured))
     if row.get("rationale"):
