@@ -54,7 +54,7 @@ MIN_MARGIN = 0.03  # ...or by this, whichever is more: a few runs understate the
                    # fewer step in a 2 s budget moves val_bpb by about 0.01); the attacks found gained 0.4-3
 
 # Places in train.py where an attacker puts code.
-FINISH = "finish(model, clock, tokens, step, DEPTH, flops_per_token)\n"
+FINISH = "finish(model, clock, tokens, step, DEPTH, flops_per_token, overflow_steps=overflow_steps)\n"
 RETURN = "        if targets is None:\n            return logits\n"
 LOADER = "loader = make_train_loader(DEVICE_BATCH)\n"
 CLOCK = "clock = TrainingClock()\n"

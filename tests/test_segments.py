@@ -9,7 +9,7 @@ import pytest
 
 from autoresearch_nb.judge import conditions, facts
 from autoresearch_nb.report.export import export_lab
-from conftest import cli
+from conftest import cli, lab_check
 from test_export import outputs_text
 from test_loop import assert_consistent, scored_lab
 from test_resume import TRAIN
@@ -64,6 +64,34 @@ def test_a_resume_under_another_budget_is_refused_then_rebaselined_into_a_new_se
 
     notebook = nbformat.read(export_lab(lab.root, tmp_path / "results.ipynb"), as_version=4)
     assert "conditions changed at #" in outputs_text(notebook)
+
+
+def test_a_resume_on_another_machine_starts_a_new_segment_unasked(tmp_path):
+    """After a Colab reset the runtime may be another GPU: the person changed nothing, so the resume goes on
+    in a new segment (the best measured again) instead of being refused; a changed setting still is."""
+    assert conditions.machine_only(["device_name NVIDIA A100 -> Tesla T4", "dtype bfloat16 -> float16"])
+    assert not conditions.machine_only(["device_name NVIDIA A100 -> Tesla T4", "budget 300.0 -> 60.0"])
+    assert not conditions.machine_only([])
+    lab = scored_lab(tmp_path / "lab", baseline=TRAIN)
+    first = run(lab, "--budget", "1", "--max-experiments", "4", "--tag", "colab")
+    assert first.returncode == 0, first.stdout + first.stderr
+    before = lab.rows()
+    cores = before[-1]["conditions"]["cpu_count"]
+    other = {"AUTORESEARCH_CPU_COUNT": str(cores + 1)}  # what prepare.py sees on a machine with another core count
+
+    refused = cli("run", "--lab", str(lab.root), "--resume", "--budget", "2", "--max-experiments", "9", env=other)
+    assert refused.returncode == 2 and "--rebaseline" in refused.stderr, refused.stdout + refused.stderr
+    assert len(lab.rows()) == len(before)
+
+    resumed = cli("run", "--lab", str(lab.root), "--resume", "--budget", "1", "--max-experiments", "9", env=other,
+                  timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"another machine: cpu_count {cores} -> {cores + 1}" in resumed.stdout
+    rows = assert_consistent(lab)
+    assert rows[:len(before)] == before
+    new = [r for r in rows if r["segment"] == 1]
+    assert new and new[0]["role"] == "baseline" and new[0]["conditions"]["cpu_count"] == cores + 1
+    lab_check(lab.root)
 
 
 def test_the_cli_and_the_notebook_print_the_same_figures_for_a_lab(tmp_path, capsys):

@@ -114,3 +114,23 @@ def test_without_pipelining_each_proposal_sees_the_last_result(tmp_path):
     assert [len(c.history) for c in contexts] == [1, 2] and all(not c.in_flight for c in contexts)
     rows = assert_consistent(lab)
     assert not any(r.get("rebased") for r in rows)
+
+
+def test_two_workers_on_one_gpu_are_refused_in_one_line(tmp_path):
+    """Runs sharing a card slow each other's timed training: refused before anything runs, saying what to
+    do. The CUDA case is decided from the probe (a pure function here: no GPU on this machine); a GPU named
+    twice is refused on any machine, through the CLI."""
+    from autoresearch_nb.engine.session import shared_gpu
+    from conftest import cli
+
+    assert "--gpus" in shared_gpu("cuda", 2, None)
+    assert shared_gpu("cuda", 1, None) is None and shared_gpu("cuda", 2, ["0", "1"]) is None
+    assert shared_gpu("cpu", 2, None) is None  # CPU slots share the cores on purpose (their clock is CPU time)
+    lab = tmp_path / "lab"
+    assert cli("init", str(lab), "--profile", "tiny").returncode == 0
+    done = cli("run", "--lab", str(lab), "--gpus", "0,0", "--max-experiments", "2")
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "autoresearch-nb: --gpus 0,0 names a GPU twice: two workers on one card slow each other's timed "
+        "training; give each worker its own GPU"]
+    assert not (lab / ".autoresearch" / "ledger.jsonl").exists() or not (lab / ".autoresearch" / "ledger.jsonl").read_text()

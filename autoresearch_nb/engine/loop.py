@@ -23,7 +23,7 @@ from ..agents.base import Agent, ProposalError
 from .checks import fixed_exports
 from ..run.disturbance import detect
 from .drafter import Drafter
-from ..errors import LabError
+from ..errors import LabError, LabGone
 from .events import EventBus
 from .inflight import State, crashpoint
 from ..lab.ledger import now_iso
@@ -35,6 +35,7 @@ from .verdicts import VerdictStep
 from ..run.workers import LocalPool, timeout_for  # noqa: F401  (timeout_for: callers read it here too)
 
 MAX_BASELINE_FAILURES = 3
+LAB_PROBE_S = 5.0  # how often the coordinator checks that the lab can still be read (a drive may go)
 AGENT_OUTAGE_WAITS = (30.0, 60.0, 120.0)
 
 
@@ -57,6 +58,7 @@ class LoopOptions:
     gpus: list | None = None    # one CUDA device per slot, e.g. ["0", "1"]
     depth: int = 1              # drafts the agent keeps ready beyond the free workers (0: no pipelining)
     deadline: float | None = None  # --hours / --until: no run starts that could not end before this (epoch s)
+    overlap: bool = False       # a worker's next run starts up while its last is evaluated (workers.py)
 
 
 class ResearchLoop(Scheduling):
@@ -159,7 +161,7 @@ class ResearchLoop(Scheduling):
         self.verdicts.retire_other_segments()
         if self.pool is None:
             gpus = list(self.options.gpus) if self.options.gpus else [None] * max(1, self.options.workers)
-            self.pool = LocalPool(gpus)
+            self.pool = LocalPool(gpus, overlap=self.options.overlap)
         self.pool.attach(self.events, self.lab, self.options)
         self.drafter = Drafter(self.agent, self.events, self._journal)
         self.drafter.start()
@@ -177,11 +179,12 @@ class ResearchLoop(Scheduling):
         finally:
             self.drafter.stop()
             self.pool.close()
-            self._check_records()  # the last runs' writes, if any, are undone before the last rows
-            self._late_answers()
-            self._drop_unused_drafts()
-            self.state.save(self.lab)
-            self.pool.forget()
+            if self.lab.reachable():  # a lab that went (an unmounted drive) gets no write: none would land
+                self._check_records()  # the last runs' writes, if any, are undone before the last rows
+                self._late_answers()
+                self._drop_unused_drafts()
+                self.state.save(self.lab)
+                self.pool.forget()
             self.lab.records.release()
 
     def _finish(self, reason: str) -> str:
@@ -193,6 +196,7 @@ class ResearchLoop(Scheduling):
         self._rejected_in_a_row = self._outages = self._baseline_failures = 0
         self._draft_after, self._exhausted, ending = 0.0, "", ""
         while True:
+            self.check_reachable()
             rows = self.rows()
             ending = ending or self._why_end(rows)
             if self.unpaused.is_set():
@@ -212,6 +216,19 @@ class ResearchLoop(Scheduling):
             except queue.Empty:
                 continue
             ending = self._handle(event) or ending
+
+    def check_reachable(self, now: bool = False) -> None:
+        """Stop the night (its runs killed, nothing more written) once the lab cannot be read: what it
+        recorded stays where it is, and a resume re-queues the runs that were under way. Checked every
+        LAB_PROBE_S, and `now` before a run starts (whose folders would otherwise be made afresh on the
+        local disk, under the drive's mount point, where they would keep the drive from mounting again)."""
+        now = now or time.monotonic() >= getattr(self, "_probe_after", 0.0)
+        if not now:
+            return
+        self._probe_after = time.monotonic() + LAB_PROBE_S
+        if not self.lab.reachable():
+            self.pool.stop_all()
+            raise LabGone(self.lab.root)
 
     def _tell_queue(self) -> None:
         """What waits (not running): the front ends show it beside the workers' lanes."""
@@ -283,6 +300,11 @@ class ResearchLoop(Scheduling):
                 track.job["pid_identity"] = event[3]  # a resume ends this process, no later one
                 self.state.save(self.lab)
                 crashpoint(f"during_{track.role}")
+        elif kind == "trained":  # only its evaluation is left: its worker may start the next run
+            track = self._track_of_job(event[1])
+            if track is not None:
+                track.job["evaluating"] = True
+                self.state.save(self.lab)
         elif kind == "result":
             track = self._track_of_job(event[1])
             if track is not None:

@@ -38,7 +38,7 @@ class Scheduling:
         return [t for t in self.state.tracks if not t.job and t.decision is None and not t.parked]
 
     def _free_slots(self) -> list[int]:
-        busy = {t.job["slot"] for t in self.state.tracks if t.job}
+        busy = {t.job["slot"] for t in self.state.tracks if t.job and not t.job.get("evaluating")}
         return [slot for slot in range(self.pool.size) if slot not in busy]
 
     def _used(self, rows: list[dict]) -> int:
@@ -101,6 +101,7 @@ class Scheduling:
     def drain(self) -> str:
         """Run the tracks there are, on every free worker, until none is left (or a stop)."""
         while self.state.tracks:
+            self.check_reachable()
             if self.stop_now.is_set():
                 self.pool.stop_all()
             elif self.unpaused.is_set() and not self.stop_requested.is_set():
@@ -130,6 +131,7 @@ class Scheduling:
         return BASE_SEED + self.options.seed + SEED_STEP * k
 
     def _start(self, track: Track, slot: int) -> None:
+        self.check_reachable(now=True)
         job = Job(self.state.new_id(), track.id, track.commit, track.seed, self.pool.name(slot),
                   started_at=now_iso())
         track.job = {**job.record(), "slot": slot, "log": self._relative(self.pool.log_path(job.id))}

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..judge import conditions, facts, ladder
 from ..agents import AGENTS, make_agent
 from ..agents.pricing import model_prices
-from ..errors import LabError
+from ..errors import LabError, LabGone
 from . import notify
 from .events import Event, EventBus
 from ..lab.lab import DEFAULT_DIR, Lab
@@ -54,6 +54,7 @@ class RunOptions:
     notify: str | None = None    # a webhook for kept changes and the night's end (notify.py); never stored
     hours: float | None = None   # no run starts that could not end within this many hours of the start
     until: str | None = None     # ... or before this local time, "HH:MM" (the next one to come)
+    overlap: bool = False        # a worker's next run starts up while its last is evaluated (run/workers.py)
 
 
 CLI_AGENTS = ("claude-code", "codex")   # the named CLIs: a timeout, a session to resume
@@ -109,6 +110,21 @@ def check_options(options: RunOptions) -> None:
     deadline_of(options)  # --hours / --until: a mistake is said before anything starts
     if options.agent == "openai" and not (options.base_url or os.environ.get("OPENAI_BASE_URL")):
         raise LabError("the openai agent needs --base-url (e.g. http://localhost:11434/v1 for Ollama)")
+
+
+def shared_gpu(device: str, workers: int, gpus: list | None) -> str | None:
+    """Why several workers on one GPU are refused, or None: runs sharing a card slow each other's timed
+    training (the wall clock counts the wait), so no number from them would be fair."""
+    if gpus:
+        named = [str(g).strip() for g in gpus]
+        if len(set(named)) < len(named):
+            return (f"--gpus {','.join(named)} names a GPU twice: two workers on one card slow each other's timed "
+                    "training; give each worker its own GPU")
+        return None
+    if device == "cuda" and workers > 1:
+        return (f"--workers {workers} on the GPU would put {workers} runs on one card, each slowing the other's "
+                "timed training: give one worker per GPU with --gpus (e.g. --gpus 0,1), or leave --workers out")
+    return None
 
 
 def deadline_of(options: RunOptions, now: float | None = None) -> float | None:
@@ -301,6 +317,10 @@ class Session:
             loop = self.loop
             probe = loop.pool.probe(self.lab) if hasattr(loop.pool, "probe") else self._setup_data()
             loop.options.profile = probe["name"]
+            loop.options.overlap = self.options.overlap
+            shared = shared_gpu(probe.get("device", ""), loop.options.workers, loop.options.gpus)
+            if shared and not hasattr(loop.pool, "probe"):  # Ray actors hold one GPU each by construction
+                raise LabError(shared)
             loop.options.budget = float(self.options.budget or self.lab.config.get("budget") or probe["time_budget"])
             screen_budget = loop.options.budget  # the night's, kept in run.json for a later --resume
             if self.options.transfer:
@@ -333,6 +353,10 @@ class Session:
             self.usage_error = True
             self._set_state("error", str(error))
         except Exception as error:  # recorded for the person; the lab stays consistent
+            if not self.lab.reachable():  # a write failed because the drive went: say so, write nothing
+                self.error, self.usage_error = str(LabGone(self.lab.root)), True
+                self._set_state("error", self.error)
+                return
             self.error = f"{type(error).__name__}: {error}"
             with open(self.lab.state_dir / "session.log", "a", encoding="utf-8") as handle:
                 handle.write(f"[{now_iso()}]\n{traceback.format_exc()}\n")
@@ -349,15 +373,17 @@ class Session:
 
     def _settle_conditions(self, loop: ResearchLoop, probe: dict) -> tuple[int, str]:
         """This session's conditions against the rows it continues: the same segment, a new one
-        (--rebaseline), or a refusal that says how to go on."""
+        (--rebaseline, or unasked on another machine: conditions.MACHINE), or a refusal that says how to go on."""
         now = conditions.of(probe, loop.options.budget, self.lab.config)
         rows = self.lab.rows()
         segment = facts.current_segment(rows)
         changed = conditions.differences(conditions.last_recorded(rows), now)
         reason = ""
-        if rows and self.options.rebaseline:
+        if rows and (self.options.rebaseline or conditions.machine_only(changed)):
             segment += 1
             reason = "; ".join(changed) or "re-baseline asked for"
+            if not self.options.rebaseline:
+                reason = f"another machine: {reason}"
             self.bus.emit("message", level="info", text=f"new comparison segment {segment} ({reason}): "
                                                          "the best is measured again before any experiment")
         elif changed:

@@ -63,6 +63,9 @@ RUN = (
     Option("--gpus", "one worker per CUDA device, e.g. --gpus 0,1,2,3", metavar="LIST"),
     Option("--depth", "proposals the agent drafts ahead while experiments train (0: one after another)",
            type=int, default=1, metavar="N"),
+    Option("--overlap", "a worker's next run starts up while its last is evaluated, its training clock waiting "
+           "until that has ended (off by default: on the CPU it cost the runs that followed about 4%% of "
+           "their training speed and shortened nothing; not yet measured on a GPU; docs/lab.md)", switch=True),
     Option("--ray", "run the workers as Ray actors, one GPU each: auto, or a cluster address "
            "(pip install autoresearch-nb[ray])", metavar="ADDRESS"),
     Option("--hours", "start no run that could not end within H hours (a Colab session's limit)", type=float,
@@ -107,4 +110,4 @@ def run_options(args: argparse.Namespace, lab: str):
                       rebaseline=args.rebaseline, agent_timeout=args.agent_timeout,
                       agent_memory=args.agent_memory, workers=args.workers,
                       gpus=gpus, depth=args.depth, ray=args.ray, notify=args.notify,
-                      hours=args.hours, until=args.until)
+                      hours=args.hours, until=args.until, overlap=args.overlap)

@@ -5,13 +5,20 @@ clock that counts it, the profile and its sizes, the data and the tokenizer, the
 torch version. Every ledger row records them. A session that would run under other conditions
 than the rows it continues is refused, unless it asks to re-baseline: then the current best is
 measured again under the new conditions and a new comparison segment starts (facts.py never
-compares numbers across segments).
+compares numbers across segments). A new machine alone (MACHINE) starts the new segment unasked.
 """
 from __future__ import annotations
 
 COMPARED = ("budget", "clock", "profile", "seq_len", "vocab_size", "eval_tokens", "depth", "n_embd",
             "device_batch", "total_batch", "dtype", "data", "data_key", "tokenizer", "byte_level",
             "device_name", "torch", "cpu_count")
+
+
+# What the machine decides, not the person: a Colab runtime reset may hand out another GPU (whose
+# profile sizes and precision follow from the card), another torch or another core count. A change of
+# these alone starts a new segment by itself; a changed setting is the person's, and is refused.
+MACHINE = ("device_name", "torch", "cpu_count", "seq_len", "eval_tokens", "depth", "n_embd", "device_batch",
+           "total_batch", "dtype")
 
 
 def of(probe: dict, budget: float, config: dict) -> dict:
@@ -38,6 +45,11 @@ def differences(before: dict, now: dict) -> list[str]:
         if key in before and key in now and _normal(before[key]) != _normal(now[key]):
             changed.append(f"{key} {before[key]} -> {now[key]}")
     return changed
+
+
+def machine_only(changed: list[str]) -> bool:
+    """Whether every difference (as differences() words them) is one the machine decides."""
+    return bool(changed) and all(change.split(" ", 1)[0] in MACHINE for change in changed)
 
 
 def refusal(changed: list[str]) -> str:

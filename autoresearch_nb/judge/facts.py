@@ -293,13 +293,14 @@ def active_seconds(rows: list[dict], bridge_s: float = 0.0) -> float:
     return total
 
 
-DUTY_PHASES = ("startup_s", "training_s", "export_s", "evaluate_s")
+DUTY_PHASES = ("startup_s", "training_s", "export_s", "evaluate_s", "overlap_s")  # overlap_s: beside the last run's evaluation
 NIGHT_GAP_S = 600.0  # a gap between runs longer than this is a stop between sessions, not idle time
 
 
 def duty(rows: list[dict], workers: int = 1) -> dict | None:
     """The duty cycle: training seconds over wall seconds. `per_run` is the median over runs of the
-    harness's training time over the run's wall time; `night` is all training over the workers' wall
+    harness's training time over the run's own wall time (less what went on beside the last run's
+    evaluation, its `overlap_s`); `night` is all training over the workers' wall
     time while the night was active (active_seconds with gaps up to NIGHT_GAP_S bridged, x workers), so
     time between runs (a worker waiting for a draft, judging, git) counts against it too. `phases` splits the night's worker-seconds: start-up
     (imports, data, model, compile), training, export, evaluation, between runs. On the cpu clock the
@@ -311,8 +312,9 @@ def duty(rows: list[dict], workers: int = 1) -> dict | None:
         return None
     wall = active_seconds(research, NIGHT_GAP_S) * max(1, int(workers or 1))
     phases = {phase: sum(float(r["harness"].get(phase) or 0.0) for r in timed) for phase in DUTY_PHASES}
-    phases["between_s"] = max(0.0, wall - sum(float(r["run_wall_s"]) for r in timed))
-    per_run = statistics.median(min(1.0, float(r["harness"]["training_s"]) / float(r["run_wall_s"])) for r in timed)
+    own = {id(r): max(1e-9, float(r["run_wall_s"]) - float(r["harness"].get("overlap_s") or 0.0)) for r in timed}
+    phases["between_s"] = max(0.0, wall - sum(own.values()))
+    per_run = statistics.median(min(1.0, float(r["harness"]["training_s"]) / own[id(r)]) for r in timed)
     return {"per_run": per_run, "night": min(1.0, phases["training_s"] / wall) if wall else None,
             "phases": phases, "a_run": {name: seconds / len(timed) for name, seconds in phases.items()},
             "runs": len(timed), "wall_s": wall,

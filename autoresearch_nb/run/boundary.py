@@ -39,10 +39,11 @@ def startup_allowance(profile: str, configured: float | None = None) -> float:
     return 180.0 if profile == "cuda" else 60.0
 
 
-def startup_limit(clock: str, budget: float, allowance: float) -> float:
+def startup_limit(clock: str, budget: float, allowance: float, configured: bool = False) -> float:
     """How long a run may work before its training clock starts. On the cpu clock start-up is imports
-    and data (a few CPU seconds); on a GPU it includes compiling, so the whole start-up allowance."""
-    return CPU_STARTUP_LIMIT + 0.1 * budget if clock == "cpu" else allowance
+    and data (a few CPU seconds); on a GPU it includes compiling, so the whole start-up allowance. A
+    lab that sets its allowance (a train.py that compiles on the CPU) gets it on either clock."""
+    return CPU_STARTUP_LIMIT + 0.1 * budget if clock == "cpu" and not configured else allowance
 
 
 def for_lab(lab, run_dir: Path, facts: dict, budget: float, tree: Path | None = None) -> dict:
@@ -58,6 +59,6 @@ def for_lab(lab, run_dir: Path, facts: dict, budget: float, tree: Path | None = 
         "evaluate": list(evaluate) if evaluate else None,
         "clock": clock,
         "cores": int(facts.get("cpu_count") or 1),
-        "startup_limit": startup_limit(clock, budget, allowance) if evaluate else None,
+        "startup_limit": startup_limit(clock, budget, allowance, config.get("startup_allowance") is not None) if evaluate else None,
         "protected": [tree / rel for rel in config.get("locked", [])],
     }

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..lab.ledger import make_folder
 from . import proctime
 from . import sandbox as sandboxing
 from .boundary import ProtectedFiles
@@ -24,7 +25,7 @@ from .summary import SummaryReader, budget_limit, classify_failure, format_summa
 
 SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD")
 SECRET_PREFIXES = ("ANTHROPIC_", "OPENAI_", "HF_", "HUGGING_FACE")
-HANDOVER_KEYS = ("peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth")
+HANDOVER_KEYS = ("peak_vram_mb", "mfu_percent", "total_tokens_M", "num_steps", "num_params_M", "depth", "overflow_steps")
 CLOCK_MARKER = "training clock started"  # printed by the fixed TrainingClock.start()
 LINGER_SECONDS = 3.0  # after the training process ends, its leftover children get this long
 CPU_POLL_S = 0.05     # how often the cpu clock reads a sandboxed experiment's CPU time from outside
@@ -46,6 +47,9 @@ class RunResult:
     # startup_s (before the clock marker), training_s (judged), export_s, evaluate_s (from "go" to the
     # evaluator's exit), eval_compute_s (its arithmetic alone), evaluator_cpu_s (all it used, start-up too)
     timings: dict = field(default_factory=dict)
+    # When (epoch seconds) its training process was spawned, its clock started, training ended and the
+    # run ended: the record that no run's timed training overlapped another run on its worker.
+    span: dict = field(default_factory=dict)
 
 
 def clean_environment(extra: dict | None = None) -> dict:
@@ -151,6 +155,10 @@ class Runner:
     the process tree over `cores` on the cpu clock, wall time otherwise). Without `evaluate` (targets
     whose command prints its own summary) the summary is read from the command's output.
     `wrap` turns the training command into a sandboxed one; `protected` files must be unchanged after.
+    `after`: runs on the same worker still being evaluated. This run starts up beside them (imports,
+    data, model, compile: never another run's timed training, which ended before it was started), but
+    its training clock waits at prepare.py's gate until each has ended. `on_trained` is called once
+    the training process has ended well and only the evaluation is left: the worker may start the next.
     """
 
     def __init__(self, command: list[str], cwd: Path, env: dict, log_path: Path, budget: float,
@@ -159,17 +167,23 @@ class Runner:
                  evaluate: list[str] | None = None, clock: str = "wall", cores: int = 1,
                  startup_limit: float | None = None, protected=(),
                  wrap: Callable[[list[str]], list[str]] | None = None,
-                 sandbox: "sandboxing.Probe | None" = None):
+                 sandbox: "sandboxing.Probe | None" = None, after: list[threading.Event] | None = None,
+                 on_trained: Callable[[], None] | None = None, training_env: dict | None = None):
         self.run_dir = Path(run_dir) if run_dir else None
         self.command = self._fill(command)
         if wrap:  # a sandbox around the training command (never around the evaluator, which needs the data)
             self.command = wrap(self.command)
         self.evaluate = self._fill(evaluate) if evaluate else None
         self.cwd, self.env, self.log_path = cwd, dict(env), log_path
+        self.training_env = {k: str(v) for k, v in (training_env or {}).items()}  # not the evaluator's
         self.budget, self.timeout, self.on_step, self.on_start = budget, timeout, on_step, on_start
         self.clock, self.cores, self.startup_limit = clock, max(1, int(cores)), startup_limit
         self.protected = list(protected)
         self.sandbox = sandbox          # the sandbox `wrap` put around training, for the log and crash reasons
+        self.after, self.on_trained = after, on_trained
+        self._gate_opened: float | None = None  # when the runs before it on this worker had all ended
+        if after is not None:
+            self.env["AUTORESEARCH_CLOCK_GATE"] = "stdin"
         self._load: proctime.LoadSampler | None = None
         self._cpu_seen = 0.0
         if self.run_dir:
@@ -209,14 +223,14 @@ class Runner:
                 self._cpu_seen = max(self._cpu_seen, seen)
             process.exited.wait(CPU_POLL_S)
 
-    def _watch(self, process: _Process, deadline: float) -> None:
+    def _watch(self, process: _Process, deadline: Callable[[], float]) -> None:
         """Kill `process` at the deadline, on stop, or shortly after it ended if children keep its output
         open; kill again while anything of it is left, and stop reading what escaped every kill."""
         killed_at = None
         while not (process.drained.is_set() and process.exited.is_set()):
             now = time.monotonic()
             if killed_at is None:
-                if now >= deadline:
+                if now >= deadline():
                     self._timed_out = True
                 elif not (self._stop.is_set() or (process.exited.is_set() and now >= process.exit_time + LINGER_SECONDS)):
                     self._stop.wait(0.2)
@@ -271,6 +285,29 @@ class Runner:
     def _cpu_clock(self) -> bool:
         return self.clock == "cpu" and proctime.available()
 
+    def _open_gate(self) -> None:
+        """Say "go" to the training clock once the runs before this one on its worker have all ended."""
+        while not all(done.wait(0.2) for done in self.after):
+            if self._stop.is_set() or self._training.exited.is_set():
+                return
+        self._gate_opened = time.monotonic()
+        try:
+            self._training.popen.stdin.write(b"go\n")
+            self._training.popen.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # it ended (or stopped reading) first: its output says why
+
+    @property
+    def _overlap(self) -> float:
+        """Seconds of this run that went on beside the evaluation of the run before it."""
+        if self.after is None:
+            return 0.0
+        opened = self._gate_opened if self._gate_opened is not None else time.monotonic()
+        return max(0.0, opened - self._started)
+
+    def _training_deadline(self) -> float:
+        return self._started + self.timeout + self._overlap  # waiting at the gate is not this run's time
+
     def run(self) -> RunResult:
         try:
             return self._run()
@@ -283,11 +320,11 @@ class Runner:
                 self._evaluator.end_all()
 
     def _run(self) -> RunResult:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.log_path.parent)
         guard = ProtectedFiles(self.protected)
         if self.run_dir:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-            self.run_dir.mkdir(parents=True)
+            make_folder(self.run_dir)
         started = self._started = time.monotonic()
         tail: list[str] = []
         steps: list[dict] = []
@@ -298,7 +335,8 @@ class Runner:
                 log.write(f"sandbox: {self.sandbox}\n")
             log.flush()
             try:
-                self._training = _Process(self.command, self.cwd, self.env)
+                self._training = _Process(self.command, self.cwd, {**self.env, **self.training_env},
+                                          stdin=subprocess.DEVNULL if self.after is None else subprocess.PIPE)
                 if self.evaluate:  # its start-up (imports, data) overlaps training; it waits for "go"
                     self._evaluator = _Process(self.evaluate, self.cwd, self.env, stdin=subprocess.PIPE)
             except OSError as error:
@@ -312,7 +350,9 @@ class Runner:
                 self.on_start(self._training.pid)
             if self._stop.is_set():
                 self.stop()
-            watchdog = threading.Thread(target=self._watch, args=(self._training, started + self.timeout), daemon=True)
+            if self.after is not None:
+                threading.Thread(target=self._open_gate, daemon=True).start()
+            watchdog = threading.Thread(target=self._watch, args=(self._training, self._training_deadline), daemon=True)
             watchdog.start()
             self._stream(self._training, log, tail, started,
                          lambda line: self._on_line(line, started, reader, steps))
@@ -329,11 +369,21 @@ class Runner:
                 return self._own_summary(reader, returncode, wall, tail, steps, stopped)
             result = self._judge_training(returncode, wall, tail, steps, stopped, guard)
             if result is None:
+                if self.on_trained:
+                    self.on_trained()
                 result = self._evaluate(log, started, tail, steps, guard)
         for name in ("model.pt2", "checked.pt2"):  # the GPU model is hundreds of MB
             if self.run_dir:
                 (self.run_dir / name).unlink(missing_ok=True)
+        result.span = self._span()
         return result
+
+    def _span(self) -> dict:
+        offset = time.time() - time.monotonic()
+        moments = {"spawned": self._started, "clock": self._marked[0] if self._marked else None,
+                   "trained": self._training.exit_time if self._training and self._training.exited.is_set() else None,
+                   "ended": time.monotonic()}
+        return {name: round(moment + offset, 3) for name, moment in moments.items() if moment}
 
     def _own_summary(self, reader, returncode, wall, tail, steps, stopped) -> RunResult:
         """A target that prints its own summary (no evaluator): read it from the output."""
@@ -370,11 +420,13 @@ class Runner:
         if self._cpu_clock:
             startup = marked_cpu / self.cores
             training_seconds = (max(training.cpu_seconds, self._cpu_seen, marked_cpu) - marked_cpu) / self.cores
-        else:
-            startup = marked_wall - self._started
+        else:  # start-up beside the last run's evaluation is not held against it
+            startup = marked_wall - self._started - self._overlap
             training_seconds = training.exit_time - marked_wall
         self.timings = {"startup_s": round(startup, 3), "training_s": round(training_seconds, 3),
                         "export_s": round(facts.pop("export_seconds", 0.0), 3)}
+        if self.after is not None:
+            self.timings["overlap_s"] = round(self._overlap, 3)
         facts["training_seconds"] = round(training_seconds, 1)
         facts["total_seconds"] = round(wall, 1)
         if self.startup_limit is not None and startup > self.startup_limit:
@@ -411,7 +463,7 @@ class Runner:
             evaluator.popen.stdin.close()
         except (BrokenPipeError, OSError):
             pass  # it ended early; its output says why
-        watchdog = threading.Thread(target=self._watch, args=(evaluator, go + self.timeout), daemon=True)
+        watchdog = threading.Thread(target=self._watch, args=(evaluator, lambda: go + self.timeout), daemon=True)
         watchdog.start()
         lines: list[str] = []
         reader = SummaryReader()

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..lab.ledger import make_folder
+
 SWITCH = "AUTORESEARCH_SANDBOX"      # "none" runs experiments unconfined
 OFF = ("none", "off", "0", "false", "no")
 NAMESPACES = ("--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts")
@@ -125,15 +127,17 @@ def _under(path: Path, roots) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
 
-def wrap(argv: list[str], *, root: Path, run_dir: Path, readable=(), env: dict) -> list[str]:
+def wrap(argv: list[str], *, root: Path, run_dir: Path, readable=(), env: dict, writable=()) -> list[str]:
     """The command line that runs `argv` in the sandbox (unchanged where there is none).
 
     Inside: no network (a private loopback only), its own pid/ipc/uts namespaces, the whole file
     system read-only, empty private home directories, /tmp and /run, then read-only binds back of
-    what the run needs under those (the lab, Python, `readable`), and `run_dir` read-write.
+    what the run needs under those (the lab, Python, `readable`), and `run_dir` and `writable`
+    (the lab's compile cache) read-write.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (run_dir, *map(Path, writable)):
+        make_folder(folder)
     if not probe().active:
         return list(argv)
     hidden = hidden_roots(env)
@@ -145,7 +149,8 @@ def wrap(argv: list[str], *, root: Path, run_dir: Path, readable=(), env: dict) 
     binds = [p for p in candidates if not _under(p, candidates - {p})]
     # Mounts are applied in order, and a later mount hides what an earlier one put below it: so the
     # shallower path first, and at equal depth the private tree before the binds back into it.
-    order = [(p, 0) for p in hidden] + [(p, 1) for p in binds] + [(Path(os.path.realpath(run_dir)), 2)]
+    order = [(p, 0) for p in hidden] + [(p, 1) for p in binds] + \
+        [(Path(os.path.realpath(p)), 2) for p in (run_dir, *writable)]
     args = [shutil.which("bwrap") or "bwrap", *NAMESPACES, "--die-with-parent", "--new-session",
             "--ro-bind", "/", "/", *_devices(), "--proc", "/proc"]
     for path, kind in sorted(order, key=lambda item: (len(item[0].parts), item[1], str(item[0]))):
