@@ -96,14 +96,16 @@ def same_picture(png: bytes, expected: bytes) -> bool:
 
 
 def test_current_experiment_shows_description_progress_and_loss_curve():
+    # the expected picture is drawn before any dashboard draws: matplotlib is not thread-safe, and a
+    # picture drawn beside the dashboard's timer thread on a loaded machine once came out different
+    losses = [(step, 3.5 - 0.2 * step) for step in range(4)]
+    expected_curve = loss_curve_png(losses)
     bus = EventBus()
     dashboard = Dashboard(min_interval=0.05)
     bus.subscribe(dashboard.handle)
     emit_run(bus, rows=ROWS[:1], finish=False)
     bus.emit("experiment_started", index=1, description="try rmsnorm eps 1e-6", role="experiment",
              budget=8, commit="abc")
-    losses = [(step, 3.5 - 0.2 * step) for step in range(4)]
-    expected_curve = loss_curve_png(losses)
     for step, loss in losses:
         bus.emit("step", index=1, step=step, loss=loss, lr=0.02, tok_s=900.0, progress=0.5, elapsed=4.0)
     # The loss curve redraws at most every 2 s, from a timer thread; wait for the curve of all four steps.
@@ -252,7 +254,7 @@ def _event(kind, **data):
     return Event(kind, data)
 
 
-def test_each_worker_has_a_lane_and_the_queue_is_shown():
+def two_worker_night() -> tuple[EventBus, Dashboard]:
     bus = EventBus()
     dashboard = Dashboard(min_interval=0.05)
     bus.subscribe(dashboard.handle)
@@ -260,6 +262,11 @@ def test_each_worker_has_a_lane_and_the_queue_is_shown():
              model=None, profile="cpu", device="cpu", budget=5, max_experiments=9, policy="noise",
              max_cost=None, workers=2)
     bus.emit("state", state="running", message="")
+    return bus, dashboard
+
+
+def test_each_worker_has_a_lane_and_the_queue_is_shown():
+    bus, dashboard = two_worker_night()
     bus.emit("experiment_started", index=3, job=3, worker="w0", description="wider mlp", role="experiment",
              budget=5, commit="a")
     bus.emit("experiment_started", index=4, job=4, worker="w1", description="deeper", role="experiment",
@@ -278,19 +285,43 @@ def test_each_worker_has_a_lane_and_the_queue_is_shown():
 def test_the_run_under_way_is_drawn_against_the_best_run_at_the_same_share_of_the_budget():
     best_curve = [(i / 10, 3.5 - 0.1 * i) for i in range(11)]
     rows = [dict(ROWS[0], curve=best_curve)]
+    steps = [(step, 3.6 - 0.05 * step, step / 10) for step in range(4)]
+    expected = loss_against_best_png([("w0", [(p, loss) for _, loss, p in steps])], best_curve, rows[0]["index"])
+    plain = loss_curve_png([(s, loss) for s, loss, _ in steps])  # both drawn before the dashboard draws
     bus = EventBus()
     dashboard = Dashboard(min_interval=0.05)
     bus.subscribe(dashboard.handle)
     emit_run(bus, rows=rows, finish=False)
     bus.emit("experiment_started", index=1, description="try a wider MLP", role="experiment", budget=8, commit="abc")
-    steps = [(step, 3.6 - 0.05 * step, step / 10) for step in range(4)]
     for step, loss, progress in steps:
         bus.emit("step", index=1, step=step, loss=loss, lr=0.02, tok_s=900.0, progress=progress, elapsed=4.0)
-    expected = loss_against_best_png([(p, loss) for _, loss, p in steps], best_curve, rows[0]["index"])
     deadline = time.monotonic() + 30
     while not same_picture(bytes(dashboard.loss.value), expected) and time.monotonic() < deadline:
         time.sleep(0.1)
     settle(dashboard)
     assert same_picture(bytes(dashboard.loss.value), expected), (dashboard.render_error, dashboard._drawn_losses)
     # the plain step curve (no best to compare with) is another picture: the comparison was drawn
-    assert not same_picture(bytes(dashboard.loss.value), loss_curve_png([(s, loss) for s, loss, _ in steps]))
+    assert not same_picture(bytes(dashboard.loss.value), plain)
+
+
+def test_with_several_workers_each_run_under_way_is_drawn_against_the_best():
+    best_curve = [(i / 10, 3.5 - 0.1 * i) for i in range(11)]
+    rows = [dict(ROWS[0], curve=best_curve)]
+    plan = {"w0": (7, 0.05), "w1": (8, 0.2)}
+    curves = {worker: [(step / 10, 3.6 - slope * step) for step in range(4)] for worker, (_, slope) in plan.items()}
+    expected = loss_against_best_png(sorted(curves.items()), best_curve, rows[0]["index"])  # before any draw
+    latest_alone = loss_against_best_png([("w1", curves["w1"])], best_curve, rows[0]["index"])
+    bus, dashboard = two_worker_night()
+    bus.emit("experiment_finished", row=rows[0])
+    for worker, (job, _) in plan.items():
+        bus.emit("experiment_started", index=job, job=job, worker=worker, description=f"change {job}",
+                 role="experiment", budget=8, commit="abc")
+        for step, (progress, loss) in enumerate(curves[worker]):
+            bus.emit("step", index=job, job=job, worker=worker, step=step, loss=loss, lr=0.02, tok_s=900.0,
+                     progress=progress, elapsed=4.0)
+    deadline = time.monotonic() + 30
+    while not same_picture(bytes(dashboard.loss.value), expected) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert same_picture(bytes(dashboard.loss.value), expected), dashboard.render_error
+    # not the latest run's picture alone: both workers' runs are on it
+    assert not same_picture(bytes(dashboard.loss.value), latest_alone)

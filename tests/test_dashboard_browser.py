@@ -51,8 +51,9 @@ def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
     from playwright.sync_api import sync_playwright
 
     root: Path = jupyter_lab.root
-    nbformat.write(notebook("%load_ext autoresearch_nb",
-                            f"%autoresearch start {SHORT_RUN} --max-experiments 8 --tag browser"),
+    # one cell: however the page's Run All lands (a loaded machine once ran only the second of two
+    # cells), the extension is loaded by the cell that starts the run
+    nbformat.write(notebook(f"%load_ext autoresearch_nb\n%autoresearch start {SHORT_RUN} --max-experiments 8 --tag browser"),
                    str(root / "dashboard.ipynb"))
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
@@ -70,6 +71,26 @@ def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
             browser.close()
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     assert (root / "autoresearch-lab" / ".autoresearch" / "ledger.jsonl").exists()
+
+
+# The worst WCAG contrast ratio between the dashboard's text (table cells, header, log) and the colour
+# actually behind it (the first ancestor with an opaque background; the page's own when none has one).
+CONTRAST = """root => {
+  const rgb = c => (c.match(/[\\d.]+/g) || []).map(Number);
+  const lum = c => { const [r, g, b] = rgb(c).map(v => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+                     return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  const behind = el => { for (let e = el; e; e = e.parentElement) { const c = getComputedStyle(e).backgroundColor;
+                         const parts = rgb(c); if (parts.length === 3 || (parts.length === 4 && parts[3] > 0.5)) return c; }
+                         return getComputedStyle(document.body).backgroundColor; };
+  const ratio = el => { const a = lum(getComputedStyle(el).color), b = lum(behind(el));
+                        return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); };
+  const texts = [...root.querySelectorAll('td, th, pre')].filter(e => e.textContent.trim() && !e.querySelector('span[style*=background]'));
+  return texts.length ? Math.min(...texts.map(ratio)) : 0;
+}"""
+
+
+def readable(dashboard) -> float:
+    return dashboard.evaluate(CONTRAST)
 
 
 def check_exported_notebook(browser, lab: Path) -> None:
@@ -117,6 +138,16 @@ def check_dashboard(page) -> None:
                        "option.parentElement.dispatchEvent(new Event('change', {bubbles: true})); }")
     page.wait_for_selector(".arnb-dashboard :text('Log tail')", timeout=WAIT_MS)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert readable(dashboard) >= 4.5, readable(dashboard)
+
+    # The same dashboard in JupyterLab's dark theme: the table, header and log take the page's colours
+    page.click("div.lm-MenuBar-itemLabel:text-is('Settings')")
+    page.hover("div.lm-Menu-itemLabel:text-is('Theme')")
+    page.click("div.lm-Menu-itemLabel:text-is('JupyterLab Dark')")
+    page.wait_for_selector("body[data-jp-theme-light='false']", state="attached", timeout=UI_MS)
+    page.wait_for_timeout(1000)  # the theme's stylesheet settles
+    assert readable(dashboard) >= 4.5, readable(dashboard)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-dark.png"), full_page=True)
 
     # Stop from the browser ends the run; the buttons say so.
     dashboard.locator("button:has-text('Stop')").click()

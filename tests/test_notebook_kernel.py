@@ -140,7 +140,7 @@ def test_a_run_in_a_real_kernel_survives_a_restart(tmp_path):
 
     # The dashboard's state is saved in the notebook: table rows, header, buttons, chart.
     models = widget_models(nb)
-    tables = [m["state"] for m in models if m["state"].get("_model_name") == "SelectModel"]
+    tables = [m["state"] for m in models if m["state"].get("_model_name") == "DropdownModel"]
     assert tables and max(len(t.get("_options_labels", [])) for t in tables) == len(rows)
     final = max(tables, key=lambda t: len(t.get("_options_labels", [])))
     assert "baseline" in final["_options_labels"][-1]

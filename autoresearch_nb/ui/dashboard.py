@@ -26,7 +26,6 @@ ENDED_STATES = ("stopped", "finished", "error")
 # core widget's inner <select> without a custom widget (which Colab would not load).
 TABLE_STYLE = ("<style>.arnb-table select{font-family:ui-monospace,Menlo,Consolas,monospace;"
                "font-size:12px;}</style>")
-TABLE_ROWS = 10
 # The loss curve is the costliest redraw (~60 ms of CPU); every 2 s is live enough.
 LOSS_EVERY_S = 2.0
 
@@ -156,8 +155,9 @@ class Dashboard:
         self.stop_button.on_click(self._stop_clicked)
         self.pause_button.on_click(self._pause_clicked)
         self.message = widgets.HTML()
-        self.table = widgets.Select(options=[], rows=TABLE_ROWS,
-                                    layout=widgets.Layout(width="98%"))
+        # a compact chooser under the table (an HTML table cannot call back into the kernel)
+        self.table = widgets.Dropdown(options=[], value=None, description="details of",
+                                      layout=widgets.Layout(width="min(98%, 900px)"))
         self.table.add_class("arnb-table")
         self.table.observe(self._row_chosen, names="value")
         self.table_header = widgets.HTML()
@@ -176,7 +176,7 @@ class Dashboard:
 
     @staticmethod
     def _placeholder(text: str) -> str:
-        return f'<div style="color:#57606a;font-style:italic;">{html.escape(text)}</div>'
+        return f'<div style="opacity:0.7;font-style:italic;">{html.escape(text)}</div>'
 
     # -- events (loop thread) ----------------------------------------------------------------
     def handle(self, event) -> None:
@@ -220,7 +220,7 @@ class Dashboard:
                 current = dict(self.view.current) if self.view.current else None
                 if current:
                     current["losses"] = list(current.get("losses") or [])
-                lanes = {name: dict(lane) for name, lane in self.view.lanes.items()}
+                lanes = {name: dict(lane, curve=list(lane.get("curve") or [])) for name, lane in self.view.lanes.items()}
                 queue = dict(self.view.queue)
                 state, message = self.view.state, self.view.message
             self.renders += 1
@@ -229,7 +229,7 @@ class Dashboard:
                 if "rows" in dirty:
                     self._render_rows(rows)
                 if "current" in dirty or "rows" in dirty:
-                    self._render_current(current, state)
+                    self._render_current(current, state, lanes)
                     self._render_lanes(lanes, queue, info)
                 if "state" in dirty or "header" in dirty:
                     self._render_state(state, message)
@@ -250,7 +250,7 @@ class Dashboard:
     def _render_rows(self, rows: list[dict]) -> None:
         self.chart.value = progress_chart_png(rows, metric=self.metric, direction=self.direction,
                                               width=7.0, height=3.2, dpi=80)
-        options = [(f"{table_line(row, self.metric, width=140)}", row.get("index"))
+        options = [(f"{table_line(row, self.metric, width=110)}", row.get("index"))
                    for row in reversed(rows)]
         chosen = self.table.value
         self._syncing_thread = threading.get_ident()
@@ -267,10 +267,10 @@ class Dashboard:
                                if table else "")
         kept = sum(1 for row in rows if row.get("status") == "keep" and row.get("role") == "experiment")
         self.table_header.value = (f'<div style="font-size:13px;margin-top:6px;"><b>Experiments</b>'
-                                   f' ({count(len(rows), "run")}, {count(kept, "change kept")}) — latest first; choose one in the list '
-                                   f'below the table for its diff, rationale and log</div>')
+                                   f' ({count(len(rows), "run")}, {count(kept, "change kept")}) — latest first; choose one under '
+                                   f'the table for its diff, rationale and log</div>')
 
-    def _render_current(self, current: dict | None, state: str) -> None:
+    def _render_current(self, current: dict | None, state: str, lanes: dict | None = None) -> None:
         if not current:
             self.current_title.value = self._placeholder(
                 "no experiment running" if state in ENDED_STATES else "between experiments")
@@ -296,16 +296,19 @@ class Dashboard:
             label += f" · {duration(elapsed, compact=True)}" + (f" / {duration(budget, compact=True)}" if budget else "")
         self.progress_label.value = label
         losses = current["losses"]
+        # one curve per worker's run, each against the best at the same share of the budget
+        runs = [(name, lane["curve"]) for name, lane in sorted((lanes or {}).items()) if lane.get("curve")]
+        drawn = len(losses) + sum(len(curve) for _, curve in runs)
         now = time.monotonic()
-        if len(losses) != self._drawn_losses and now - self._loss_drawn_at >= LOSS_EVERY_S:
+        if drawn != self._drawn_losses and now - self._loss_drawn_at >= LOSS_EVERY_S:
             best = facts.best_row(self.view.rows) or {}
-            if best.get("curve") and current.get("curve") and best.get("index") != current.get("index"):
+            if best.get("curve") and runs and best.get("index") != current.get("index"):
                 # within a minute a person sees whether a change is going anywhere
-                self.loss.value = loss_against_best_png(current["curve"], best["curve"], best.get("index"))
+                self.loss.value = loss_against_best_png(runs, best["curve"], best.get("index"))
             else:
                 self.loss.value = loss_curve_png(losses)
-            self._drawn_losses, self._loss_drawn_at = len(losses), now
-        elif len(losses) != self._drawn_losses:
+            self._drawn_losses, self._loss_drawn_at = drawn, now
+        elif drawn != self._drawn_losses:
             with self._lock:  # not drawn this time: keep it dirty so a later render draws it
                 self._dirty.add("current")
                 self._schedule_locked()
@@ -324,7 +327,7 @@ class Dashboard:
                          f'<span style="display:block;width:{progress * 100:.0f}%;height:8px;background:#54aeff;">'
                          f'</span></span> {progress:.0%} · {html.escape(str(lane.get("description", "")))}{role}</div>')
         if not lanes:
-            cells.append('<div style="font-size:12px;color:#57606a;">no worker busy</div>')
+            cells.append('<div style="font-size:12px;opacity:0.7;">no worker busy</div>')
         waiting = list(queue.get("waiting") or [])
         parts = [f"{len(waiting)} waiting for a worker"] if waiting else []
         if queue.get("drafts"):
@@ -332,7 +335,7 @@ class Dashboard:
         if queue.get("parked"):
             parts.append(f"{queue['parked']} judged once the best is measured")
         if parts:
-            cells.append(f'<div style="font-size:12px;color:#57606a;">queue: {html.escape(", ".join(parts))}</div>')
+            cells.append(f'<div style="font-size:12px;opacity:0.7;">queue: {html.escape(", ".join(parts))}</div>')
         self.lanes.value = '<div style="margin:4px 0;">' + "".join(cells) + "</div>"
 
     def _render_state(self, state: str, message: str) -> None:
@@ -344,7 +347,7 @@ class Dashboard:
         self.pause_button.description = "Resume" if paused else "Pause"
         self.pause_button.icon = "play" if paused else "pause"
         shown = html.escape(message) if message else ""
-        self.message.value = f'<span style="margin-left:8px;color:#57606a;">{shown}</span>'
+        self.message.value = f'<span style="margin-left:8px;opacity:0.7;">{shown}</span>'
 
     # -- the person's actions (kernel main thread) -------------------------------------------
     def _stop_clicked(self, _button) -> None:
@@ -414,7 +417,7 @@ def experiment_html(row: dict, diff: str, log_tail: str, metric: str = "val_bpb"
     parts = [f'<div style="font-size:13px;"><b>#{html.escape(number)}</b> '
              f'<span style="color:{colour};font-weight:bold;">{html.escape(word)}</span>'
              f' · {html.escape(metric)} {html.escape(value)} · {html.escape(description)}</div>']
-    parts += [f'<div style="font-size:12px;color:#57606a;">{html.escape(line)}</div>' for line in outcome_lines(row)]
+    parts += [f'<div style="font-size:12px;opacity:0.7;">{html.escape(line)}</div>' for line in outcome_lines(row)]
     if row.get("rationale"):
         parts.append('<div style="font-size:12px;margin-top:4px;"><b>Rationale</b><br>'
                      + html.escape(str(row["rationale"])).replace("\n", "<br>") + "</div>")

@@ -31,7 +31,7 @@ def line_kind(line: str) -> str:
 def diff_html(diff: str, max_height: str = "28em") -> str:
     """Each line escaped and coloured by what it is: added, removed, hunk header, file header."""
     if not diff.strip():
-        return '<div style="color:#57606a;font-style:italic;">no changes</div>'
+        return '<div style="opacity:0.7;font-style:italic;">no changes</div>'
     spans = [f'<span style="{STYLES[line_kind(line)]}">{html.escape(line) or " "}</span>'
              for line in diff.rstrip("\n").split("\n")]
     return f'<pre class="arnb-diff" style="{BOX.format(height=max_height)}">' + "\n".join(spans) + "</pre>"

@@ -37,21 +37,31 @@ def loss_curve_png(losses: list[tuple[int, float]], title: str = "", width: floa
     return figure_png(fig)
 
 
-def loss_against_best_png(curve: list[tuple[float, float]], best: list[tuple[float, float]], best_index=None,
-                          width: float = 4.5, height: float = 2.4, dpi: int = 72) -> bytes:
-    """The run under way against the best's run, both by share of the budget: ahead or behind at a glance."""
+RUN_COLOURS = (LINE, "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
+
+
+def loss_against_best_png(runs: list[tuple[str, list[tuple[float, float]]]], best: list[tuple[float, float]],
+                          best_index=None, width: float = 4.5, height: float = 2.4, dpi: int = 72) -> bytes:
+    """The runs under way (one per worker, each `(name, curve)`) against the best's run, all by share of
+    the budget: ahead or behind at a glance."""
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     xs, ys = zip(*[(100.0 * p, loss) for p, loss in best])
     ax.plot(xs, ys, color=BEST, linewidth=1.2, label=f"the best (#{best_index})" if best_index is not None else "the best")
-    xs, ys = zip(*[(100.0 * p, float(loss)) for p, loss in curve])
-    ax.plot(xs, ys, color=LINE, linewidth=1.4, label="this run")
-    here = curve[-1][0]
-    then = [loss for p, loss in best if p <= here]
-    title = f"{100 * here:.0f}%: loss {float(curve[-1][1]):.4f}"
-    if then:
-        title += f" (the best at this point {then[-1]:.4f})"
+    for (name, curve), colour in zip(runs, RUN_COLOURS * (1 + len(runs) // len(RUN_COLOURS))):
+        xs, ys = zip(*[(100.0 * p, float(loss)) for p, loss in curve])
+        label = "this run" if len(runs) == 1 else f"{name}: {100 * curve[-1][0]:.0f}%, {float(curve[-1][1]):.3f}"
+        ax.plot(xs, ys, color=colour, linewidth=1.4, label=label)
+    if len(runs) == 1:
+        curve = runs[0][1]
+        here = curve[-1][0]
+        then = [loss for p, loss in best if p <= here]
+        title = f"{100 * here:.0f}%: loss {float(curve[-1][1]):.4f}"
+        if then:
+            title += f" (the best at this point {then[-1]:.4f})"
+    else:
+        title = f"{len(runs)} runs under way against the best"
     ax.set_title(title, fontsize=9)
     ax.set_xlim(0, 100)
     ax.set_xlabel("% of the budget", fontsize=8)
