@@ -241,9 +241,9 @@ def test_kill_9_of_a_two_worker_ray_night_then_resume(tiny_lab, tmp_path):
     token = a_token()
     lab = Lab.open(tiny_lab)
     with ray_cluster(token) as address:
-        # the 7th row: past the baseline's measurements, where both workers have experiments under way
+        # right after the 6th run went to a Ray worker: past the baseline's measurements, a run surely under way
         start = ("--ray", address, "--workers", "2", "--budget", "2", "--max-experiments", "10", "--tag", "r")
-        done = cli("run", "--lab", str(tiny_lab), *start, env={**token, "AUTORESEARCH_CRASHPOINT": "after_append:7"},
+        done = cli("run", "--lab", str(tiny_lab), *start, env={**token, "AUTORESEARCH_CRASHPOINT": "after_start:6"},
                    timeout=900)
         assert done.returncode == -signal.SIGKILL, done.stdout + done.stderr
         before = lab.rows()

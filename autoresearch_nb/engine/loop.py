@@ -307,8 +307,12 @@ class ResearchLoop(Scheduling):
                 self.state.save(self.lab)
         elif kind == "result":
             track = self._track_of_job(event[1])
-            if track is not None:
-                return self._result(track, event[2])
+            try:
+                if track is not None:
+                    return self._result(track, event[2])
+            finally:
+                if hasattr(self.pool, "settled"):  # --overlap: the worker's next run may start its clock
+                    self.pool.settled(event[1])
         elif kind == "lost":  # a remote worker died: its job goes back in the queue, once
             track = self._track_of_job(event[1])
             if track is not None:

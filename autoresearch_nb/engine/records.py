@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..run import sandbox
 from ..run.disturbance import others_load
-from ..judge.facts import CANDIDATE_ROLES
+from ..judge.facts import CANDIDATE_ROLES, run_duty
 from ..lab.ledger import now_iso
 from ..run.runner import RunResult
 
@@ -89,14 +89,14 @@ def result_fields(result: RunResult, metric: str = "val_bpb") -> dict:
         fields.update(kind=result.kind, reason=result.reason, tail=result.tail[-2000:], **{metric: None})
     if result.timings:
         fields["harness"] = dict(result.timings)  # startup, export, evaluation: the cost of the boundary
-        own_wall = result.wall_seconds - float(result.timings.get("overlap_s") or 0.0)
-        if result.timings.get("training_s") and own_wall > 0:  # this run's duty cycle (facts.duty)
-            fields["duty"] = round(min(1.0, result.timings["training_s"] / own_wall), 3)
     if result.span:
         fields["span"] = dict(result.span)
     if result.ok:
         fields["others_load"] = others_load(result.steps)  # runs are paired by seed only beside like load
-    return {**fields, "run_wall_s": round(result.wall_seconds, 2)}
+    fields["run_wall_s"] = round(result.wall_seconds, 2)
+    if run_duty(fields) is not None:
+        fields["duty"] = run_duty(fields)
+    return fields
 
 
 def seal(row: dict) -> dict:

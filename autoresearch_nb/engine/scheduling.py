@@ -143,6 +143,7 @@ class Scheduling:
                       on_step=lambda step, j=job: self.bus.emit("step", index=j.id, job=j.id, worker=j.worker, **step),
                       # on the worker's thread right after the spawn: who the pid is, before the number can change hands
                       on_start=lambda pid, j=job: self.events.put(("started", j.id, pid, proctime.identity(pid))))
+        crashpoint("after_start")  # handed to its worker, whichever kind (a Ray worker tells no pid)
         confirming = track.role == "experiment" and track.values
         self.bus.emit("experiment_started", index=job.id, job=job.id, worker=job.worker,
                       description=f"confirm: {track.description}" if confirming else track.description,

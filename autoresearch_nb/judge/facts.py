@@ -297,6 +297,17 @@ DUTY_PHASES = ("startup_s", "training_s", "export_s", "evaluate_s", "overlap_s")
 NIGHT_GAP_S = 600.0  # a gap between runs longer than this is a stop between sessions, not idle time
 
 
+def own_wall(row: dict) -> float:
+    """A run's wall seconds less those it spent beside the last run's evaluation (`overlap_s`)."""
+    return max(1e-9, float(row["run_wall_s"]) - float((row.get("harness") or {}).get("overlap_s") or 0.0))
+
+
+def run_duty(row: dict) -> float | None:
+    """One run's duty cycle: the harness's training seconds over its own wall time; None untimed."""
+    training = (row.get("harness") or {}).get("training_s")
+    return round(min(1.0, float(training) / own_wall(row)), 3) if training and row.get("run_wall_s") else None
+
+
 def duty(rows: list[dict], workers: int = 1) -> dict | None:
     """The duty cycle: training seconds over wall seconds. `per_run` is the median over runs of the
     harness's training time over the run's own wall time (less what went on beside the last run's
@@ -312,9 +323,8 @@ def duty(rows: list[dict], workers: int = 1) -> dict | None:
         return None
     wall = active_seconds(research, NIGHT_GAP_S) * max(1, int(workers or 1))
     phases = {phase: sum(float(r["harness"].get(phase) or 0.0) for r in timed) for phase in DUTY_PHASES}
-    own = {id(r): max(1e-9, float(r["run_wall_s"]) - float(r["harness"].get("overlap_s") or 0.0)) for r in timed}
-    phases["between_s"] = max(0.0, wall - sum(own.values()))
-    per_run = statistics.median(min(1.0, float(r["harness"]["training_s"]) / own[id(r)]) for r in timed)
+    phases["between_s"] = max(0.0, wall - sum(own_wall(r) for r in timed))
+    per_run = statistics.median(run_duty(r) for r in timed)
     return {"per_run": per_run, "night": min(1.0, phases["training_s"] / wall) if wall else None,
             "phases": phases, "a_run": {name: seconds / len(timed) for name, seconds in phases.items()},
             "runs": len(timed), "wall_s": wall,

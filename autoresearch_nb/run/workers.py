@@ -20,6 +20,8 @@ from . import boundary, sandbox
 from .runner import RunResult, Runner, clean_environment
 from ..lab.worktrees import Worktrees
 
+SETTLE_WAIT_S = 30.0  # the longest a run's clock waits for the coordinator to record the run before it
+
 
 def timeout_for(budget: float, profile: str, allowance: float | None = None, clock: str = "wall") -> float:
     """Hard limit of one run: the budget (three times over on the cpu clock, which a starved process
@@ -84,7 +86,8 @@ class LocalPool:
         self.overlap = overlap
         self.events = self.lab = self.options = self.worktrees = None
         self._runners: dict[int, Runner] = {}        # by job id: a slot may hold one training, others evaluating
-        self._ended: dict[int, list[threading.Event]] = {}  # by slot: set as each of its runs ends
+        self._ended: dict[int, list[threading.Event]] = {}  # by slot: set as each of its runs is settled
+        self._unsettled: dict[int, threading.Event] = {}       # by job id: ended, its result not yet recorded
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
 
@@ -138,15 +141,27 @@ class LocalPool:
                 result = runner.run()
             except Exception as error:  # the harness's own failure is recorded as the run's
                 result = RunResult(False, "exception", f"the harness failed to run it: {type(error).__name__}: {error}")
-            finally:
-                ended.set()
             with self._lock:
                 self._runners.pop(job.id, None)
+                self._unsettled[job.id] = ended
             self.events.put(("result", job.id, result))
+            # the coordinator says settled() once the result is recorded; should it never, the next run waits no longer
+            fallback = threading.Timer(SETTLE_WAIT_S, ended.set)
+            fallback.daemon = True
+            fallback.start()
 
         thread = threading.Thread(target=work, name=f"autoresearch-worker-{slot}", daemon=True)
         self._threads.append(thread)
         thread.start()
+
+    def settled(self, job_id: int) -> None:
+        """The coordinator has recorded `job_id`'s result (judged, committed or reverted): the next run on
+        its worker may start its training clock. Its bookkeeping would otherwise share the CPU with that
+        run's timed training, which a run started after it (without --overlap) never does."""
+        with self._lock:
+            ended = self._unsettled.pop(job_id, None)
+        if ended is not None:
+            ended.set()
 
     def stop_all(self) -> None:
         with self._lock:
