@@ -430,8 +430,10 @@ class Runner:
         facts["training_seconds"] = round(training_seconds, 1)
         facts["total_seconds"] = round(wall, 1)
         if self.startup_limit is not None and startup > self.startup_limit:
+            compiling = " (compiling on the CPU needs more: set \"startup_allowance\" in .autoresearch/config.json)" \
+                if self._cpu_clock else ""
             return RunResult(False, "budget", f"worked {startup:.1f}s before the training clock started (the "
-                             f"limit is {self.startup_limit:.0f}s): start the clock before training",
+                             f"limit is {self.startup_limit:.0f}s): start the clock before training{compiling}",
                              facts, returncode, wall, tail_text, steps, self.timings)
         if training_seconds > budget_limit(self.budget, facts):
             return RunResult(False, "budget", f"trained {training_seconds:.1f}s against a {self.budget:.0f}s "
