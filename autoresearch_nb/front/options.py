@@ -64,8 +64,8 @@ RUN = (
     Option("--depth", "proposals the agent drafts ahead while experiments train (0: one after another)",
            type=int, default=1, metavar="N"),
     Option("--overlap", "a worker's next run starts up while its last is evaluated, its training clock waiting "
-           "until that has ended (off by default: on the CPU it cost the runs that followed about 4%% of "
-           "their training speed and shortened nothing; not yet measured on a GPU; docs/lab.md)", switch=True),
+           "until that has ended and been recorded (off by default: on the CPU its cost was too small to "
+           "measure and its saving 2%% of the night; not yet measured on a GPU; docs/lab.md)", switch=True),
     Option("--ray", "run the workers as Ray actors, one GPU each: auto, or a cluster address "
            "(pip install autoresearch-nb[ray])", metavar="ADDRESS"),
     Option("--hours", "start no run that could not end within H hours (a Colab session's limit)", type=float,

@@ -13,7 +13,7 @@ import git
 
 from ..version import __version__
 from ..errors import LabError
-from .ledger import parse_rows, results_text, row_line
+from .ledger import STATE_DIR, parse_rows, results_text, row_line
 from .recordkeeper import RecordKeeper
 
 LAB_FORMAT = 2  # 2: the model is evaluated apart (config "evaluate"; prepare.py --conditions, --evaluate)
@@ -73,7 +73,7 @@ class Lab:
     # -- paths ------------------------------------------------------------------------------
     @property
     def state_dir(self) -> Path:
-        return self.root / ".autoresearch"
+        return self.root / STATE_DIR
 
     @property
     def config_path(self) -> Path:
@@ -121,7 +121,7 @@ class Lab:
     @classmethod
     def open(cls, path: str | Path = DEFAULT_DIR) -> "Lab":
         root = Path(path).expanduser()
-        config_path = root / ".autoresearch" / "config.json"
+        config_path = root / STATE_DIR / "config.json"
         if not config_path.exists():
             raise LabError(f"no lab at {root}: create one with `autoresearch-nb init {root}`")
         try:
@@ -295,7 +295,7 @@ def init_lab(path: str | Path = DEFAULT_DIR, profile: str = "auto", data: str = 
              budget: float | None = None) -> tuple[Lab, bool]:
     """Create a lab from the template. Returns (lab, created); an existing lab is left untouched."""
     root = Path(path).expanduser()
-    if (root / ".autoresearch" / "config.json").exists():
+    if (root / STATE_DIR / "config.json").exists():
         return Lab.open(root), False
     if root.exists() and any(root.iterdir()):
         raise LabError(f"{root} exists and is not empty: choose a new directory for the lab")

@@ -7,7 +7,8 @@ place a Runner is put together (environment, sandbox, boundary, timeouts) for ev
 
 Overlap: once a job's training process has ended well, the pool says ("trained", job id) and the
 slot takes its next job while the last is evaluated; the new run starts up beside that evaluation
-and its training clock waits (prepare.py's gate) until every earlier run on the slot has ended.
+and its training clock waits (prepare.py's gate) until every earlier run on the slot has ended and
+the coordinator has recorded it (settled()).
 """
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """The running experiment's loss curve, drawn with matplotlib's object API off any thread."""
 from __future__ import annotations
 
+import itertools
+
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -49,7 +51,7 @@ def loss_against_best_png(runs: list[tuple[str, list[tuple[float, float]]]], bes
     ax = fig.add_subplot(1, 1, 1)
     xs, ys = zip(*[(100.0 * p, loss) for p, loss in best])
     ax.plot(xs, ys, color=BEST, linewidth=1.2, label=f"the best (#{best_index})" if best_index is not None else "the best")
-    for (name, curve), colour in zip(runs, RUN_COLOURS * (1 + len(runs) // len(RUN_COLOURS))):
+    for (name, curve), colour in zip(runs, itertools.cycle(RUN_COLOURS)):
         xs, ys = zip(*[(100.0 * p, float(loss)) for p, loss in curve])
         label = "this run" if len(runs) == 1 else f"{name}: {100 * curve[-1][0]:.0f}%, {float(curve[-1][1]):.3f}"
         ax.plot(xs, ys, color=colour, linewidth=1.4, label=label)
