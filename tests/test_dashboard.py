@@ -5,7 +5,7 @@ import threading
 import time
 
 from autoresearch_nb.engine.events import EventBus
-from autoresearch_nb.ui.dashboard import Dashboard, RunView, experiment_html
+from autoresearch_nb.ui.dashboard import LOSS_EVERY_S, Dashboard, RunView, experiment_html
 from autoresearch_nb.ui.diffview import diff_html, diff_stats
 from autoresearch_nb.ui.loss_curve import loss_against_best_png, loss_curve_png
 from autoresearch_nb.ui.text import experiment_text, status_text, summarize
@@ -119,7 +119,7 @@ def test_current_experiment_shows_description_progress_and_loss_curve():
     assert dashboard.progress.value == 0.5
     assert "50% of the budget" in dashboard.progress_label.value and "/ 8s" in dashboard.progress_label.value
     assert same_picture(bytes(dashboard.loss.value), expected_curve), (
-        dashboard.render_error, dashboard.renders, dashboard._drawn_losses, dashboard._dirty)
+        dashboard.render_error, dashboard.renders, dashboard._loss_shown, dashboard._dirty)
     assert not dashboard.stop_button.disabled
 
 
@@ -299,9 +299,35 @@ def test_the_run_under_way_is_drawn_against_the_best_run_at_the_same_share_of_th
     while not same_picture(bytes(dashboard.loss.value), expected) and time.monotonic() < deadline:
         time.sleep(0.1)
     settle(dashboard)
-    assert same_picture(bytes(dashboard.loss.value), expected), (dashboard.render_error, dashboard._drawn_losses)
+    assert same_picture(bytes(dashboard.loss.value), expected), (dashboard.render_error, dashboard._loss_shown)
     # the plain step curve (no best to compare with) is another picture: the comparison was drawn
     assert not same_picture(bytes(dashboard.loss.value), plain)
+
+
+def test_a_new_run_with_as_many_points_as_the_last_picture_is_still_drawn():
+    # CI once caught the dashboard's timer drawing the baseline at its fourth step, then never again:
+    # the next run's fourth step made as many points, so the old picture stayed. Rendered here by hand
+    # (the timer held off) at exactly those two moments.
+    best_curve = [(i / 10, 3.5 - 0.1 * i) for i in range(11)]
+    steps = [(step, 3.6 - 0.05 * step, step / 10) for step in range(4)]
+    expected = loss_against_best_png([("w0", [(p, loss) for _, loss, p in steps])], best_curve, 0)
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=3600)
+    bus.subscribe(dashboard.handle)
+    emit_run(bus, rows=[], finish=False)
+    bus.emit("experiment_started", index=0, description="baseline", role="baseline", budget=8, commit="abc")
+    for step, loss, progress in steps:  # the baseline's first four steps
+        bus.emit("step", index=0, step=step, loss=loss + 0.3, lr=0.02, tok_s=900.0, progress=progress, elapsed=1.0)
+    dashboard.render()
+    baseline_picture = bytes(dashboard.loss.value)
+    bus.emit("experiment_finished", row=dict(ROWS[0], curve=best_curve))
+    bus.emit("experiment_started", index=1, description="try a wider MLP", role="experiment", budget=8, commit="abd")
+    for step, loss, progress in steps:
+        bus.emit("step", index=1, step=step, loss=loss, lr=0.02, tok_s=900.0, progress=progress, elapsed=1.0)
+    time.sleep(LOSS_EVERY_S + 0.1)
+    dashboard.render()
+    assert not same_picture(bytes(dashboard.loss.value), baseline_picture)
+    assert same_picture(bytes(dashboard.loss.value), expected), dashboard.render_error
 
 
 def test_with_several_workers_each_run_under_way_is_drawn_against_the_best():

@@ -130,7 +130,7 @@ class Dashboard:
         self._dirty = {"header", "rows", "current", "state"}
         self._timer: threading.Timer | None = None
         self._last_render = 0.0
-        self._drawn_losses = -1
+        self._loss_shown = None    # what the loss picture shows (the run, the best, its points)
         self._loss_drawn_at = 0.0
         self._syncing_thread: int | None = None
         self.renders = 0
@@ -276,9 +276,9 @@ class Dashboard:
                 "no experiment running" if state in ENDED_STATES else "between experiments")
             self.progress.value = 0.0
             self.progress_label.value = ""
-            if self._drawn_losses != 0:
+            if self._loss_shown != "placeholder":
                 self.loss.value = loss_curve_png([], title="training loss")
-                self._drawn_losses = 0
+                self._loss_shown = "placeholder"
             return
         description = current.get("description") or "the agent is proposing…"
         role = current.get("role")
@@ -298,17 +298,20 @@ class Dashboard:
         losses = current["losses"]
         # one curve per worker's run, each against the best at the same share of the budget
         runs = [(name, lane["curve"]) for name, lane in sorted((lanes or {}).items()) if lane.get("curve")]
-        drawn = len(losses) + sum(len(curve) for _, curve in runs)
+        best = facts.best_row(self.view.rows) or {}
+        # what the picture shows, not only how many points: a new run (or a new best) with as many
+        # points as the last picture must still be drawn
+        drawn = (current.get("job"), current.get("index"), best.get("index"), len(losses),
+                 tuple((name, len(curve)) for name, curve in runs))
         now = time.monotonic()
-        if drawn != self._drawn_losses and now - self._loss_drawn_at >= LOSS_EVERY_S:
-            best = facts.best_row(self.view.rows) or {}
+        if drawn != self._loss_shown and now - self._loss_drawn_at >= LOSS_EVERY_S:
             if best.get("curve") and runs and best.get("index") != current.get("index"):
                 # within a minute a person sees whether a change is going anywhere
                 self.loss.value = loss_against_best_png(runs, best["curve"], best.get("index"))
             else:
                 self.loss.value = loss_curve_png(losses)
-            self._drawn_losses, self._loss_drawn_at = drawn, now
-        elif drawn != self._drawn_losses:
+            self._loss_shown, self._loss_drawn_at = drawn, now
+        elif drawn != self._loss_shown:
             with self._lock:  # not drawn this time: keep it dirty so a later render draws it
                 self._dirty.add("current")
                 self._schedule_locked()
