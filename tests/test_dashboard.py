@@ -136,9 +136,14 @@ def test_choosing_an_experiment_shows_its_diff_rationale_and_log_and_survives_ne
     emit_run(bus, rows=ROWS[:3], finish=False)
     settle(dashboard)
 
-    dashboard.table.value = 2  # what a click in the browser does
+    # the table's rows, newest first; a click on a row's number shows that experiment
+    assert [button.description for button in dashboard.grid.buttons[:3]] == ["#2", "#1", "#0"]
+    assert "double the learning rate" in dashboard.grid.cells[0].value and "2.0000" in dashboard.grid.cells[2].value
+    assert dashboard.grid.lines[3].layout.display == "none"
+    dashboard.grid.buttons[0].click()
     detail = dashboard.detail.value
-    assert asked == [2]
+    assert asked == [2] and dashboard.table.value == 2
+    assert dashboard.grid.buttons[0].button_style == "info" and dashboard.grid.buttons[1].button_style == ""
     assert "why 2" in detail and "experiment 2" in detail
     assert "background:#e6ffec" in detail and "LEARNING_RATE = 0.04  # &lt;faster&gt;" in detail
 
@@ -147,6 +152,28 @@ def test_choosing_an_experiment_shows_its_diff_rationale_and_log_and_survives_ne
     assert dashboard.table.options[0][1] == 3
     assert dashboard.table.value == 2, "a new row must not move the person's choice"
     assert asked == [2], "re-rendering the table must not fetch details again"
+    assert dashboard.grid.buttons[1].description == "#2" and dashboard.grid.buttons[1].button_style == "info"
+    dashboard.grid.buttons[1].click()  # the same experiment again: its details fetched afresh
+    assert asked == [2, 2]
+    dashboard.table.value = 0  # the chooser under the table reaches every experiment
+    assert asked == [2, 2, 0] and dashboard.grid.buttons[3].button_style == "info"
+
+
+def test_past_the_tables_rows_the_older_experiments_are_in_the_chooser():
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=0.05, details=lambda index: ("", f"log of {index}"))
+    bus.subscribe(dashboard.handle)
+    rows = [row(0, "keep", 2.0, "baseline", role="baseline")] + [
+        row(i, "discard", 2.0 + i / 1000, f"change {i}") for i in range(1, 20)]
+    emit_run(bus, rows=rows, steps=1, finish=False)
+    settle(dashboard)
+    limit = dashboard.grid.limit
+    assert [button.description for button in dashboard.grid.buttons] == [f"#{19 - k}" for k in range(limit)]
+    assert f"{20 - limit} earlier" in dashboard.grid.more.value
+    assert len(dashboard.table.options) == 20
+    dashboard.table.value = 1
+    assert "log of 1" in dashboard.detail.value
+    assert all(button.button_style == "" for button in dashboard.grid.buttons)
 
 
 def test_stop_and_pause_buttons_call_the_session():

@@ -16,7 +16,8 @@ import ipywidgets as widgets
 from .chart import progress_chart_png
 from .diffview import diff_html
 from .loss_curve import loss_against_best_png, loss_curve_png
-from .table import log_html, table_html
+from .rowtable import ExperimentTable
+from .table import log_html
 from ..judge import facts
 from ..lab.words import STATUS_COLOURS, STATUS_WORDS, count, duration
 from .text import header_lines, measured_text, outcome_lines, row_cells, summarize, table_line
@@ -155,13 +156,13 @@ class Dashboard:
         self.stop_button.on_click(self._stop_clicked)
         self.pause_button.on_click(self._pause_clicked)
         self.message = widgets.HTML()
-        # a compact chooser under the table (an HTML table cannot call back into the kernel)
+        # every experiment, the older ones past the table's rows included, in a compact chooser under it
         self.table = widgets.Dropdown(options=[], value=None, description="details of",
                                       layout=widgets.Layout(width="min(98%, 900px)"))
         self.table.add_class("arnb-table")
         self.table.observe(self._row_chosen, names="value")
         self.table_header = widgets.HTML()
-        self.grid = widgets.HTML()  # the experiments as a table; the list below chooses one
+        self.grid = ExperimentTable(on_choose=self.choose)  # a click on a row's number shows its details
         self.detail = widgets.HTML(value=self._placeholder("Choose an experiment to see its "
                                                            "change, rationale and log."))
         self.ablation = widgets.HTML()
@@ -171,7 +172,7 @@ class Dashboard:
         self.widget = widgets.VBox(
             [self.title, self.header, widgets.HBox([self.chart, current]), self.lanes,
              widgets.HBox([self.stop_button, self.pause_button, self.message]),
-             widgets.HTML(TABLE_STYLE), self.table_header, self.grid, self.table, self.ablation, self.detail])
+             widgets.HTML(TABLE_STYLE), self.table_header, self.grid.widget, self.table, self.ablation, self.detail])
         self.widget.add_class("arnb-dashboard")
 
     @staticmethod
@@ -261,14 +262,14 @@ class Dashboard:
             self.table.value = chosen if chosen in values else None
         finally:
             self._syncing_thread = None
-        self.grid.value = table_html(rows, self.metric)
+        self.grid.update(rows, self.metric, chosen=self.table.value)
         table = measured_text(rows, self.metric, self.direction)
         self.ablation.value = (f'<pre style="font-size:12px;margin:4px 0;">{html.escape(table)}</pre>'
                                if table else "")
         kept = sum(1 for row in rows if row.get("status") == "keep" and row.get("role") == "experiment")
         self.table_header.value = (f'<div style="font-size:13px;margin-top:6px;"><b>Experiments</b>'
-                                   f' ({count(len(rows), "run")}, {count(kept, "change kept")}) — latest first; choose one under '
-                                   f'the table for its diff, rationale and log</div>')
+                                   f' ({count(len(rows), "run")}, {count(kept, "change kept")}) — latest first; click a number for its '
+                                   f'diff, rationale and log</div>')
 
     def _render_current(self, current: dict | None, state: str, lanes: dict | None = None) -> None:
         if not current:
@@ -372,7 +373,16 @@ class Dashboard:
     def _row_chosen(self, change) -> None:
         if self._syncing_thread == threading.get_ident():
             return
+        self.grid.mark(change["new"])
         self.show_detail(change["new"])
+
+    def choose(self, index: int) -> None:
+        """What a click on a row's number does: that experiment in the chooser and the detail pane."""
+        if self.table.value == index or index not in [value for _, value in self.table.options]:
+            self.grid.mark(index)
+            self.show_detail(index)
+        else:
+            self.table.value = index
 
     def show_detail(self, index: int | None) -> None:
         """Fill the detail pane with one experiment: metrics, rationale, diff, log tail."""

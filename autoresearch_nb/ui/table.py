@@ -20,9 +20,14 @@ def badge(status: str, role: str | None = None) -> str:
             f'font-size:11px;white-space:nowrap;">{html.escape(word)}</span>')
 
 
-def table_html(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> str:
-    """The newest `limit` experiments as a table: number, status, value (± its code's interval where the
-    code ran more than once), the change against the best before it, description, worker, time."""
+# fixed widths, so each row (its own widget, to be clickable) lines up with the header and the others
+COLUMNS = (("status", 124), (None, 72), ("vs best", 72), ("description", 420), ("worker", 68), ("time", 56))
+CELL = LINE + "overflow:hidden;text-overflow:ellipsis;white-space:nowrap;"
+
+
+def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> list[tuple[int, list[str]]]:
+    """The newest `limit` experiments, newest first, as (number, cells): status, value, the change against
+    the best before it, description, worker, time."""
     research = [r for r in rows if facts.segment_of(r) >= 0]
     best_after = dict(facts.running_best(research, metric))
     before: dict = {}
@@ -30,26 +35,32 @@ def table_html(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> st
     for row in research:
         before[row.get("index")] = best
         best = best_after.get(row.get("index"), best)
-    shown = list(reversed(rows))[:limit]
-    head = "".join(f'<th style="{LINE}">{name}</th>' for name in
-                   ("#", "status", html.escape(metric), "vs best", "description", "worker", "time"))
-    body = []
-    for row in shown:
+    shown = []
+    for row in list(reversed(rows))[:limit]:
         value = facts.value(row, metric)
         if value is None and row.get("status") == "disturbed" and isinstance(row.get(metric), (int, float)):
             value = float(row[metric])
         reference = before.get(row.get("index"))
         delta = "" if value is None or reference is None or facts.segment_of(row) < 0 else f"{value - reference:+.4f}"
         seconds = (row.get("timings") or {}).get("total_s")
-        cells = [str(row.get("index", "")), badge(row.get("status", ""), row.get("role")),
-                 "" if value is None else f"{value:.4f}", delta,
-                 html.escape(" ".join(str(row.get("description", "")).split())[:90]),
-                 html.escape(str(row.get("worker") or "").split(" ")[0]),
-                 "" if not seconds else duration(float(seconds), compact=True)]
-        body.append("<tr>" + "".join(f'<td style="{LINE}">{cell}</td>' for cell in cells) + "</tr>")
-    more = f'<div style="font-size:11px;opacity:0.7;">… {len(rows) - limit} earlier</div>' if len(rows) > limit else ""
-    return (f'<table style="border-collapse:collapse;font-size:12px;margin:4px 0;color:inherit;">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{more}")
+        shown.append((row.get("index"), [
+            badge(row.get("status", ""), row.get("role")), "" if value is None else f"{value:.4f}", delta,
+            html.escape(" ".join(str(row.get("description", "")).split())[:120]),
+            html.escape(str(row.get("worker") or "").split(" ")[0]),
+            "" if not seconds else duration(float(seconds), compact=True)]))
+    return shown
+
+
+def row_html(cells: list[str], tag: str = "td") -> str:
+    """One line of the table, its columns at their fixed widths."""
+    columns = "".join(f'<col style="width:{width}px">' for _, width in COLUMNS)
+    line = "".join(f'<{tag} style="{CELL}">{cell}</{tag}>' for cell in cells)
+    return (f'<table style="table-layout:fixed;border-collapse:collapse;font-size:12px;margin:0;color:inherit;'
+            f'width:{sum(width for _, width in COLUMNS)}px;"><colgroup>{columns}</colgroup><tr>{line}</tr></table>')
+
+
+def header_html(metric: str = "val_bpb") -> str:
+    return row_html([html.escape(name or metric) for name, _ in COLUMNS], tag="th")
 
 
 def log_html(log_tail: str) -> str:
