@@ -77,6 +77,10 @@ def test_a_run_fills_header_table_chart_and_buttons():
     assert bytes(dashboard.chart.value).startswith(PNG)
     assert dashboard.stop_button.disabled and dashboard.pause_button.disabled
     assert "max experiments reached" in dashboard.message.value
+    # the night is over: no empty progress bar, and the loss picture says no run is under way
+    assert dashboard.progress.layout.visibility == "hidden"
+    assert same_picture(bytes(dashboard.loss.value), loss_curve_png([], title="training loss", empty="no run under way"))
+    assert not same_picture(bytes(dashboard.loss.value), loss_curve_png([], title="training loss"))
 
 
 def same_picture(png: bytes, expected: bytes) -> bool:
@@ -301,6 +305,7 @@ def test_each_worker_has_a_lane_and_the_queue_is_shown():
     bus.emit("step", index=4, job=4, worker="w1", step=3, loss=3.0, progress=0.5, elapsed=2.5)
     bus.emit("queue", waiting=["lr up"], drafts=1, parked=0)
     settle(dashboard)
+    assert dashboard.progress.layout.visibility == "visible"
     lanes = dashboard.lanes.value
     assert "w0" in lanes and "wider mlp" in lanes and "w1" in lanes and "deeper" in lanes and "50%" in lanes
     assert "1 waiting for a worker" in lanes and "1 drafted" in lanes

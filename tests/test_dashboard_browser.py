@@ -154,3 +154,36 @@ def check_dashboard(page) -> None:
     dashboard.locator("button:has-text('Stop')").click()
     page.wait_for_selector(".arnb-dashboard i:text-is('finished')", timeout=WAIT_MS)
     assert dashboard.locator("button:has-text('Stop')").is_disabled()
+
+
+def test_the_dashboard_reads_in_the_classic_notebook(jupyter_lab):
+    """The same dashboard in Jupyter Notebook's own page (Notebook 7, what `jupyter notebook` opens
+    today), served by the same server: table rows, a click on a number, readable text."""
+    from playwright.sync_api import sync_playwright
+
+    root: Path = jupyter_lab.root
+    nbformat.write(notebook(f"%load_ext autoresearch_nb\n%autoresearch start {SHORT_RUN} --max-experiments 3 --tag classic"),
+                   str(root / "classic.ipynb"))
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 1300})
+            page.goto(f"{jupyter_lab.url}/notebooks/classic.ipynb?token={jupyter_lab.token}")
+            try:
+                run_all_cells(page)
+                dashboard = page.locator(".arnb-dashboard")
+                dashboard.wait_for(timeout=UI_MS)
+                numbers = dashboard.locator("button.arnb-row:text-is('#0')")
+                numbers.wait_for(timeout=WAIT_MS)
+                numbers.click()
+                page.wait_for_selector(".arnb-dashboard :text('Log tail')", timeout=WAIT_MS)
+                assert dashboard.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 300")
+                assert readable(dashboard) >= 4.5, readable(dashboard)
+                page.wait_for_selector(".arnb-dashboard i:text-is('finished')", timeout=WAIT_MS)
+                page.screenshot(path=str(ARTIFACTS / "dashboard-notebook.png"), full_page=True)
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / "dashboard-notebook-failure.png"), full_page=True)
+                raise
+        finally:
+            browser.close()

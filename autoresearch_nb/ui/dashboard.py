@@ -276,10 +276,12 @@ class Dashboard:
             self.current_title.value = self._placeholder(
                 "no experiment running" if state in ENDED_STATES else "between experiments")
             self.progress.value = 0.0
+            self.progress.layout.visibility = "hidden"  # no empty bar between runs
             self.progress_label.value = ""
-            if self._loss_shown != "placeholder":
-                self.loss.value = loss_curve_png([], title="training loss")
-                self._loss_shown = "placeholder"
+            placeholder = "no run under way" if state in ENDED_STATES else "waiting for the first step"
+            if self._loss_shown != placeholder:
+                self.loss.value = loss_curve_png([], title="training loss", empty=placeholder)
+                self._loss_shown = placeholder
             return
         description = current.get("description") or "the agent is proposing…"
         role = current.get("role")
@@ -290,6 +292,7 @@ class Dashboard:
                                     f' <span style="opacity:0.6;">(job {job})</span></div>')
         progress = min(1.0, max(0.0, float(current.get("progress") or 0.0)))
         self.progress.value = progress
+        self.progress.layout.visibility = "visible"
         elapsed = current.get("elapsed")
         budget = current.get("budget") or self.view.info.get("budget")
         label = f"{progress:.0%} of the budget"

@@ -15,8 +15,8 @@ BEST = STATUS_COLOURS["keep"]   # the best is drawn in the chart's kept green
 
 
 def loss_curve_png(losses: list[tuple[int, float]], title: str = "", width: float = 4.5,
-                   height: float = 2.4, dpi: int = 72) -> bytes:
-    """PNG bytes of training loss against step; a placeholder until the first step arrives."""
+                   height: float = 2.4, dpi: int = 72, empty: str = "waiting for the first step") -> bytes:
+    """PNG bytes of training loss against step; `empty`'s words until the first step arrives."""
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -26,7 +26,7 @@ def loss_curve_png(losses: list[tuple[int, float]], title: str = "", width: floa
         ax.plot(steps, values, color=LINE, linewidth=1.2)
         ax.set_title(title or f"step {steps[-1]}: loss {values[-1]:.4f}", fontsize=9)
     else:
-        ax.text(0.5, 0.5, "waiting for the first step", ha="center", va="center",
+        ax.text(0.5, 0.5, empty, ha="center", va="center",
                 transform=ax.transAxes, color="#777777", fontsize=9)
         ax.set_title(title or "training loss", fontsize=9)
     ax.set_xlabel("step", fontsize=8)
