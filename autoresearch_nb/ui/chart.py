@@ -7,7 +7,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..judge import facts
 from ..lab.words import STATUS_COLOURS, count
-from .png import figure_png
+from .png import DRAW_LOCK, figure_png
 
 KEPT, DISCARDED, CRASHED, DISTURBED = (STATUS_COLOURS[s] for s in ("keep", "discard", "crash", "disturbed"))
 
@@ -33,8 +33,14 @@ def progress_points(rows: list[dict], metric: str = "val_bpb", direction: str = 
 def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str = "lower",
                        width: float = 9.0, height: float = 4.0, dpi: int = 90,
                        title: str | None = None) -> bytes:
-    """PNG bytes of the chart: discarded grey, kept green, disturbed hollow orange, the value to
-    beat as a step line, kept changes labelled, crashes as red ticks, segment starts dashed."""
+    """PNG bytes of the chart (progress_figure)."""
+    return figure_png(progress_figure(rows, metric, direction, width, height, dpi, title))
+
+
+def progress_figure(rows: list[dict], metric: str = "val_bpb", direction: str = "lower",
+                    width: float = 9.0, height: float = 4.0, dpi: int = 90, title: str | None = None) -> Figure:
+    """The chart, laid out: discarded grey, kept green, disturbed hollow orange, the value to beat as a
+    step line with its interval, kept changes labelled where they fit, crashes as red ticks, segments dashed."""
     fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
@@ -50,14 +56,7 @@ def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str
     if kept:
         ax.scatter([x for x, _, _ in kept], [y for _, y, _ in kept], s=30, color=KEPT,
                    label="kept", zorder=3)
-        labelled = [(x, y, d) for x, y, d in kept if d]
-        for number, (x, y, description) in enumerate(labelled):
-            label = description if len(description) <= 32 else description[:31] + "…"
-            # neighbours alternate above and below their dot, so a long night's labels do not sit on each other
-            above = number % 2 == 0
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 7 if above else -11),
-                        fontsize=7, color="#1d6b1d", rotation=15 if above else -15,
-                        va="bottom" if above else "top")
+    labelled = [(x, y, d) for x, y, d in kept if d]
     if best_line:
         xs, ys, halves = zip(*best_line)
         ax.step(xs, ys, where="post", color=KEPT, linewidth=1.5, label="best (mean of its runs)", zorder=1)
@@ -90,4 +89,41 @@ def progress_chart_png(rows: list[dict], metric: str = "val_bpb", direction: str
     else:
         ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes,
                 color="#777777")
-    return figure_png(fig, tight=True)
+    with DRAW_LOCK:  # laying labels out measures text with matplotlib's shared fonts
+        fig.tight_layout()
+        left_out = place_labels(ax, labelled)
+    if left_out:
+        ax.annotate(f"{count(left_out, 'label')} left out where they would overlap (the table has them)",
+                    (0.0, 0.0), xycoords="figure fraction", xytext=(4, 3), textcoords="offset points",
+                    fontsize=7, color="#777777")
+    return fig
+
+
+# where a kept change's label may go, tried in order: beside its dot to the right, above then below, then
+# to the left, then further out (level text: a rotated label's box is much larger than its words)
+LABEL_SPOTS = [(4, 5, "left", "bottom"), (4, -5, "left", "top"), (-4, 5, "right", "bottom"),
+               (-4, -5, "right", "top"), (4, 16, "left", "bottom"), (4, -16, "left", "top"),
+               (-4, 16, "right", "bottom"), (-4, -16, "right", "top")]
+
+
+def place_labels(ax, labelled: list[tuple[float, float, str]]) -> int:
+    """Label each kept change where its text overlaps no other label and stays inside the figure;
+    a label with no such spot is left out (the count is returned). Call with the layout final."""
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.bbox  # not over the axis labels or the title
+    legend = ax.get_legend()
+    placed, left_out = ([legend.get_window_extent(renderer)] if legend else []), 0
+    for x, y, description in labelled:
+        label = description if len(description) <= 32 else description[:31] + "…"
+        for dx, dy, ha, va in LABEL_SPOTS:
+            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                               color="#1d6b1d", ha=ha, va=va)
+            box = text.get_window_extent(renderer)
+            fits = box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            text.remove()
+        else:
+            left_out += 1
+    return left_out

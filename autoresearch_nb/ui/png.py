@@ -8,7 +8,7 @@ from matplotlib.figure import Figure
 
 # The dashboard draws from a timer thread while the notebook (or another dashboard) may draw too;
 # matplotlib's cached FreeType fonts are not safe to lay out from two threads at once.
-DRAW_LOCK = threading.Lock()
+DRAW_LOCK = threading.RLock()  # re-entered: a chart lays its labels out, then renders
 
 
 def figure_png(fig: Figure, tight: bool = False) -> bytes:
