@@ -129,7 +129,7 @@ def test_hand_lab_exports_a_notebook_with_every_section(hand_lab, tmp_path):
     assert not errors(notebook)
     text = outputs_text(notebook)
     assert "baseline 2.500000 (1 run) → best 2.400000 (1 run) (#2)" in text
-    assert "2 keep, 1 discard, 1 crash" in text
+    assert "2 kept, 1 discarded, 1 crashed" in text
     assert "heuristic baseline" in text and "profile `cpu`" in text
     assert "$0.0123" in text                                   # the cost, from usage rows
     assert "-DEPTH = 4" in text and "+DEPTH = 6" in text        # the kept change's diff

@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 
 from ..judge import facts, ladder
-from ..lab.words import cost_text, count, duration, overflow_text, overlap_text, profile_name
+from ..lab.words import STATUS_WORDS, cost_text, count, duration, overflow_text, overlap_text, profile_name
 from .figures import metric_of, row_seconds, status_counts, time_and_money, wall_time
 
 
@@ -156,8 +156,8 @@ def summary_markdown(record: dict) -> str:
              + (f"; at most {run['max_experiments']} experiments"
                 if run.get("max_experiments") else ""),
              f"- **Runs**: {len(rows)}, {count(found['changes'], 'change kept')}"
-             + (" — " + ", ".join(f"{count} {status}" for status, count in counts.items()
-                                  if count) if rows else " (no run yet)")]
+             + (" — " + ", ".join(f"{number} {STATUS_WORDS.get(status, status)}" for status, number in counts.items()
+                                  if number) if rows else " (no run yet)")]
     best, base = found["best"], found["baseline"]
     if best is not None and base is not None and found["gain"] is None:
         lines.append(f"- **{metric}** ({direction} is better): baseline {base.text()}; no change kept, so no gain")
