@@ -383,3 +383,24 @@ def test_with_several_workers_each_run_under_way_is_drawn_against_the_best():
     assert same_picture(bytes(dashboard.loss.value), expected), dashboard.render_error
     # not the latest run's picture alone: both workers' runs are on it
     assert not same_picture(bytes(dashboard.loss.value), latest_alone)
+
+
+def test_each_rows_value_carries_what_one_run_is_worth_once_the_noise_is_known():
+    from autoresearch_nb.judge import facts
+
+    bus = EventBus()
+    dashboard = Dashboard(min_interval=0.05)
+    bus.subscribe(dashboard.handle)
+    emit_run(bus, rows=[row(0, "keep", 2.000, "baseline", role="baseline", code="base")], steps=1, finish=False)
+    settle(dashboard)
+    assert "2.0000" in dashboard.grid.cells[0].value and "±" not in dashboard.grid.cells[0].value
+    assert "val_bpb ± 95%" in dashboard.grid.header.value
+    repeat = row(1, "keep", 2.020, "baseline, measured again", role="baseline", code="base")
+    tried = row(2, "discard", 2.100, "wider mlp", code="wide")
+    bus.emit("experiment_finished", row=repeat)
+    bus.emit("experiment_finished", row=tried)
+    settle(dashboard)
+    half = facts.one_run_half_width(dashboard.view.rows, 0)
+    assert half is not None and half > 0.01  # two runs 0.02 apart
+    assert f"2.1000 ± {half:.4f}" in dashboard.grid.cells[0].value
+    assert f"2.0000 ± {half:.4f}" in dashboard.grid.cells[2].value

@@ -72,6 +72,13 @@ def noise(rows: list[dict], segment: int | None = None, metric: str = "val_bpb",
     return estimate_noise(groups, scale)
 
 
+def one_run_half_width(rows: list[dict], segment: int, metric: str = "val_bpb") -> float | None:
+    """The 95% half-width of a single run's value in a segment: what one measurement is worth there
+    (None while no code has run twice)."""
+    found = estimate([0.0], noise(rows, segment, metric))
+    return found.half_width if found else None
+
+
 def seeded_runs(rows: list[dict], segment: int, metric: str = "val_bpb") -> dict[str, dict[int, list[tuple]]]:
     """Clean runs of each code in a segment by the seed each ran with: (value, the cores other
     processes used meanwhile, or None where that was not sampled)."""

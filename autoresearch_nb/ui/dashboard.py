@@ -415,6 +415,8 @@ class Dashboard:
 
     def _all_widgets(self, widget):
         yield widget
+        if getattr(widget, "layout", None) is not None:  # rows and the progress bar show or hide by layout
+            yield widget.layout
         for child in getattr(widget, "children", ()):
             yield from self._all_widgets(child)
 

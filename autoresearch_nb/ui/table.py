@@ -21,13 +21,13 @@ def badge(status: str, role: str | None = None) -> str:
 
 
 # fixed widths, so each row (its own widget, to be clickable) lines up with the header and the others
-COLUMNS = (("status", 124), (None, 72), ("vs best", 72), ("description", 420), ("worker", 68), ("time", 56))
+COLUMNS = (("status", 124), (None, 116), ("vs best", 72), ("description", 376), ("worker", 68), ("time", 56))
 CELL = LINE + "overflow:hidden;text-overflow:ellipsis;white-space:nowrap;"
 
 
 def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> list[tuple[int, list[str]]]:
-    """The newest `limit` experiments, newest first, as (number, cells): status, value, the change against
-    the best before it, description, worker, time."""
+    """The newest `limit` experiments, newest first, as (number, cells): status, value ± what one run is
+    worth in its segment (once known), the change against the best before it, description, worker, time."""
     research = [r for r in rows if facts.segment_of(r) >= 0]
     best_after = dict(facts.running_best(research, metric))
     before: dict = {}
@@ -35,7 +35,7 @@ def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> l
     for row in research:
         before[row.get("index")] = best
         best = best_after.get(row.get("index"), best)
-    shown = []
+    shown, half_widths = [], {}
     for row in list(reversed(rows))[:limit]:
         value = facts.value(row, metric)
         if value is None and row.get("status") == "disturbed" and isinstance(row.get(metric), (int, float)):
@@ -43,8 +43,12 @@ def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> l
         reference = before.get(row.get("index"))
         delta = "" if value is None or reference is None or facts.segment_of(row) < 0 else f"{value - reference:+.4f}"
         seconds = (row.get("timings") or {}).get("total_s")
+        segment = facts.segment_of(row)
+        if segment not in half_widths:
+            half_widths[segment] = facts.one_run_half_width(rows, segment, metric)
+        spread = f" ± {half_widths[segment]:.4f}" if value is not None and half_widths[segment] is not None else ""
         shown.append((row.get("index"), [
-            badge(row.get("status", ""), row.get("role")), "" if value is None else f"{value:.4f}", delta,
+            badge(row.get("status", ""), row.get("role")), "" if value is None else f"{value:.4f}{spread}", delta,
             html.escape(" ".join(str(row.get("description", "")).split())[:120]),
             html.escape(str(row.get("worker") or "").split(" ")[0]),
             "" if not seconds else duration(float(seconds), compact=True)]))
@@ -60,7 +64,7 @@ def row_html(cells: list[str], tag: str = "td") -> str:
 
 
 def header_html(metric: str = "val_bpb") -> str:
-    return row_html([html.escape(name or metric) for name, _ in COLUMNS], tag="th")
+    return row_html([html.escape(name or f"{metric} ± 95%") for name, _ in COLUMNS], tag="th")
 
 
 def log_html(log_tail: str) -> str:
