@@ -182,6 +182,13 @@ def test_the_dashboard_reads_in_the_classic_notebook(jupyter_lab):
                 assert readable(dashboard) >= 4.5, readable(dashboard)
                 page.wait_for_selector(".arnb-dashboard i:text-is('finished')", timeout=WAIT_MS)
                 page.screenshot(path=str(ARTIFACTS / "dashboard-notebook.png"), full_page=True)
+                # on a phone the live run's panel goes under the chart, and the chart fits the screen
+                page.set_viewport_size({"width": 412, "height": 915})
+                page.wait_for_timeout(1000)
+                chart, loss = (dashboard.locator("img").nth(k).bounding_box() for k in (0, 1))
+                assert loss["y"] >= chart["y"] + chart["height"] - 1, (chart, loss)
+                assert chart["width"] <= 412, chart
+                page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=False)
             except Exception:
                 page.screenshot(path=str(ARTIFACTS / "dashboard-notebook-failure.png"), full_page=True)
                 raise

@@ -143,7 +143,7 @@ class Dashboard:
     def _build(self) -> None:
         self.title = widgets.HTML()
         self.header = widgets.HTML()
-        self.chart = widgets.Image(format="png", layout=widgets.Layout(width="640px"))
+        self.chart = widgets.Image(format="png", layout=widgets.Layout(width="640px", max_width="100%"))
         self.current_title = widgets.HTML()
         self.progress = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
                                               layout=widgets.Layout(width="320px"))
@@ -170,7 +170,9 @@ class Dashboard:
         current = widgets.VBox([self.current_title, self.progress, self.progress_label, self.loss],
                                layout=widgets.Layout(min_width="330px"))
         self.widget = widgets.VBox(
-            [self.title, self.header, widgets.HBox([self.chart, current]), self.lanes,
+            # on a narrow screen (a phone over breakfast) the live run wraps under the chart
+            [self.title, self.header, widgets.HBox([self.chart, current], layout=widgets.Layout(flex_flow="row wrap")),
+             self.lanes,
              widgets.HBox([self.stop_button, self.pause_button, self.message]),
              widgets.HTML(TABLE_STYLE), self.table_header, self.grid.widget, self.table, self.ablation, self.detail])
         self.widget.add_class("arnb-dashboard")

@@ -29,7 +29,8 @@ class ExperimentTable:
         self.more = widgets.HTML()
         heading = widgets.HBox([widgets.HTML("<b>#</b>", layout=widgets.Layout(width=NUMBER_WIDTH, margin="0 4px 0 0")),
                                 self.header], layout=widgets.Layout(align_items="center"))
-        self.widget = widgets.VBox([heading, *self.lines, self.more])
+        # wider than a phone: the table scrolls sideways rather than squeezing its columns
+        self.widget = widgets.VBox([heading, *self.lines, self.more], layout=widgets.Layout(overflow_x="auto"))
         self.widget.add_class("arnb-rows")
 
     def update(self, rows: list[dict], metric: str, chosen=None) -> None:
