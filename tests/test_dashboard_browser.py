@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -47,28 +48,36 @@ def run_all_cells(page) -> None:
             page.wait_for_timeout(250)
 
 
-def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
+@contextmanager
+def notebook_page(jupyter_lab, address: str, viewport: dict, failure: str):
+    """Chromium on a page of the test's Jupyter server; a screenshot named `failure` if the checks fail."""
     from playwright.sync_api import sync_playwright
 
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport=viewport)
+            page.goto(f"{jupyter_lab.url}/{address}?token={jupyter_lab.token}")
+            try:
+                yield browser, page
+            except Exception:
+                page.screenshot(path=str(ARTIFACTS / failure), full_page=True)
+                raise
+        finally:
+            browser.close()
+
+
+def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
     root: Path = jupyter_lab.root
     # one cell: however the page's Run All lands (a loaded machine once ran only the second of two
     # cells), the extension is loaded by the cell that starts the run
     nbformat.write(notebook(f"%load_ext autoresearch_nb\n%autoresearch start {SHORT_RUN} --max-experiments 8 --tag browser"),
                    str(root / "dashboard.ipynb"))
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            page.goto(f"{jupyter_lab.url}/lab/tree/dashboard.ipynb?token={jupyter_lab.token}")
-            try:
-                check_dashboard(page)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "dashboard-failure.png"), full_page=True)
-                raise
-            check_exported_notebook(browser, root / "autoresearch-lab")
-        finally:
-            browser.close()
+    with notebook_page(jupyter_lab, "lab/tree/dashboard.ipynb", {"width": 1400, "height": 1300},
+                       "dashboard-failure.png") as (browser, page):
+        check_dashboard(page)
+        check_exported_notebook(browser, root / "autoresearch-lab")
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     assert (root / "autoresearch-lab" / ".autoresearch" / "ledger.jsonl").exists()
 
@@ -159,38 +168,26 @@ def check_dashboard(page) -> None:
 def test_the_dashboard_reads_in_the_classic_notebook(jupyter_lab):
     """The same dashboard in Jupyter Notebook's own page (Notebook 7, what `jupyter notebook` opens
     today), served by the same server: table rows, a click on a number, readable text."""
-    from playwright.sync_api import sync_playwright
-
     root: Path = jupyter_lab.root
     nbformat.write(notebook(f"%load_ext autoresearch_nb\n%autoresearch start {SHORT_RUN} --max-experiments 3 --tag classic"),
                    str(root / "classic.ipynb"))
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1300, "height": 1300})
-            page.goto(f"{jupyter_lab.url}/notebooks/classic.ipynb?token={jupyter_lab.token}")
-            try:
-                run_all_cells(page)
-                dashboard = page.locator(".arnb-dashboard")
-                dashboard.wait_for(timeout=UI_MS)
-                numbers = dashboard.locator("button.arnb-row:text-is('#0')")
-                numbers.wait_for(timeout=WAIT_MS)
-                numbers.click()
-                page.wait_for_selector(".arnb-dashboard :text('Log tail')", timeout=WAIT_MS)
-                assert dashboard.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 300")
-                assert readable(dashboard) >= 4.5, readable(dashboard)
-                page.wait_for_selector(".arnb-dashboard i:text-is('finished')", timeout=WAIT_MS)
-                page.screenshot(path=str(ARTIFACTS / "dashboard-notebook.png"), full_page=True)
-                # on a phone the live run's panel goes under the chart, and the chart fits the screen
-                page.set_viewport_size({"width": 412, "height": 915})
-                page.wait_for_timeout(1000)
-                chart, loss = (dashboard.locator("img").nth(k).bounding_box() for k in (0, 1))
-                assert loss["y"] >= chart["y"] + chart["height"] - 1, (chart, loss)
-                assert chart["width"] <= 412, chart
-                page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=False)
-            except Exception:
-                page.screenshot(path=str(ARTIFACTS / "dashboard-notebook-failure.png"), full_page=True)
-                raise
-        finally:
-            browser.close()
+    with notebook_page(jupyter_lab, "notebooks/classic.ipynb", {"width": 1300, "height": 1300},
+                       "dashboard-notebook-failure.png") as (_, page):
+        run_all_cells(page)
+        dashboard = page.locator(".arnb-dashboard")
+        dashboard.wait_for(timeout=UI_MS)
+        numbers = dashboard.locator("button.arnb-row:text-is('#0')")
+        numbers.wait_for(timeout=WAIT_MS)
+        numbers.click()
+        page.wait_for_selector(".arnb-dashboard :text('Log tail')", timeout=WAIT_MS)
+        assert dashboard.locator("img").first.evaluate("img => img.complete && img.naturalWidth > 300")
+        assert readable(dashboard) >= 4.5, readable(dashboard)
+        page.wait_for_selector(".arnb-dashboard i:text-is('finished')", timeout=WAIT_MS)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-notebook.png"), full_page=True)
+        # on a phone the live run's panel goes under the chart, and the chart fits the screen
+        page.set_viewport_size({"width": 412, "height": 915})
+        page.wait_for_timeout(1000)
+        chart, loss = (dashboard.locator("img").nth(k).bounding_box() for k in (0, 1))
+        assert loss["y"] >= chart["y"] + chart["height"] - 1, (chart, loss)
+        assert chart["width"] <= 412, chart
+        page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=False)

@@ -107,7 +107,7 @@ LABEL_SPOTS = [(4, 5, "left", "bottom"), (4, -5, "left", "top"), (-4, 5, "right"
 
 
 def place_labels(ax, labelled: list[tuple[float, float, str]]) -> int:
-    """Label each kept change where its text overlaps no other label and stays inside the figure;
+    """Label each kept change where its text overlaps no other label or the legend and stays inside the axes;
     a label with no such spot is left out (the count is returned). Call with the layout final."""
     renderer = ax.figure.canvas.get_renderer()
     inside = ax.bbox  # not over the axis labels or the title

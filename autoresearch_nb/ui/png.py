@@ -11,11 +11,9 @@ from matplotlib.figure import Figure
 DRAW_LOCK = threading.RLock()  # re-entered: a chart lays its labels out, then renders
 
 
-def figure_png(fig: Figure, tight: bool = False) -> bytes:
-    """Lay out (tightly, if asked) and render `fig`; the PNG's bytes."""
+def figure_png(fig: Figure) -> bytes:
+    """Render `fig` (laid out by its maker); the PNG's bytes."""
     with DRAW_LOCK:
-        if tight:
-            fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
         return buffer.getvalue()
