@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from conftest import lab_check
 from notebook_fixtures import REPO, SHORT_RUN, jupyter_lab, notebook  # noqa: F401 (fixture)
 
 CHROMIUM = "/usr/bin/chromium"
@@ -80,6 +81,7 @@ def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
         check_exported_notebook(browser, root / "autoresearch-lab")
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     assert (root / "autoresearch-lab" / ".autoresearch" / "ledger.jsonl").exists()
+    lab_check(root / "autoresearch-lab")  # the night the browser stopped is left whole
 
 
 # The worst WCAG contrast ratio between the dashboard's text (table cells, header, log) and the colour
@@ -191,3 +193,4 @@ def test_the_dashboard_reads_in_the_classic_notebook(jupyter_lab):
         assert loss["y"] >= chart["y"] + chart["height"] - 1, (chart, loss)
         assert chart["width"] <= 412, chart
         page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=False)
+    lab_check(root / "autoresearch-lab")
