@@ -17,7 +17,7 @@ from test_loop import TRAIN, ScriptedAgent
 def test_a_night_records_the_holdout_for_the_baseline_and_kept_changes_only(tmp_path):
     # a crippled baseline the first change repairs (a sure keep); the second cripples it again (a sure discard)
     lab_dir, good = crippled_lab(tmp_path)
-    agent = ScriptedAgent([({TRAIN: good}, "MATRIX_LR 0 -> 0.02"),
+    agent = ScriptedAgent([({TRAIN: good}, "learning rates 0 -> the template's"),
                            ({TRAIN: good.replace("EMBED_LR = 0.3 ", "EMBED_LR = 0.0 ", 1)
                                      .replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.0  ", 1)}, "both off")])
     session = Session(RunOptions(lab=str(lab_dir), budget=2.0, policy="greedy", depth=0, max_experiments=3,

@@ -116,14 +116,15 @@ def test_a_run_without_kept_changes_has_nothing_to_transfer(tmp_path):
 def test_on_real_training_the_larger_model_trains_at_the_larger_budget_and_the_night_resumes(tmp_path):
     lab_dir, good = crippled_lab(tmp_path)  # the night's one change repairs it: a sure keep
     lab = Lab.open(lab_dir)
-    agent = ScriptedAgent([({TRAIN: good}, "MATRIX_LR 0 -> 0.02")])
+    repair = "learning rates 0 -> the template's"
+    agent = ScriptedAgent([({TRAIN: good}, repair)])
     session = Session(RunOptions(lab=str(lab_dir), budget=2.0, policy="greedy", depth=0, max_experiments=2,
                                  tag="test"), agent=agent)
     session.start()
     session.wait()
     assert session.error is None, session.error
     rows = assert_consistent(lab)
-    assert [r["description"] for r in rows if r["status"] == "keep" and r["role"] == "experiment"] == ["MATRIX_LR 0 -> 0.02"]
+    assert [r["description"] for r in rows if r["status"] == "keep" and r["role"] == "experiment"] == [repair]
     screen_depth = int(rows[0]["depth"])
 
     done = cli("transfer", "--lab", str(lab_dir), "--budget-x", "1.5", "--depth", str(screen_depth + 1),
