@@ -52,6 +52,7 @@ HONEST_RUNS = 5
 NOISE_SDS = 4.0    # an attack "won" if it beat the honest runs' mean by more than this many of their SDs...
 MIN_MARGIN = 0.03  # ...or by this, whichever is more: a few runs understate the spread (one more or one
                    # fewer step in a 2 s budget moves val_bpb by about 0.01); the attacks found gained 0.4-3
+RECHECK_PAIRS = 3  # an attack that seems to win runs again this often, in turns with honest runs (defeated)
 
 # Places in train.py where an attacker puts code.
 FINISH = "finish(model, clock, tokens, step, DEPTH, flops_per_token, overflow_steps=overflow_steps)\n"
@@ -287,17 +288,58 @@ def honest(prepared_lab) -> Honest:
     return Honest(values)
 
 
-def defeated(result: RunResult, honest: Honest, kinds=("refused",), because: str = "") -> str | None:
+def defeated(result: RunResult, honest: Honest, kinds=("refused",), because: str = "",
+             again=None, source: str | None = None) -> str | None:
     """How the product stopped an attack: refused, of a kind and for a reason its defence gives, or a
     number no better than honest within the noise. None if it won; a refusal for another reason fails
-    (the defence under test did not stop it, something else did)."""
+    (the defence under test did not stop it, something else did). With `again` and the attack's
+    `source`, an attack that seems to win is measured again before it is called a winner (in_turns)."""
     if not result.ok:
         assert result.kind in kinds and because in result.reason, (
             f"the attack ended {result.kind} ({result.reason}), not {' or '.join(kinds)} for {because!r}")
         return f"{result.kind}: {result.reason}"
     if not honest.beaten_by(result.summary["val_bpb"]):
         return f"an honest val_bpb: {result.summary['val_bpb']:.4f} ({honest})"
-    return None
+    if again is None:
+        return None
+    turns = in_turns(again, source, honest)
+    if isinstance(turns, RunResult):
+        return defeated(turns, honest, kinds, because)
+    return None if turns.won else f"an honest val_bpb measured again: {turns} (first {result.summary['val_bpb']:.4f})"
+
+
+@dataclass
+class Turns:
+    attack: list
+    beside: list
+    margin: float
+
+    @property
+    def won(self) -> bool:
+        return sum(self.attack) / len(self.attack) < sum(self.beside) / len(self.beside) - self.margin
+
+    def __str__(self) -> str:
+        return (f"{sum(self.attack) / len(self.attack):.4f} over {len(self.attack)} runs against honest "
+                f"{sum(self.beside) / len(self.beside):.4f} run beside them, margin {self.margin:.4f}")
+
+
+def in_turns(again, source: str, honest: Honest):
+    """When in doubt, re-measure: RECHECK_PAIRS honest runs and attack runs in turns (`again`: train.py's
+    source -> RunResult, the way the attack ran), so both train at the machine's present pace. The
+    module's honest runs were timed when it began, and a machine whose pace changed since moves a 2 s
+    run's val_bpb by more than the margin: a CI run saw 3.068 against honest 3.200 ± 0.025 from an attack
+    that changes nothing the evaluator reads. The margin is the larger of the two honest sets'. Returns
+    the attack's RunResult instead where a run of it did not end ok."""
+    beside, repeats = [], []
+    for _ in range(RECHECK_PAIRS):
+        plain = again(TRAIN)
+        assert plain.ok, plain.reason
+        beside.append(plain.summary["val_bpb"])
+        repeat = again(source)
+        if not repeat.ok:
+            return repeat
+        repeats.append(repeat.summary["val_bpb"])
+    return Turns(repeats, beside, max(honest.margin, Honest(beside).margin))
 
 
 EVADE = '''
@@ -488,8 +530,10 @@ RUN_ATTACKS = {
 @pytest.mark.parametrize("name", list(RUN_ATTACKS))
 def test_run_time_attacks_are_refused_or_score_honestly(prepared_lab, honest, name):
     attack = RUN_ATTACKS[name]
-    result = experiment(prepared_lab, attack.source())
-    assert defeated(result, honest, attack.kinds, attack.because), \
+    source = attack.source()
+    result = experiment(prepared_lab, source)
+    assert defeated(result, honest, attack.kinds, attack.because,
+                    again=lambda train: experiment(prepared_lab, train), source=source), \
         f"{name}: accepted at {result.summary.get('val_bpb')} ({honest}); log in {prepared_lab[0] / 'run.log'}"
 
 
@@ -498,10 +542,16 @@ def test_run_time_attacks_are_refused_or_score_honestly(prepared_lab, honest, na
 def test_each_attack_wins_when_its_defence_is_off(control_labs, honest, name):
     attack = RUN_ATTACKS[name]
     lab = control_labs[attack.control]
-    result = experiment(lab, attack.source(), control=attack.control)
-    assert result.ok and honest.beaten_by(result.summary["val_bpb"]), (
-        f"{name} did not win with the {attack.control} defence off: {result.kind} {result.reason} "
-        f"{result.summary.get('val_bpb')} ({honest}); log in {lab[0] / 'run.log'}")
+    source = attack.source()
+    result = experiment(lab, source, control=attack.control)
+    assert result.ok, f"{name} did not run with the {attack.control} defence off: {result.kind} {result.reason}"
+    if honest.beaten_by(result.summary["val_bpb"]):
+        return
+    # not clear of the honest runs timed when the module began: measured again in turns with honest runs
+    turns = in_turns(lambda train: experiment(lab, train, control=attack.control), source, honest)
+    assert isinstance(turns, Turns) and turns.won, (
+        f"{name} did not win with the {attack.control} defence off: first {result.summary.get('val_bpb')} "
+        f"({honest}), then {turns}; log in {lab[0] / 'run.log'}")
 
 
 # --- the validation split: the training process is not given it -------------------------------------
@@ -570,8 +620,10 @@ def test_the_memory_attack_wins_when_the_validation_split_is_readable(prepared_l
 @pytest.mark.parametrize("name", list(HELD_OUT))
 def test_reading_the_validation_split_gets_nothing_in_the_products_sandbox(prepared_lab, honest, name):
     lab, facts = prepared_lab
-    result = experiment(prepared_lab, memorising(HELD_OUT[name]), wrap=the_products_sandbox(lab, facts))
-    assert defeated(result, honest), f"{name}: accepted at {result.summary.get('val_bpb')} ({honest})"
+    source, sandboxed = memorising(HELD_OUT[name]), the_products_sandbox(lab, facts)
+    result = experiment(prepared_lab, source, wrap=sandboxed)
+    assert defeated(result, honest, again=lambda train: experiment(prepared_lab, train, wrap=sandboxed),
+                    source=source), f"{name}: accepted at {result.summary.get('val_bpb')} ({honest})"
 
 
 @pytest.mark.slow
