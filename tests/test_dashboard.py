@@ -404,3 +404,32 @@ def test_each_rows_value_carries_what_one_run_is_worth_once_the_noise_is_known()
     assert half is not None and half > 0.01  # two runs 0.02 apart
     assert f"2.1000 ± {half:.4f}" in dashboard.grid.cells[0].value
     assert f"2.0000 ± {half:.4f}" in dashboard.grid.cells[2].value
+
+
+def test_the_terminal_the_dashboard_and_the_export_show_the_same_figures_for_a_run():
+    from autoresearch_nb.judge import facts
+    from autoresearch_nb.report.tables import experiments_table
+    from autoresearch_nb.ui.table import table_cells
+    from autoresearch_nb.ui.text import table_lines
+
+    night = [row(0, "keep", 2.000, "baseline", role="baseline", code="a", seed=42),
+             row(1, "discard", 2.020, "baseline again", role="noise", code="a", seed=43),
+             row(2, "keep", 1.950, "double the learning rate", code="b", seed=42),
+             row(3, "disturbed", 1.700, "a run slowed from outside", code="c", seed=42),
+             row(4, "discard", 1.990, "wider mlp", code="d", seed=42),
+             row(5, "discard", 2.300, "the baseline at budget ×4", role="transfer", code="a", seed=42, segment=-1)]
+    one_run = facts.one_run_half_width(night, 0)
+    assert one_run is not None and one_run > 0  # code a ran twice: one run's worth is known
+    terminal = {line.split()[0]: line for line in table_lines(night)[1:]}
+    dashboard = {number: cells for number, cells in table_cells(night)}
+    export = {line.split()[0]: line for line in experiments_table({"rows": night})["text/plain"].splitlines()[1:]}
+    # experiment 4 against the best before it (code b, 1.95): +0.04, with what one run is worth beside its value
+    assert f"±{one_run:.4f}" in terminal["4"] and "+0.0400" in terminal["4"] and "1.990000" in terminal["4"]
+    assert dashboard[4][1] == f"1.9900 ± {one_run:.4f}" and dashboard[4][2] == "+0.0400"
+    assert f"{one_run:.4f}" in export["4"] and "+0.040000" in export["4"] and "1.990000" in export["4"]
+    # a disturbed run shows its number, marked, and nothing crowns it: the next run is still against 1.95
+    assert "1.700000" in terminal["3"] and "disturbed" in terminal["3"] and "1.7000" in dashboard[3][1]
+    # the ladder ran at another scale: its value, no change against the night's best
+    assert "+0.3" not in terminal["5"] and dashboard[5][2] == "" and "+0.3" not in export["5"]
+    # the baseline has no best before it
+    assert dashboard[0][2] == "" and "vs best" in table_lines(night)[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 from ..judge import facts, ladder
+from ..judge.shown import table_facts
 from ..lab.words import STATUS_WORDS, cost_text, count, duration, overflow_text, overlap_text, profile_name
 from .figures import metric_of, row_seconds, status_counts, time_and_money, wall_time
 
@@ -38,25 +39,24 @@ def number(value, digits: int = 6) -> str:
 
 
 def experiments_table(record: dict) -> dict:
-    """Every run: index, status, role, metric, Δ against the value to beat before it, description."""
+    """Every run: index, status, role, metric ± what one run is worth, Δ against the best before it in
+    its segment (judge/shown.py), description."""
     metric, _ = metric_of(record)
     rows = record.get("rows") or []
-    best_after = dict(facts.running_best(rows, metric))
-    cells, best = [], None
+    figures = table_facts(rows, metric)
+    cells = []
     for position, row in enumerate(rows):
-        value = facts.value(row, metric)
-        if value is None and row.get("status") == "disturbed" and isinstance(row.get(metric), (int, float)):
-            value = float(row[metric])
-        delta = "" if value is None or best is None else f"{value - best:+.6f}"
-        best = best_after.get(row.get("index"), best)
+        seen = figures[row.get("index")]
         usage, seconds = row.get("usage") or {}, row_seconds(row)
         cells.append([row.get("index", position), row.get("status", ""), row.get("role") or "",
-                      number(value), delta, row.get("worker") or "", row.get("memory_gb", "") or "", row.get("kind") or "",
+                      number(seen.value), number(seen.half_width, 4),
+                      "" if seen.delta is None else f"{seen.delta:+.6f}", row.get("worker") or "",
+                      row.get("memory_gb", "") or "", row.get("kind") or "",
                       "" if seconds is None else f"{float(seconds):.0f}",
                       f"{float(usage['cost_usd']):.4f}" if usage.get("cost_usd") else "",
                       row.get("description", "")])
-    return table_display(["#", "status", "role", metric, "Δ vs best", "worker", "memory_gb", "kind", "seconds",
-                          "cost $", "description"], cells)
+    return table_display(["#", "status", "role", metric, "± (95%, one run)", "Δ vs best", "worker", "memory_gb",
+                          "kind", "seconds", "cost $", "description"], cells)
 
 
 def kept_table(changes: list[dict]) -> dict:

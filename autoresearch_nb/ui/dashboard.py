@@ -19,6 +19,7 @@ from .loss_curve import loss_against_best_png, loss_curve_png
 from .rowtable import ExperimentTable
 from .table import log_html
 from ..judge import facts
+from ..judge.shown import table_facts
 from ..lab.words import STATUS_COLOURS, STATUS_WORDS, count, duration
 from .text import header_lines, measured_text, outcome_lines, row_cells, summarize, table_line
 
@@ -253,8 +254,8 @@ class Dashboard:
     def _render_rows(self, rows: list[dict]) -> None:
         self.chart.value = progress_chart_png(rows, metric=self.metric, direction=self.direction,
                                               width=7.0, height=3.2, dpi=80)
-        options = [(f"{table_line(row, self.metric, width=110)}", row.get("index"))
-                   for row in reversed(rows)]
+        figures = table_facts(rows, self.metric)
+        options = [(table_line(row, figures[row.get("index")], width=110), row.get("index")) for row in reversed(rows)]
         chosen = self.table.value
         self._syncing_thread = threading.get_ident()
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 
-from ..judge import facts
+from ..judge.shown import table_facts
 from ..lab.words import STATUS_COLOURS, STATUS_WORDS, duration
 
 LINE = "border-bottom:1px solid rgba(128,128,128,0.25);padding:2px 8px;text-align:left;"
@@ -27,28 +27,19 @@ CELL = LINE + "overflow:hidden;text-overflow:ellipsis;white-space:nowrap;"
 
 def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> list[tuple[int, list[str]]]:
     """The newest `limit` experiments, newest first, as (number, cells): status, value ± what one run is
-    worth in its segment (once known), the change against the best before it, description, worker, time."""
-    research = [r for r in rows if facts.segment_of(r) >= 0]
-    best_after = dict(facts.running_best(research, metric))
-    before: dict = {}
-    best = None
-    for row in research:
-        before[row.get("index")] = best
-        best = best_after.get(row.get("index"), best)
-    shown, half_widths = [], {}
+    worth in its segment (once known), the change against the best before it, description, worker, time
+    (judge/shown.py decides the figures)."""
+    figures = table_facts(rows, metric)
+    shown = []
     for row in list(reversed(rows))[:limit]:
-        value = facts.value(row, metric)
-        if value is None and row.get("status") == "disturbed" and isinstance(row.get(metric), (int, float)):
-            value = float(row[metric])
-        reference = before.get(row.get("index"))
-        delta = "" if value is None or reference is None or facts.segment_of(row) < 0 else f"{value - reference:+.4f}"
+        seen = figures[row.get("index")]
+        value = "" if seen.value is None else f"{seen.value:.4f}"
+        if seen.half_width is not None:
+            value += f" ± {seen.half_width:.4f}"
         seconds = (row.get("timings") or {}).get("total_s")
-        segment = facts.segment_of(row)
-        if segment not in half_widths:
-            half_widths[segment] = facts.one_run_half_width(rows, segment, metric)
-        spread = f" ± {half_widths[segment]:.4f}" if value is not None and half_widths[segment] is not None else ""
         shown.append((row.get("index"), [
-            badge(row.get("status", ""), row.get("role")), "" if value is None else f"{value:.4f}{spread}", delta,
+            badge(row.get("status", ""), row.get("role")), value,
+            "" if seen.delta is None else f"{seen.delta:+.4f}",
             html.escape(" ".join(str(row.get("description", "")).split())[:120]),
             html.escape(str(row.get("worker") or "").split(" ")[0]),
             "" if not seconds else duration(float(seconds), compact=True)]))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..judge import facts, ladder
+from ..judge.shown import Shown, shown_value, table_facts
 from ..lab.words import STATUS_WORDS, STATUSES, cost_text, count, duration, overflow_text, overlap_text, profile_name
 
 
@@ -77,26 +78,34 @@ def header_lines(found: dict) -> list[str]:
 
 
 def row_cells(row: dict, metric: str = "val_bpb") -> tuple[str, str, str, str]:
-    """(number, status, metric, description) as the table shows them; a disturbed run shows its
-    number, which was not judged."""
-    value = facts.value(row, metric)
-    status = row.get("status", "?")
-    if status == "disturbed" and isinstance(row.get(metric), (int, float)):
-        value = float(row[metric])
-    if status in ("crash", "rejected") and row.get("kind"):
-        status = f"{status}:{row['kind']}"
-    elif row.get("role") not in (None, "experiment") and status in ("keep", "discard"):
-        status = f"{status}:{row['role']}"
+    """(number, status, metric, description) as one experiment's view shows them; a disturbed run
+    shows its number, which was not judged."""
+    value = shown_value(row, metric)
     shown = f"{value:.6f}" if value is not None else "-"
     if value is not None and row.get("holdout_bpb") is not None:  # the baseline, kept code (records.seal)
         shown += f" (holdout {float(row['holdout_bpb']):.4f})"
+    return str(row.get("index", "?")), status_cell(row), shown, " ".join(str(row.get("description", "")).split())
+
+
+def status_cell(row: dict) -> str:
+    status = row.get("status", "?")
+    if status in ("crash", "rejected") and row.get("kind"):
+        return f"{status}:{row['kind']}"
+    if row.get("role") not in (None, "experiment") and status in ("keep", "discard"):
+        return f"{status}:{row['role']}"
+    return status
+
+
+def table_line(row: dict, seen: Shown, width: int = 100) -> str:
+    """One row of the table: number, status, value, what one run is worth, the change against the
+    best before it (judge/shown.py), description."""
+    value = "-" if seen.value is None else f"{seen.value:.6f}"
+    spread = "" if seen.half_width is None else f"±{seen.half_width:.4f}"
+    delta = "" if seen.delta is None else f"{seen.delta:+.4f}"
     description = " ".join(str(row.get("description", "")).split())
-    return str(row.get("index", "?")), status, shown, description
-
-
-def table_line(row: dict, metric: str = "val_bpb", width: int = 100) -> str:
-    number, status, value, description = row_cells(row, metric)
-    line = f"{number:>4}  {status:<18} {value:>10}  {description}"
+    if seen.value is not None and row.get("holdout_bpb") is not None:
+        description += f" (holdout {float(row['holdout_bpb']):.4f})"
+    line = f"{row.get('index', '?'):>4}  {status_cell(row):<18} {value:>10} {spread:>8} {delta:>8}  {description}"
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -104,10 +113,11 @@ def table_lines(rows: list[dict], metric: str = "val_bpb", limit: int | None = 2
     """The experiments, latest first."""
     latest = list(reversed(rows))
     shown = latest if limit is None else latest[:limit]
-    lines = [f"{'#':>4}  {'status':<18} {metric:>10}  description"]
+    figures = table_facts(rows, metric)
+    lines = [f"{'#':>4}  {'status':<18} {metric:>10} {'± 95%':>8} {'vs best':>8}  description"]
     starts = {start["index"]: start for start in facts.segment_starts(rows) if start["segment"]}
     for row in shown:
-        lines.append(table_line(row, metric))
+        lines.append(table_line(row, figures[row.get("index")]))
         if row.get("index") in starts:  # latest first: a segment's start line goes below its first row
             start = starts[row["index"]]
             lines.append(f"  ── segment {start['segment']} starts (conditions changed: "
