@@ -6,6 +6,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from ..judge import facts
+from ..judge.shown import shown_value
 from ..lab.words import STATUS_COLOURS, count
 from .png import DRAW_LOCK, figure_png
 
@@ -19,13 +20,10 @@ def progress_points(rows: list[dict], metric: str = "val_bpb", direction: str = 
     for position, row in enumerate(rows):
         if facts.segment_of(row) < 0:  # the transfer ladder's runs: another scale, their own table
             continue
-        value = facts.value(row, metric)
-        status = row.get("status")
-        if value is None and status == "disturbed" and isinstance(row.get(metric), (int, float)):
-            value = float(row[metric])
+        value = shown_value(row, metric)
         if value is None:
             continue
-        points.append((row.get("index", position), value, status, str(row.get("description", "")),
+        points.append((row.get("index", position), value, row.get("status"), str(row.get("description", "")),
                        row.get("role", "experiment")))
     return points, facts.running_best_band(rows, metric)
 
@@ -56,7 +54,10 @@ def progress_figure(rows: list[dict], metric: str = "val_bpb", direction: str = 
     if kept:
         ax.scatter([x for x, _, _ in kept], [y for _, y, _ in kept], s=30, color=KEPT,
                    label="kept", zorder=3)
-    labelled = [(x, y, d) for x, y, d in kept if d]
+    # the biggest steps of the best are named first: on a crowded night they get the words
+    sign = 1.0 if direction == "lower" else -1.0
+    steps = [(x, y, d, sign * (before - y)) for (_, before, _), (x, y, d) in zip(kept[:1] + kept, kept) if d]
+    labelled = [(x, y, d) for x, y, d, _ in sorted(steps, key=lambda step: -step[3])]
     if best_line:
         xs, ys, halves = zip(*best_line)
         ax.step(xs, ys, where="post", color=KEPT, linewidth=1.5, label="best (mean of its runs)", zorder=1)
@@ -91,11 +92,12 @@ def progress_figure(rows: list[dict], metric: str = "val_bpb", direction: str = 
                 color="#777777")
     with DRAW_LOCK:  # laying labels out measures text with matplotlib's shared fonts
         fig.tight_layout()
-        left_out = place_labels(ax, labelled)
-    if left_out:
-        ax.annotate(f"{count(left_out, 'label')} left out where they would overlap (the table has them)",
-                    (0.0, 0.0), xycoords="figure fraction", xytext=(4, 3), textcoords="offset points",
-                    fontsize=7, color="#777777")
+        shortened, left_out = place_labels(ax, labelled)
+    notes = ([f"{count(shortened, 'change')} named by number only"] if shortened else []) + \
+        ([f"{count(left_out, 'label')} left out where they would overlap"] if left_out else [])
+    if notes:
+        ax.annotate("; ".join(notes) + " (the table has them all)", (0.0, 0.0), xycoords="figure fraction",
+                    xytext=(4, 3), textcoords="offset points", fontsize=7, color="#777777")
     return fig
 
 
@@ -103,27 +105,35 @@ def progress_figure(rows: list[dict], metric: str = "val_bpb", direction: str = 
 # to the left, then further out (level text: a rotated label's box is much larger than its words)
 LABEL_SPOTS = [(4, 5, "left", "bottom"), (4, -5, "left", "top"), (-4, 5, "right", "bottom"),
                (-4, -5, "right", "top"), (4, 16, "left", "bottom"), (4, -16, "left", "top"),
-               (-4, 16, "right", "bottom"), (-4, -16, "right", "top")]
+               (-4, 16, "right", "bottom"), (-4, -16, "right", "top"), (0, 6, "center", "bottom"),
+               (0, -6, "center", "top"), (0, 16, "center", "bottom"), (0, -16, "center", "top")]
 
 
-def place_labels(ax, labelled: list[tuple[float, float, str]]) -> int:
-    """Label each kept change where its text overlaps no other label or the legend and stays inside the axes;
-    a label with no such spot is left out (the count is returned). Call with the layout final."""
+def place_labels(ax, labelled: list[tuple[float, float, str]]) -> tuple[int, int]:
+    """Label kept changes, in the order given (the most important first), where a label overlaps no other
+    label or the legend and stays inside the axes: first each one's description where it fits, then the
+    number (#N, as the table shows it) of each one still unlabelled. Returns (changes named by number
+    only, labels left out). Call with the layout final."""
     renderer = ax.figure.canvas.get_renderer()
     inside = ax.bbox  # not over the axis labels or the title
     legend = ax.get_legend()
-    placed, left_out = ([legend.get_window_extent(renderer)] if legend else []), 0
-    for x, y, description in labelled:
-        label = description if len(description) <= 32 else description[:31] + "…"
-        for dx, dy, ha, va in LABEL_SPOTS:
-            text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
-                               color="#1d6b1d", ha=ha, va=va)
-            box = text.get_window_extent(renderer)
-            fits = box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0 and box.y1 <= inside.y1
-            if fits and not any(box.overlaps(other) for other in placed):
-                placed.append(box)
-                break
-            text.remove()
-        else:
-            left_out += 1
-    return left_out
+    placed = [legend.get_window_extent(renderer)] if legend else []
+    unnamed = [(x, y) for x, y, description in labelled
+               if not _place(ax, renderer, inside, placed, x, y,
+                             description if len(description) <= 32 else description[:31] + "…")]
+    left_out = sum(1 for x, y in unnamed if not _place(ax, renderer, inside, placed, x, y, f"#{x:g}"))
+    return len(unnamed) - left_out, left_out
+
+
+def _place(ax, renderer, inside, placed: list, x: float, y: float, label: str) -> bool:
+    """Put `label` at the first of LABEL_SPOTS where it fits (its box is then added to `placed`)."""
+    for dx, dy, ha, va in LABEL_SPOTS:
+        text = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                           color="#1d6b1d", ha=ha, va=va)
+        box = text.get_window_extent(renderer)
+        fits = box.x0 >= inside.x0 and box.x1 <= inside.x1 and box.y0 >= inside.y0 and box.y1 <= inside.y1
+        if fits and not any(box.overlaps(other) for other in placed):
+            placed.append(box)
+            return True
+        text.remove()
+    return False
