@@ -192,5 +192,11 @@ def test_the_dashboard_reads_in_the_classic_notebook(jupyter_lab):
         chart, loss = (dashboard.locator("img").nth(k).bounding_box() for k in (0, 1))
         assert loss["y"] >= chart["y"] + chart["height"] - 1, (chart, loss)
         assert chart["width"] <= 412, chart
+        # the table keeps its columns and scrolls sideways inside the screen, in one piece: no row scrolls alone
+        sideways = dashboard.locator(".arnb-rows").evaluate(
+            "box => [getComputedStyle(box).overflowX, box.scrollWidth, box.clientWidth,"
+            " Array.from(box.children).filter(row => row.scrollWidth > row.clientWidth + 1"
+            " && getComputedStyle(row).overflowX !== 'visible').length]")
+        assert sideways[0] == "auto" and sideways[1] > sideways[2] and sideways[2] <= 412 and sideways[3] == 0, sideways
         page.screenshot(path=str(ARTIFACTS / "dashboard-phone.png"), full_page=False)
     lab_check(root / "autoresearch-lab")

@@ -21,16 +21,19 @@ class ExperimentTable:
         self.buttons = [widgets.Button(layout=widgets.Layout(width=NUMBER_WIDTH, height="24px", margin="0 4px 0 0"))
                         for _ in range(limit)]
         self.cells = [widgets.HTML(layout=widgets.Layout(margin="0")) for _ in range(limit)]
-        self.lines = [widgets.HBox([button, cells], layout=widgets.Layout(display="none", align_items="center"))
+        # every ipywidgets box scrolls its own overflow: the rows let theirs through, so the whole table
+        # (header and rows together) scrolls sideways in one piece
+        self.lines = [widgets.HBox([button, cells], layout=widgets.Layout(display="none", align_items="center",
+                                                                          overflow="visible"))
                       for button, cells in zip(self.buttons, self.cells)]
         for slot, button in enumerate(self.buttons):
             button.add_class("arnb-row")
             button.on_click(lambda _button, slot=slot: self._clicked(slot))
         self.more = widgets.HTML()
         heading = widgets.HBox([widgets.HTML("<b>#</b>", layout=widgets.Layout(width=NUMBER_WIDTH, margin="0 4px 0 0")),
-                                self.header], layout=widgets.Layout(align_items="center"))
+                                self.header], layout=widgets.Layout(align_items="center", overflow="visible"))
         # wider than a phone: the table scrolls sideways rather than squeezing its columns
-        self.widget = widgets.VBox([heading, *self.lines, self.more], layout=widgets.Layout(overflow_x="auto"))
+        self.widget = widgets.VBox([heading, *self.lines, self.more], layout=widgets.Layout(overflow="auto"))
         self.widget.add_class("arnb-rows")
 
     def update(self, rows: list[dict], metric: str, chosen=None) -> None:
