@@ -414,22 +414,47 @@ def test_the_terminal_the_dashboard_and_the_export_show_the_same_figures_for_a_r
 
     night = [row(0, "keep", 2.000, "baseline", role="baseline", code="a", seed=42),
              row(1, "discard", 2.020, "baseline again", role="noise", code="a", seed=43),
-             row(2, "keep", 1.950, "double the learning rate", code="b", seed=42),
+             row(2, "keep", 1.950, "double the learning rate and warm up for longer than the template does",
+                 code="b", seed=42, holdout_bpb=2.0123),
              row(3, "disturbed", 1.700, "a run slowed from outside", code="c", seed=42),
              row(4, "discard", 1.990, "wider mlp", code="d", seed=42),
-             row(5, "discard", 2.300, "the baseline at budget ×4", role="transfer", code="a", seed=42, segment=-1)]
+             row(5, "discard", 2.300, "the baseline at budget ×4", role="transfer", code="a", seed=42, segment=-1),
+             row(6, "keep", 2.500, "the new data's baseline", role="baseline", code="b", seed=42, segment=1),
+             row(7, "discard", 2.560, "after the data changed", code="e", seed=42, segment=1)]
     one_run = facts.one_run_half_width(night, 0)
     assert one_run is not None and one_run > 0  # code a ran twice: one run's worth is known
-    terminal = {line.split()[0]: line for line in table_lines(night)[1:]}
+    terminal = {line.split()[0]: line for line in table_lines(night)[1:] if line.split()[0].isdigit()}
     dashboard = {number: cells for number, cells in table_cells(night)}
     export = {line.split()[0]: line for line in experiments_table({"rows": night})["text/plain"].splitlines()[1:]}
     # experiment 4 against the best before it (code b, 1.95): +0.04, with what one run is worth beside its value
-    assert f"±{one_run:.4f}" in terminal["4"] and "+0.0400" in terminal["4"] and "1.990000" in terminal["4"]
+    assert f"1.990000 ±{one_run:.4f}" in terminal["4"] and "+0.0400" in terminal["4"]
     assert dashboard[4][1] == f"1.9900 ± {one_run:.4f}" and dashboard[4][2] == "+0.0400"
     assert f"{one_run:.4f}" in export["4"] and "+0.040000" in export["4"] and "1.990000" in export["4"]
-    # a disturbed run shows its number, marked, and nothing crowns it: the next run is still against 1.95
-    assert "1.700000" in terminal["3"] and "disturbed" in terminal["3"] and "1.7000" in dashboard[3][1]
+    # a disturbed run shows its number, marked, with no change against the best (it was not judged), and
+    # nothing crowns it: the next run is still against 1.95
+    assert "1.700000" in terminal["3"] and "disturbed" in terminal["3"] and "-0.2" not in terminal["3"]
+    assert "1.7000" in dashboard[3][1] and dashboard[3][2] == "" and "-0.2" not in export["3"]
+    # a kept change's holdout stays in sight however long its description
+    assert "(holdout 2.0123)" in terminal["2"] and "-0.0600" in terminal["2"]
     # the ladder ran at another scale: its value, no change against the night's best
-    assert "+0.3" not in terminal["5"] and dashboard[5][2] == "" and "+0.3" not in export["5"]
+    assert "2.300000" in terminal["5"] and "+0.3" not in terminal["5"] and dashboard[5][2] == ""
+    assert "+0.3" not in export["5"]
+    # a new segment is compared within itself: 7 against 6's 2.5, not against segment 0's 1.95
+    assert dashboard[7][2] == "+0.0600" and "+0.0600" in terminal["7"] and dashboard[6][2] == ""
     # the baseline has no best before it
     assert dashboard[0][2] == "" and "vs best" in table_lines(night)[0]
+
+
+def test_a_record_with_missing_or_repeated_numbers_still_shows_each_rows_own_value():
+    from autoresearch_nb.report.tables import experiments_table
+    from autoresearch_nb.ui.text import table_lines
+
+    handed_in = [{"status": "keep", "role": "baseline", "val_bpb": 2.0, "description": "first"},
+                 {"index": 1, "status": "discard", "val_bpb": 2.1, "description": "one"},
+                 {"index": 1, "status": "discard", "val_bpb": 2.3, "description": "one again"}]
+    lines = table_lines(handed_in)
+    assert any("2.100000" in line and line.endswith("one") for line in lines), lines
+    assert any("2.300000" in line and line.endswith("one again") for line in lines), lines
+    assert any("2.000000" in line and line.endswith("first") for line in lines), lines
+    text = experiments_table({"rows": handed_in})["text/plain"]
+    assert "2.100000" in text and "2.300000" in text and "2.000000" in text

@@ -43,10 +43,8 @@ def experiments_table(record: dict) -> dict:
     its segment (judge/shown.py), description."""
     metric, _ = metric_of(record)
     rows = record.get("rows") or []
-    figures = table_facts(rows, metric)
     cells = []
-    for position, row in enumerate(rows):
-        seen = figures[row.get("index")]
+    for position, (row, seen) in enumerate(zip(rows, table_facts(rows, metric))):
         usage, seconds = row.get("usage") or {}, row_seconds(row)
         cells.append([row.get("index", position), row.get("status", ""), row.get("role") or "",
                       number(seen.value), number(seen.half_width, 4),

@@ -254,8 +254,8 @@ class Dashboard:
     def _render_rows(self, rows: list[dict]) -> None:
         self.chart.value = progress_chart_png(rows, metric=self.metric, direction=self.direction,
                                               width=7.0, height=3.2, dpi=80)
-        figures = table_facts(rows, self.metric)
-        options = [(table_line(row, figures[row.get("index")], width=110), row.get("index")) for row in reversed(rows)]
+        options = [(table_line(row, seen, width=110), row.get("index"))
+                   for row, seen in zip(reversed(rows), reversed(table_facts(rows, self.metric)))]
         chosen = self.table.value
         self._syncing_thread = threading.get_ident()
         try:

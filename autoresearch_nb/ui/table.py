@@ -31,8 +31,7 @@ def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> l
     (judge/shown.py decides the figures)."""
     figures = table_facts(rows, metric)
     shown = []
-    for row in list(reversed(rows))[:limit]:
-        seen = figures[row.get("index")]
+    for row, seen in list(zip(reversed(rows), reversed(figures)))[:limit]:
         value = "" if seen.value is None else f"{seen.value:.4f}"
         if seen.half_width is not None:
             value += f" ± {seen.half_width:.4f}"

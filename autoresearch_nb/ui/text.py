@@ -80,11 +80,8 @@ def header_lines(found: dict) -> list[str]:
 def row_cells(row: dict, metric: str = "val_bpb") -> tuple[str, str, str, str]:
     """(number, status, metric, description) as one experiment's view shows them; a disturbed run
     shows its number, which was not judged."""
-    value = shown_value(row, metric)
-    shown = f"{value:.6f}" if value is not None else "-"
-    if value is not None and row.get("holdout_bpb") is not None:  # the baseline, kept code (records.seal)
-        shown += f" (holdout {float(row['holdout_bpb']):.4f})"
-    return str(row.get("index", "?")), status_cell(row), shown, " ".join(str(row.get("description", "")).split())
+    return (str(row.get("index", "?")), status_cell(row), value_text(row, shown_value(row, metric)),
+            " ".join(str(row.get("description", "")).split()))
 
 
 def status_cell(row: dict) -> str:
@@ -96,28 +93,33 @@ def status_cell(row: dict) -> str:
     return status
 
 
+def value_text(row: dict, value: float | None, half_width: float | None = None) -> str:
+    """A row's value (± what one run is worth, where known), with its holdout where it has one (the
+    baseline, kept code: records.seal)."""
+    if value is None:
+        return "-"
+    text = f"{value:.6f}" + ("" if half_width is None else f" ±{half_width:.4f}")
+    return text if row.get("holdout_bpb") is None else f"{text} (holdout {float(row['holdout_bpb']):.4f})"
+
+
 def table_line(row: dict, seen: Shown, width: int = 100) -> str:
-    """One row of the table: number, status, value, what one run is worth, the change against the
-    best before it (judge/shown.py), description."""
-    value = "-" if seen.value is None else f"{seen.value:.6f}"
-    spread = "" if seen.half_width is None else f"±{seen.half_width:.4f}"
+    """One row of the table: number, status, change against the best before it, value ± what one run
+    is worth (judge/shown.py), description. The value column goes last but one: a holdout lengthens it."""
     delta = "" if seen.delta is None else f"{seen.delta:+.4f}"
-    description = " ".join(str(row.get("description", "")).split())
-    if seen.value is not None and row.get("holdout_bpb") is not None:
-        description += f" (holdout {float(row['holdout_bpb']):.4f})"
-    line = f"{row.get('index', '?'):>4}  {status_cell(row):<18} {value:>10} {spread:>8} {delta:>8}  {description}"
+    line = (f"{row.get('index', '?'):>4}  {status_cell(row):<18} {delta:>8}  "
+            f"{value_text(row, seen.value, seen.half_width):<16}  "
+            f"{' '.join(str(row.get('description', '')).split())}")
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def table_lines(rows: list[dict], metric: str = "val_bpb", limit: int | None = 20) -> list[str]:
     """The experiments, latest first."""
-    latest = list(reversed(rows))
+    latest = list(zip(reversed(rows), reversed(table_facts(rows, metric))))
     shown = latest if limit is None else latest[:limit]
-    figures = table_facts(rows, metric)
-    lines = [f"{'#':>4}  {'status':<18} {metric:>10} {'± 95%':>8} {'vs best':>8}  description"]
+    lines = [f"{'#':>4}  {'status':<18} {'vs best':>8}  {metric + ' ± 95%':<16}  description"]
     starts = {start["index"]: start for start in facts.segment_starts(rows) if start["segment"]}
-    for row in shown:
-        lines.append(table_line(row, figures[row.get("index")]))
+    for row, seen in shown:
+        lines.append(table_line(row, seen))
         if row.get("index") in starts:  # latest first: a segment's start line goes below its first row
             start = starts[row["index"]]
             lines.append(f"  ── segment {start['segment']} starts (conditions changed: "
