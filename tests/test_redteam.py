@@ -288,12 +288,11 @@ def honest(prepared_lab) -> Honest:
     return Honest(values)
 
 
-def defeated(result: RunResult, honest: Honest, kinds=("refused",), because: str = "",
-             again=None, source: str | None = None) -> str | None:
+def defeated(result: RunResult, honest: Honest, kinds=("refused",), because: str = "", again=None) -> str | None:
     """How the product stopped an attack: refused, of a kind and for a reason its defence gives, or a
     number no better than honest within the noise. None if it won; a refusal for another reason fails
-    (the defence under test did not stop it, something else did). With `again` and the attack's
-    `source`, an attack that seems to win is measured again before it is called a winner (in_turns)."""
+    (the defence under test did not stop it, something else did). With `again` (see in_turns), an
+    attack that seems to win is measured again before it is called a winner."""
     if not result.ok:
         assert result.kind in kinds and because in result.reason, (
             f"the attack ended {result.kind} ({result.reason}), not {' or '.join(kinds)} for {because!r}")
@@ -302,44 +301,62 @@ def defeated(result: RunResult, honest: Honest, kinds=("refused",), because: str
         return f"an honest val_bpb: {result.summary['val_bpb']:.4f} ({honest})"
     if again is None:
         return None
-    turns = in_turns(again, source, honest)
-    if isinstance(turns, RunResult):
-        return defeated(turns, honest, kinds, because)
-    return None if turns.won else f"an honest val_bpb measured again: {turns} (first {result.summary['val_bpb']:.4f})"
+    turns = in_turns(again, honest)
+    if isinstance(turns, RunResult):  # it was accepted and won once: a later refusal does not undo that
+        pytest.fail(f"accepted at {result.summary['val_bpb']:.4f} ({honest}); measured again, a run of it ended "
+                    f"{turns.kind} ({turns.reason}): it wins some of the time, or the machine broke a run")
+    if turns.won:
+        return None
+    return f"an honest val_bpb measured again: {turns} (first {result.summary['val_bpb']:.4f}, {honest})"
 
 
 @dataclass
 class Turns:
-    attack: list
-    beside: list
-    margin: float
+    """An attack's runs and the honest runs beside them, a pair at a time."""
+
+    pairs: list    # (attack's val_bpb, honest val_bpb) of each turn
+    floor: float   # the module's margin
+
+    @property
+    def gain(self) -> float:
+        return sum(honest - attack for attack, honest in self.pairs) / len(self.pairs)
+
+    @property
+    def margin(self) -> float:
+        """The module's margin, or NOISE_SDS standard errors of the turns' mean gain if that is more."""
+        gains = [honest - attack for attack, honest in self.pairs]
+        spread = (sum((g - self.gain) ** 2 for g in gains) / (len(gains) - 1)) ** 0.5
+        return max(self.floor, NOISE_SDS * spread / len(gains) ** 0.5)
 
     @property
     def won(self) -> bool:
-        return sum(self.attack) / len(self.attack) < sum(self.beside) / len(self.beside) - self.margin
+        return self.gain > self.margin
 
     def __str__(self) -> str:
-        return (f"{sum(self.attack) / len(self.attack):.4f} over {len(self.attack)} runs against honest "
-                f"{sum(self.beside) / len(self.beside):.4f} run beside them, margin {self.margin:.4f}")
+        return (f"{self.gain:+.4f} better than the honest run beside it over {len(self.pairs)} turns "
+                f"({', '.join(f'{a:.4f}/{h:.4f}' for a, h in self.pairs)}), margin {self.margin:.4f}")
 
 
-def in_turns(again, source: str, honest: Honest):
-    """When in doubt, re-measure: RECHECK_PAIRS honest runs and attack runs in turns (`again`: train.py's
-    source -> RunResult, the way the attack ran), so both train at the machine's present pace. The
-    module's honest runs were timed when it began, and a machine whose pace changed since moves a 2 s
-    run's val_bpb by more than the margin: a CI run saw 3.068 against honest 3.200 ± 0.025 from an attack
-    that changes nothing the evaluator reads. The margin is the larger of the two honest sets'. Returns
-    the attack's RunResult instead where a run of it did not end ok."""
-    beside, repeats = [], []
-    for _ in range(RECHECK_PAIRS):
-        plain = again(TRAIN)
-        assert plain.ok, plain.reason
-        beside.append(plain.summary["val_bpb"])
-        repeat = again(source)
-        if not repeat.ok:
-            return repeat
-        repeats.append(repeat.summary["val_bpb"])
-    return Turns(repeats, beside, max(honest.margin, Honest(beside).margin))
+def in_turns(again, honest: Honest):
+    """When in doubt, re-measure: RECHECK_PAIRS turns of an honest run and an attack run, the order
+    alternating (`again(attack)`: a run of the attack's train.py if true, the honest one if not, the
+    way the attack ran), so both train at the machine's present pace and a drift of that pace favours
+    neither. The module's honest runs were timed when it began, and a machine whose pace changed since
+    moves a 2 s run's val_bpb by more than the margin: a CI run saw 3.068 against honest 3.200 ± 0.025
+    from an attack that changes nothing the evaluator reads. The attack wins if its mean gain over the
+    honest run of its turn is clear of the noise (Turns.margin; two honest runs in a row here differed
+    by up to 0.09). Returns the attack's RunResult instead where a run of it did not end ok."""
+    pairs = []
+    for turn in range(RECHECK_PAIRS):
+        found = {}
+        for attack in ((False, True) if turn % 2 == 0 else (True, False)):
+            run = again(attack)
+            if not run.ok:
+                assert attack, f"an honest run failed: {run.kind} {run.reason}"
+                return run
+            found[attack] = run.summary["val_bpb"]
+        pairs.append((found[True], found[False]))
+    return Turns(pairs, honest.margin)
 
 
 EVADE = '''
@@ -533,7 +550,7 @@ def test_run_time_attacks_are_refused_or_score_honestly(prepared_lab, honest, na
     source = attack.source()
     result = experiment(prepared_lab, source)
     assert defeated(result, honest, attack.kinds, attack.because,
-                    again=lambda train: experiment(prepared_lab, train), source=source), \
+                    again=lambda attacking: experiment(prepared_lab, source if attacking else TRAIN)), \
         f"{name}: accepted at {result.summary.get('val_bpb')} ({honest}); log in {prepared_lab[0] / 'run.log'}"
 
 
@@ -548,7 +565,7 @@ def test_each_attack_wins_when_its_defence_is_off(control_labs, honest, name):
     if honest.beaten_by(result.summary["val_bpb"]):
         return
     # not clear of the honest runs timed when the module began: measured again in turns with honest runs
-    turns = in_turns(lambda train: experiment(lab, train, control=attack.control), source, honest)
+    turns = in_turns(lambda attacking: experiment(lab, source if attacking else TRAIN, control=attack.control), honest)
     assert isinstance(turns, Turns) and turns.won, (
         f"{name} did not win with the {attack.control} defence off: first {result.summary.get('val_bpb')} "
         f"({honest}), then {turns}; log in {lab[0] / 'run.log'}")
@@ -622,8 +639,9 @@ def test_reading_the_validation_split_gets_nothing_in_the_products_sandbox(prepa
     lab, facts = prepared_lab
     source, sandboxed = memorising(HELD_OUT[name]), the_products_sandbox(lab, facts)
     result = experiment(prepared_lab, source, wrap=sandboxed)
-    assert defeated(result, honest, again=lambda train: experiment(prepared_lab, train, wrap=sandboxed),
-                    source=source), f"{name}: accepted at {result.summary.get('val_bpb')} ({honest})"
+    assert defeated(result, honest, again=lambda attacking: experiment(prepared_lab, source if attacking else TRAIN,
+                                                                       wrap=sandboxed)), \
+        f"{name}: accepted at {result.summary.get('val_bpb')} ({honest})"
 
 
 @pytest.mark.slow
