@@ -50,16 +50,21 @@ def run_all_cells(page) -> None:
 
 
 @contextmanager
-def notebook_page(jupyter_lab, address: str, viewport: dict, failure: str):
-    """Chromium on a page of the test's Jupyter server; a screenshot named `failure` if the checks fail."""
+def notebook_page(jupyter_lab, route: str, name: str, start: str, viewport: dict, failure: str):
+    """A notebook `name` whose one cell starts a night (`%autoresearch start SHORT_RUN start`), opened
+    in Chromium at `route` of the test's Jupyter server; a screenshot named `failure` if the checks fail."""
     from playwright.sync_api import sync_playwright
 
+    # one cell: however the page's Run All lands (a loaded machine once ran only the second of two
+    # cells), the extension is loaded by the cell that starts the run
+    nbformat.write(notebook(f"%load_ext autoresearch_nb\n%autoresearch start {SHORT_RUN} {start}"),
+                   str(jupyter_lab.root / name))
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
             page = browser.new_page(viewport=viewport)
-            page.goto(f"{jupyter_lab.url}/{address}?token={jupyter_lab.token}")
+            page.goto(f"{jupyter_lab.url}/{route}/{name}?token={jupyter_lab.token}")
             try:
                 yield browser, page
             except Exception:
@@ -71,12 +76,8 @@ def notebook_page(jupyter_lab, address: str, viewport: dict, failure: str):
 
 def test_the_dashboard_renders_in_jupyterlab(jupyter_lab):
     root: Path = jupyter_lab.root
-    # one cell: however the page's Run All lands (a loaded machine once ran only the second of two
-    # cells), the extension is loaded by the cell that starts the run
-    nbformat.write(notebook(f"%load_ext autoresearch_nb\n%autoresearch start {SHORT_RUN} --max-experiments 8 --tag browser"),
-                   str(root / "dashboard.ipynb"))
-    with notebook_page(jupyter_lab, "lab/tree/dashboard.ipynb", {"width": 1400, "height": 1300},
-                       "dashboard-failure.png") as (browser, page):
+    with notebook_page(jupyter_lab, "lab/tree", "dashboard.ipynb", "--max-experiments 8 --tag browser",
+                       {"width": 1400, "height": 1300}, "dashboard-failure.png") as (browser, page):
         check_dashboard(page)
         check_exported_notebook(browser, root / "autoresearch-lab")
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
@@ -171,10 +172,8 @@ def test_the_dashboard_reads_in_the_classic_notebook(jupyter_lab):
     """The same dashboard in Jupyter Notebook's own page (Notebook 7, what `jupyter notebook` opens
     today), served by the same server: table rows, a click on a number, readable text."""
     root: Path = jupyter_lab.root
-    nbformat.write(notebook(f"%load_ext autoresearch_nb\n%autoresearch start {SHORT_RUN} --max-experiments 3 --tag classic"),
-                   str(root / "classic.ipynb"))
-    with notebook_page(jupyter_lab, "notebooks/classic.ipynb", {"width": 1300, "height": 1300},
-                       "dashboard-notebook-failure.png") as (_, page):
+    with notebook_page(jupyter_lab, "notebooks", "classic.ipynb", "--max-experiments 3 --tag classic",
+                       {"width": 1300, "height": 1300}, "dashboard-notebook-failure.png") as (_, page):
         run_all_cells(page)
         dashboard = page.locator(".arnb-dashboard")
         dashboard.wait_for(timeout=UI_MS)

@@ -254,8 +254,9 @@ class Dashboard:
     def _render_rows(self, rows: list[dict]) -> None:
         self.chart.value = progress_chart_png(rows, metric=self.metric, direction=self.direction,
                                               width=7.0, height=3.2, dpi=80)
+        figures = table_facts(rows, self.metric)  # once for the chooser and the table
         options = [(table_line(row, seen, width=110), row.get("index"))
-                   for row, seen in zip(reversed(rows), reversed(table_facts(rows, self.metric)))]
+                   for row, seen in zip(reversed(rows), reversed(figures))]
         chosen = self.table.value
         self._syncing_thread = threading.get_ident()
         try:
@@ -265,7 +266,7 @@ class Dashboard:
             self.table.value = chosen if chosen in values else None
         finally:
             self._syncing_thread = None
-        self.grid.update(rows, self.metric, chosen=self.table.value)
+        self.grid.update(rows, self.metric, chosen=self.table.value, figures=figures)
         table = measured_text(rows, self.metric, self.direction)
         self.ablation.value = (f'<pre style="font-size:12px;margin:4px 0;">{html.escape(table)}</pre>'
                                if table else "")

@@ -36,10 +36,10 @@ class ExperimentTable:
         self.widget = widgets.VBox([heading, *self.lines, self.more], layout=widgets.Layout(overflow="auto"))
         self.widget.add_class("arnb-rows")
 
-    def update(self, rows: list[dict], metric: str, chosen=None) -> None:
+    def update(self, rows: list[dict], metric: str, chosen=None, figures=None) -> None:
         """Show the newest rows; the chosen one's number highlighted."""
         self.header.value = header_html(metric)
-        shown = table_cells(rows, metric, self.limit)
+        shown = table_cells(rows, metric, self.limit, figures)
         numbers = [number for number, _ in shown] + [None] * (self.limit - len(shown))
         for slot, line in enumerate(self.lines):
             if slot < len(shown):

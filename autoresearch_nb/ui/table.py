@@ -25,11 +25,12 @@ COLUMNS = (("status", 124), (None, 116), ("vs best", 72), ("description", 376), 
 CELL = LINE + "overflow:hidden;text-overflow:ellipsis;white-space:nowrap;"
 
 
-def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12) -> list[tuple[int, list[str]]]:
+def table_cells(rows: list[dict], metric: str = "val_bpb", limit: int = 12,
+                figures: list | None = None) -> list[tuple[int, list[str]]]:
     """The newest `limit` experiments, newest first, as (number, cells): status, value ± what one run is
     worth in its segment (once known), the change against the best before it, description, worker, time
-    (judge/shown.py decides the figures)."""
-    figures = table_facts(rows, metric)
+    (judge/shown.py decides the figures; pass them if already computed for these rows)."""
+    figures = table_facts(rows, metric) if figures is None else figures
     shown = []
     for row, seen in list(zip(reversed(rows), reversed(figures)))[:limit]:
         value = "" if seen.value is None else f"{seen.value:.4f}"
