@@ -42,8 +42,9 @@ SPINNERS = 4
 
 
 class Neighbour:
-    """Busy processes started and stopped on given step lines of given runs (counted in the order they
-    start, the baseline being run 0): other work on the machine."""
+    """Busy processes started and stopped on given step lines of given experiment runs (counted in the
+    order they start from 0; the baseline's runs are not counted, so a baseline that other work on the
+    machine disturbed shifts nothing): other work on the machine."""
 
     def __init__(self, runs: set[int], start_step: int = 20, stop_step: int = 70):
         self.runs, self.start_step, self.stop_step = runs, start_step, stop_step
@@ -52,7 +53,7 @@ class Neighbour:
         self.jobs: list = []          # job ids in the order their runs started
 
     def on_event(self, event) -> None:
-        if event.kind == "experiment_started":
+        if event.kind == "experiment_started" and event.data.get("role") == "experiment":
             self.jobs.append(event.data["job"])
         if event.kind != "step" or event.data.get("job") not in self.jobs:
             return
@@ -103,24 +104,25 @@ def run(lab, agent, neighbour: Neighbour, **options) -> list[dict]:
 
 def test_a_run_disturbed_from_outside_is_run_again_and_the_clean_run_is_judged(tmp_path):
     lab = working_lab(tmp_path)
-    neighbour = Neighbour(runs={1})
+    neighbour = Neighbour(runs={0})
     rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), neighbour)[:-1]
-    assert [(r["index"], r["role"], r["status"]) for r in rows] == [
-        (0, "baseline", "keep"), (1, "experiment", "disturbed"), (2, "experiment", "keep")]
+    assert [(r["role"], r["status"]) for r in rows] == [
+        ("baseline", "keep"), ("experiment", "disturbed"), ("experiment", "keep")]
+    assert rows[1]["index"] < rows[2]["index"]
     disturbed = rows[1]
     assert disturbed["kind"] == "disturbed" and "disturbed from outside" in disturbed["reason"]
     assert disturbed["disturbance"]["share"] >= 0.1 and disturbed["val_bpb"] == 0.9
     assert rows[2]["commit"] == disturbed["commit"] and rows[2]["seed"] == disturbed["seed"]
     assert "disturbance" not in rows[2]
-    results = read_results_tsv(lab.results_path)
-    assert results[1]["status"] == "discard" and results[1]["description"].endswith("[disturbed: run again]")
+    results = [line for line in read_results_tsv(lab.results_path) if line["commit"] == disturbed["commit"]]
+    assert results[0]["status"] == "discard" and results[0]["description"].endswith("[disturbed: run again]")
 
 
 def test_a_disturbed_run_is_not_charged_to_max_experiments(tmp_path):
     # the limit would otherwise end the night on a run the loop had said it would repeat
     lab = working_lab(tmp_path)
     rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\n"}, "better"), ({TRAIN: "SCORE = 0.8\n"}, "more")]),
-               Neighbour(runs={1}), max_experiments=2)
+               Neighbour(runs={0}), max_experiments=2)
     assert [(r["role"], r["status"]) for r in rows] == [
         ("baseline", "keep"), ("experiment", "disturbed"), ("experiment", "keep")]
     assert rows[2]["description"] == rows[1]["description"] == "better"
@@ -130,7 +132,7 @@ def test_a_disturbed_run_is_not_charged_to_max_experiments(tmp_path):
 
 def test_a_run_disturbed_again_and_again_is_judged_after_the_cap(tmp_path):
     lab = working_lab(tmp_path)
-    neighbour = Neighbour(runs={1, 2, 3})
+    neighbour = Neighbour(runs={0, 1, 2})
     rows = run(lab, ScriptedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), neighbour)[:-1]
     assert [r["status"] for r in rows] == ["keep", "disturbed", "disturbed", "keep"]
     assert "judged anyway after 2 re-runs" in rows[3]["reason"] and rows[3]["disturbance"]
@@ -158,8 +160,10 @@ def test_what_a_proposal_cost_is_counted_once_when_its_first_run_is_disturbed(tm
     # the re-run is a row of its own: were the draft's usage copied onto it, --max-cost and the
     # header would count the proposal twice
     lab = working_lab(tmp_path)
-    rows = run(lab, PricedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), Neighbour(runs={1}))[:-1]
+    rows = run(lab, PricedAgent([({TRAIN: "SCORE = 0.9\n"}, "better")]), Neighbour(runs={0}))[:-1]
     assert [r["status"] for r in rows] == ["keep", "disturbed", "keep"]
     assert rows[1]["usage"]["cost_usd"] == 0.5 and not (rows[2].get("usage") or {}).get("cost_usd")
     assert facts.spent(lab.rows())[0] == 0.5
     assert rows[2]["rationale"] == rows[1]["rationale"] == "test: better"
+    # the re-run's span is its own: it began after the disturbed run ended, not when the draft was begun
+    assert facts.timestamp(rows[2]["started_at"]) >= facts.timestamp(rows[1]["finished_at"]), rows[1:3]

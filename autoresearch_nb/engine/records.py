@@ -47,8 +47,9 @@ def run_row(track, job: dict, result: RunResult, options, agent, lab, pool, metr
         row["timings"].update(track.first.get("timings", {}))
         row["started_at"] = track.first.get("started_at") or row["started_at"]
         # what the draft cost goes on one row only: a first run slowed from outside is run again as a
-        # row of its own, and the sums (cost, tokens, --max-cost) must count the proposal once
-        track.first = {k: v for k, v in track.first.items() if k not in ("usage", "timings")}
+        # row of its own, and the sums (cost, tokens, --max-cost) must count the proposal once; that
+        # re-run started when it was handed out, not when the draft was begun
+        track.first = {k: v for k, v in track.first.items() if k not in ("usage", "timings", "started_at")}
     row["timings"]["run_s"] = round(result.wall_seconds, 3)
     row["timings"]["total_s"] = round(result.wall_seconds + (row["timings"].get("propose_s") or 0.0), 3)
     return row
