@@ -36,6 +36,14 @@ def lab_check(lab) -> None:
     assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stdout + done.stderr
 
 
+def draft_usage(rows: list[dict], row: dict) -> dict:
+    """What the draft behind `row` cost: it is recorded once, on the candidate's first run, which may be
+    a disturbed row run again later (so the sums count each proposal once)."""
+    usages = [r["usage"] for r in rows if r.get("commit") == row.get("commit") and r.get("usage")]
+    assert len(usages) == 1, [(r["index"], r["status"], r.get("usage")) for r in rows if r.get("commit") == row.get("commit")]
+    return usages[0]
+
+
 @pytest.fixture
 def tiny_lab(tmp_path):
     """A fresh lab on the tiny profile (5-second budget): real nanochat, real git, fast."""

@@ -18,7 +18,7 @@ from autoresearch_nb.errors import LabError
 from autoresearch_nb.judge import facts
 from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.lab.words import cost_text
-from conftest import NPM_AGENTS as BIN, cli, lab_check, npm_program
+from conftest import NPM_AGENTS as BIN, cli, draft_usage, lab_check, npm_program
 from servers import AnthropicServer, anthropic_error, make_lab, message, text, tool_use
 
 CLAUDE_VERSION = "2.1.332"  # scripts/test.sh installs this one
@@ -89,7 +89,7 @@ def test_a_night_driven_by_claude_code_runs_its_edits_and_records_what_they_cost
     assert len(experiments) >= 3 and [r["description"] for r in experiments] == [e[2] for e in edits][:len(experiments)]
     assert all(r["agent"] == "claude-code" for r in experiments)
     for row in experiments:  # tokens and dollars from Claude Code's own JSON result, billed to the key
-        usage = row["usage"]
+        usage = draft_usage(rows, row)
         assert usage["input_tokens"] + usage["cache_write_tokens"] + usage["cache_read_tokens"] > 1000, usage
         assert usage["output_tokens"] > 0 and usage["cost_usd"] > 0, usage
     sent = proposals[0]  # the CLI as the agent runs it: non-interactive, no shell, no web

@@ -16,7 +16,7 @@ from autoresearch_nb.errors import LabError
 from autoresearch_nb.judge import facts
 from autoresearch_nb.lab.lab import Lab
 from autoresearch_nb.lab.words import cost_text
-from conftest import NPM_AGENTS as BIN, cli, lab_check, npm_program
+from conftest import NPM_AGENTS as BIN, cli, draft_usage, lab_check, npm_program
 from servers import Reply, ResponsesServer, make_lab, output_text, responses_reply, shell_call
 
 CODEX_VERSION = "0.171.0"  # scripts/test.sh installs this one
@@ -84,7 +84,7 @@ def test_a_night_driven_by_codex_runs_its_edits_and_records_its_tokens(cli_env, 
     assert all(r["status"] in ("keep", "discard") for r in experiments), [(r["status"], r.get("reason")) for r in experiments]
     assert len(experiments) >= 3 and [r["description"] for r in experiments] == [e[2] for e in edits][:len(experiments)]
     for row in experiments:  # tokens from Codex's own turn events, priced at the named model's list price
-        usage = row["usage"]
+        usage = draft_usage(rows, row)
         assert usage["input_tokens"] > 1000 and usage["output_tokens"] > 0, usage
         expected = (usage["input_tokens"] * 1.25 + usage["cache_read_tokens"] * 0.125 + usage["output_tokens"] * 10) / 1e6
         assert usage["cost_usd"] == pytest.approx(expected, abs=1e-6) and "list price" in usage["cost_note"], usage
