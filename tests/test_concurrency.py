@@ -180,7 +180,10 @@ def test_inside_the_sandbox_an_experiment_cannot_reach_the_records(tiny_lab):
     session.start()
     assert session.wait(900) and session.error is None, session.error
     lab = Lab.open(tiny_lab)
-    forged = [r for r in lab.rows() if r["description"] == "forges a row"]
+    # (a run slowed by other work on the machine is run again; only a row of that kind may stand aside)
+    tried = [r for r in lab.rows() if r["description"] == "forges a row"]
+    assert all(r["kind"] == "disturbed" for r in tried if r["status"] == "disturbed"), tried
+    forged = [r for r in tried if r["status"] != "disturbed"]
     assert len(forged) == 1 and forged[0].get("kind") != "refused", forged
     assert forged[0]["status"] in ("keep", "discard") or "read-only file system" in forged[0]["reason"], forged[0]
     assert '"val_bpb": 0.1' not in lab.ledger_path.read_text()
