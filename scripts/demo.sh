@@ -14,4 +14,5 @@ RESUME=""
 [ -s "$LAB/.autoresearch/ledger.jsonl" ] && RESUME="--resume"
 .venv/bin/autoresearch-nb run --lab "$LAB" --agent heuristic --budget "${BUDGET:-10}" \
   --max-experiments "${MAX_EXPERIMENTS:-20}" $RESUME
-.venv/bin/autoresearch-nb status --lab "$LAB" | tail -4
+# the night in a few lines (the table under them is newest first: `autoresearch-nb status` shows it all)
+.venv/bin/autoresearch-nb status --lab "$LAB" | sed -n '1,/^$/p'
